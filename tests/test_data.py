@@ -212,6 +212,13 @@ def _fabricate_cifar(root: Path, cls, label_key: str, n_classes: int, monkeypatc
     return written
 
 
+def test_normalisation_constants_are_the_standard_ones():
+    # The fabricated-data tests invert Normalize with these constants, so pin their values here.
+    assert D.MNIST_MEAN == (0.1307,) and D.MNIST_STD == (0.3081,)
+    assert D.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465) and D.CIFAR10_STD == (0.2023, 0.1994, 0.2010)
+    assert D.CIFAR100_MEAN == (0.5071, 0.4865, 0.4409) and D.CIFAR100_STD == (0.2673, 0.2564, 0.2762)
+
+
 def _undo_cifar_normalize(x, mean, std):
     return x * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
 
