@@ -1,0 +1,279 @@
+"""Model surgery: fold BatchNorm, read a group's channel vectors, merge channels and remove the rest.
+
+Default pruning and Intra-Fusion take the same path here: default pruning is the merge with a 0/1
+selection map.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ._groups import Group, Member, UnsupportedLayerError, _trace, bind_groups
+from ._groups import _handler
+
+__all__ = ["fold_batchnorm", "channel_features", "fold_group_batchnorms", "apply_merge", "IndexTracker"]
+
+_MERGEABLE = ("out", "in", "norm")
+
+
+def _modules(model: nn.Module) -> Dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+@torch.no_grad()
+def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold ``bn`` into ``layer`` exactly (eps included) and leave ``bn`` as the identity in eval mode."""
+    dtype = layer.weight.dtype
+    scale, shift = _fold_scale(bn)
+    out_dim = 1 if getattr(layer, "transposed", False) else 0
+    shape = [1] * layer.weight.dim()
+    shape[out_dim] = -1
+    layer.weight.mul_(scale.view(shape).to(dtype))
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(scale)
+    new_bias = (bias * scale + shift).to(dtype)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(new_bias.to(layer.weight.device), requires_grad=layer.weight.requires_grad)
+    else:
+        layer.bias.copy_(new_bias)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)  # sqrt(running_var + eps) == 1
+    if bn.affine:
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+
+
+def _fold_members(model: nn.Module, members: Iterable[Member]) -> List[str]:
+    modules = _modules(model)
+    folded = []
+    for m in members:
+        if m.role == "norm" and m.fold_from is not None:
+            _fold_pair(modules[m.fold_from], modules[m.name])
+            folded.append(m.name)
+    return folded
+
+
+def fold_group_batchnorms(model: nn.Module, group: Group) -> List[str]:
+    """Fold every foldable BatchNorm of ``group`` into its producer, in place. Returns their names."""
+    return _fold_members(model, group.members)
+
+
+def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -> nn.Module:
+    """Fold every BatchNorm that directly follows a conv/linear into it.
+
+    In eval mode the result computes the same function (up to rounding); each folded BatchNorm is
+    kept as an identity (mean 0, variance ``1 - eps``, weight 1, bias 0) so the model still trains.
+
+    Parameters
+    ----------
+    model : nn.Module
+    example_inputs : Tensor or tuple of Tensor
+        Used once to trace which conv feeds which BatchNorm.
+    inplace : bool
+        Modify ``model`` itself instead of a copy.
+
+    Returns
+    -------
+    nn.Module
+        The folded model (``model`` itself when ``inplace``).
+    """
+    trace = _trace(model, example_inputs)
+    target = model if inplace else copy.deepcopy(model)
+    seen, members = set(), []
+    for spec in trace.specs + trace.output_specs:
+        for m in spec.members:
+            if m.role == "norm" and m.fold_from is not None and m.name not in seen:
+                seen.add(m.name)
+                members.append(m)
+    _fold_members(target, members)
+    return target
+
+
+class IndexTracker:
+    """Current position of every original channel index of (module, dim) as dimensions shrink."""
+
+    def __init__(self):
+        self._alive: Dict[Tuple[str, int], torch.Tensor] = {}
+
+    def current(self, name: str, dim: int, size: int, idxs: Iterable[int]) -> torch.Tensor:
+        alive = self._alive.get((name, dim))
+        idxs = torch.as_tensor(list(idxs), dtype=torch.long)
+        if alive is None:
+            return idxs
+        pos = torch.cumsum(alive.long(), 0) - 1
+        if not bool(alive[idxs].all()):
+            raise RuntimeError(f"channels of {name} were removed twice; groups overlap unexpectedly")
+        return pos[idxs]
+
+    def remove(self, name: str, dim: int, size: int, idxs: Iterable[int]) -> None:
+        alive = self._alive.setdefault((name, dim), torch.ones(size, dtype=torch.bool))
+        alive[torch.as_tensor(list(idxs), dtype=torch.long)] = False
+
+
+def _slots(member: Member, n: int) -> torch.Tensor:
+    """Local positions of the group's channels as an (n, m) table: row r holds channel r's positions."""
+    local = torch.as_tensor(member.local_idxs, dtype=torch.long)
+    root = torch.as_tensor(member.root_idxs, dtype=torch.long)
+    order = torch.argsort(root * (local.max() + 1 if len(local) else 1) + local)
+    local, root = local[order], root[order]
+    counts = torch.bincount(root, minlength=n)
+    if len(counts) != n or not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+        raise UnsupportedLayerError(
+            f"layer {member.name!r} ({member.layer_type}) maps the group's channels unevenly; "
+            "it cannot be merged. Use method='default' or leave this group out (groups=[...])")
+    return local.view(n, -1)
+
+
+def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: torch.Tensor,
+                  merge: torch.Tensor) -> None:
+    """t[..., kept slot j, ...] = sum_i merge[i, j] * t[..., slot i, ...] along ``dim``, in place."""
+    n, m = slots.shape
+    moved = t.data.movedim(dim, 0)
+    src = moved[slots.flatten()].reshape(n, m * moved[0].numel())
+    new = merge.to(src.device, src.dtype).T @ src  # (k, m * rest)
+    moved[kept_slots.flatten()] = new.reshape(-1, *moved.shape[1:])
+
+
+def _check_mergeable(group: Group, is_selection: bool) -> None:
+    for m in group.members:
+        if m.role in _MERGEABLE or (is_selection and m.role in ("depthwise", "other")):
+            continue
+        if m.role == "grouped":
+            what = "a grouped convolution"
+        elif m.role == "depthwise":
+            what = "a depthwise convolution"
+        else:
+            what = f"a {m.layer_type} layer"
+        raise UnsupportedLayerError(
+            f"group {group.index} ({group.name!r}) contains {what}: {m.name!r}. Intra-Fusion cannot merge "
+            f"its channels; use method='default' or leave this group out with groups=[...]"
+            if m.role != "grouped" else
+            f"group {group.index} ({group.name!r}) contains {what}: {m.name!r}, which this toolkit "
+            f"cannot prune; leave this group out with groups=[...]")
+
+
+@torch.no_grad()
+def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: torch.Tensor,
+                in_map: torch.Tensor, norm_map: Optional[torch.Tensor] = None,
+                tracker: Optional[IndexTracker] = None) -> None:
+    """Merge a group's channels into the kept ones and remove the others, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model ``group`` describes (same structure); modified in place.
+    group : Group
+    kept : Tensor, shape (k,)
+        Kept channel indices, ascending; they take the merged values, in this order.
+    out_map : Tensor, shape (n, k)
+        Applied to producer rows and biases: ``new_row[j] = sum_i out_map[i, j] * row[i]``.
+    in_map : Tensor, shape (n, k)
+        Applied to consumer columns: ``new_col[j] = sum_i in_map[i, j] * col[i]``.
+    norm_map : Tensor, shape (n, k), optional
+        Applied to BatchNorm parameters and statistics that were not folded (default ``out_map``).
+    tracker : IndexTracker, optional
+        Shared across groups merged into the same model, for layers shared between groups.
+    """
+    n = group.size
+    kept = torch.as_tensor(kept, dtype=torch.long).cpu()
+    selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
+    _check_mergeable(group, selection)
+    norm_map = out_map if norm_map is None else norm_map
+    tracker = tracker or IndexTracker()
+    modules = _modules(model)
+    dropped = torch.ones(n, dtype=torch.bool)
+    dropped[kept] = False
+    for m in group.members:
+        module = modules[m.name]
+        slots = _slots(m, n)
+        size = _dim_size(module, m)
+        cur = tracker.current(m.name, m.dim, size, slots.flatten().tolist()).view_as(slots)
+        if not selection:
+            if m.role == "out":
+                tensors = [(module.weight, m.dim)] + ([(module.bias, 0)] if module.bias is not None else [])
+                merge = out_map
+            elif m.role == "in":
+                tensors, merge = [(module.weight, m.dim)], in_map
+            else:  # norm
+                tensors = [(getattr(module, a), 0) for a in ("weight", "bias", "running_mean", "running_var")
+                           if getattr(module, a, None) is not None]
+                merge = norm_map
+            for t, d in tensors:
+                _merge_tensor(t, d, cur, cur[kept], merge)
+        remove_orig = slots[dropped].flatten().tolist()
+        remove_cur = cur[dropped].flatten().tolist()
+        if remove_cur:
+            _handler(m.handler_name)(module, sorted(remove_cur))
+            tracker.remove(m.name, m.dim, size, remove_orig)
+
+
+def _dim_size(module: nn.Module, m: Member) -> int:
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.Parameter):
+        return module.shape[m.dim]
+    if w is not None:
+        return int(w.shape[m.dim]) if m.role in ("out", "in") else int(w.shape[0])
+    return int(getattr(module, "num_features", 0))
+
+
+def _is_selection(mat: torch.Tensor, kept: torch.Tensor) -> bool:
+    k = len(kept)
+    expect = torch.zeros_like(mat)
+    expect[kept, torch.arange(k)] = 1.0
+    return bool(torch.equal(mat, expect))
+
+
+def _fold_scale(bn: nn.modules.batchnorm._BatchNorm):
+    """Per-channel (scale, shift) with bn(x) == x * scale + shift in eval mode; float64."""
+    var = bn.running_var.double()
+    gamma = bn.weight.double() if bn.affine else torch.ones_like(var)
+    beta = bn.bias.double() if bn.affine else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - bn.running_mean.double() * scale
+
+
+@torch.no_grad()
+def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> torch.Tensor:
+    """One vector per channel: its producer rows and biases and its consumer columns, concatenated.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model ``group`` describes; read only.
+    group : Group
+    fold : bool
+        Read every conv/linear as if its BatchNorm were folded into it (without changing the model),
+        so the vectors describe what each channel computes.
+
+    Returns
+    -------
+    Tensor, shape (n, d)
+        In the model's dtype, on CPU.
+    """
+    n = group.size
+    modules = _modules(model)
+    parts = []
+    for m in group.members:
+        if m.role not in ("out", "in"):
+            continue
+        module = modules[m.name]
+        slots = _slots(m, n).flatten()
+        weight = module.weight.detach()
+        bias = module.bias.detach() if module.bias is not None else None
+        bn_name = group.fold_pairs.get(m.name) if fold else None
+        if bn_name is not None:
+            scale, shift = (v.to(weight.dtype) for v in _fold_scale(modules[bn_name]))
+            out_dim = 1 if getattr(module, "transposed", False) else 0
+            shape = [1] * weight.dim()
+            shape[out_dim] = -1
+            weight = weight * scale.view(shape)
+            bias = (bias if bias is not None else torch.zeros_like(scale)) * scale + shift
+        w = weight.movedim(m.dim, 0)[slots]
+        parts.append(w.reshape(n, -1).cpu())
+        if m.role == "out" and bias is not None:
+            parts.append(bias[slots].reshape(n, -1).cpu())
+    if not parts:
+        raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")
+    return torch.cat(parts, dim=1)

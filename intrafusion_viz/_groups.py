@@ -1,0 +1,328 @@
+"""Coupled channel groups, traced once per model with Torch-Pruning's DependencyGraph.
+
+Tracing is the slow part of structured pruning (a forward pass plus a graph walk), so it is done
+once per model *structure* and cached as a static recipe (:class:`Member` lists).  The recipe is
+then bound to any model with the same structure (the caller's model, or a private copy that is
+about to be pruned) without tracing again.
+"""
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner import function as tpf
+
+__all__ = ["Member", "Group", "find_groups", "UnsupportedLayerError"]
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer in a group cannot be merged (or pruned) by this toolkit."""
+
+
+# role of a group member, from the Torch-Pruning handler that prunes it
+_OUT_FNS = (tpf.prune_conv_out_channels, tpf.prune_linear_out_channels)
+_IN_FNS = (tpf.prune_conv_in_channels, tpf.prune_linear_in_channels)
+_DW_FNS = (tpf.prune_depthwise_conv_out_channels, tpf.prune_depthwise_conv_in_channels)
+_NORM_FNS = (tpf.prune_batchnorm_out_channels, tpf.prune_batchnorm_in_channels)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One layer of a group and how its tensors hold the group's channels.
+
+    Attributes
+    ----------
+    name : str
+        Module name in ``model.named_modules()``.
+    role : str
+        ``"out"`` (a conv/linear producing the channels: rows and bias), ``"in"`` (a conv/linear
+        consuming them: columns), ``"norm"`` (BatchNorm), ``"depthwise"`` (a depthwise conv, both),
+        or ``"other"`` (a layer type we can prune by selection but not merge).
+    layer_type : str
+        Class name of the module, for messages and figures.
+    dim : int
+        Weight dimension that indexes the channels.
+    local_idxs : tuple of int
+        Positions along ``dim`` that belong to the group (several per channel after a flatten).
+    root_idxs : tuple of int
+        For each local position, the group channel (0..n-1) it belongs to.
+    fold_from : str or None
+        For ``"norm"`` members, the conv/linear whose output feeds only this BatchNorm, so the
+        BatchNorm can be folded into it exactly.
+    """
+
+    name: str
+    role: str
+    layer_type: str
+    dim: int
+    local_idxs: Tuple[int, ...]
+    root_idxs: Tuple[int, ...]
+    fold_from: Optional[str] = None
+    handler_name: str = ""
+    pruning_dim: int = -1
+
+
+class Group(tp.dependency.Group):
+    """A set of coupled layers whose ``size`` channels are removed (or merged) together.
+
+    It is a Torch-Pruning ``Group`` bound to a model, so Torch-Pruning's importance objects accept it
+    directly, with the recipe it was built from in ``members``.
+
+    Attributes
+    ----------
+    index : int
+        Position in the list returned by :func:`find_groups` (forward order of the root layers).
+    paper_index : int
+        The Intra-Fusion paper's numbering, counted from the output backwards (``G1`` of VGG11-BN
+        is the group of ``features.22``).
+    name : str
+        Name of the group's first producing layer (its root).
+    size : int
+        Number of channels ``n``.
+    members : list of Member
+        Every parametrised layer in the group with its role.
+    """
+
+    def __init__(self, index: int, paper_index: int, name: str, size: int,
+                 members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None):
+        super().__init__()
+        self.fold_pairs = dict(fold_pairs or {})  # conv/linear name -> BatchNorm folded into it
+        self.index = index
+        self.paper_index = paper_index
+        self.name = name
+        self.size = size
+        self.members = list(members)
+        self.model = model
+        modules = dict(model.named_modules())
+        for m in self.members:
+            module = modules[m.name]
+            handler = _handler(m.handler_name)
+            node = tp.dependency.Node(module, None, m.name)
+            node.pruning_dim = m.pruning_dim
+            dep = tp.dependency.Dependency(handler, handler, source=node, target=node)
+            self.add_dep(dep, list(m.local_idxs))
+            self._group[-1].root_idxs = list(m.root_idxs)
+
+    @property
+    def layers(self) -> List[Tuple[str, str, nn.Module]]:
+        """``(name, role, module)`` for every member."""
+        modules = dict(self.model.named_modules())
+        return [(m.name, m.role, modules[m.name]) for m in self.members]
+
+    def __repr__(self) -> str:
+        roles = ", ".join(f"{m.name}:{m.role}" for m in self.members)
+        return f"Group(index={self.index}, name={self.name!r}, size={self.size}, members=[{roles}])"
+
+    __str__ = __repr__
+
+
+def _handler(name: str):
+    return getattr(tpf, name) if name else None
+
+
+_HANDLER_NAMES = {
+    v: k for k, v in vars(tpf).items() if k.startswith("prune_") and callable(v)
+}
+
+
+def _handler_name(fn) -> str:
+    for f, name in _HANDLER_NAMES.items():
+        if f == fn:
+            return name
+    return ""
+
+
+def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str]) -> Optional[Member]:
+    module = dep.target.module
+    fn = dep.handler
+    hname = _handler_name(fn)
+    if isinstance(module, nn.Parameter):
+        return Member(name, "other", "Parameter", dep.target.pruning_dim, tuple(idxs),
+                      tuple(root_idxs), None, hname, dep.target.pruning_dim)
+    if not any(True for _ in module.parameters(recurse=False)) and not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return None  # parameter-free op (add, concat, flatten, ...): nothing to merge
+    transposed = getattr(module, "transposed", False)
+    if fn in _DW_FNS:
+        role, dim = "depthwise", 0
+    elif any(fn == f for f in _OUT_FNS):
+        role, dim = "out", (1 if transposed else 0)
+    elif any(fn == f for f in _IN_FNS):
+        role, dim = "in", (0 if transposed else 1)
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+            role = "grouped"
+    elif any(fn == f for f in _NORM_FNS):
+        role, dim = "norm", 0
+    else:
+        role, dim = "other", 0
+    if role == "out" and isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+        role = "grouped"
+    return Member(name, role, type(module).__name__, dim, tuple(int(i) for i in idxs),
+                  tuple(int(r) for r in root_idxs), fold_from if role == "norm" else None,
+                  hname, dep.target.pruning_dim)
+
+
+def _foldable_producer(DG, bn: nn.Module, names: Dict[nn.Module, str]) -> Optional[str]:
+    """Name of the conv/linear feeding only ``bn``, if BatchNorm can be folded into it."""
+    if not getattr(bn, "track_running_stats", False) or bn.running_mean is None:
+        return None
+    node = DG.module2node.get(bn)
+    if node is None or len(node.inputs) != 1:
+        return None
+    prev = node.inputs[0]
+    layer = prev.module
+    if not isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)) or len(prev.outputs) != 1:
+        return None
+    out_ch = layer.out_channels if isinstance(layer, nn.modules.conv._ConvNd) else layer.out_features
+    if out_ch != bn.num_features:
+        return None
+    return names.get(layer)
+
+
+@dataclass(frozen=True)
+class _GroupSpec:
+    name: str
+    size: int
+    members: Tuple[Member, ...]
+    order: int
+
+
+@dataclass
+class _Trace:
+    signature: tuple
+    specs: List[_GroupSpec]
+    output_specs: List[_GroupSpec]
+    fold_pairs: Dict[str, str]
+
+
+_TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Trace]" = weakref.WeakKeyDictionary()
+
+
+def _as_tuple(example_inputs):
+    return example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def _signature(model: nn.Module, example_inputs) -> tuple:
+    params = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters())
+    mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
+    shapes = tuple(tuple(x.shape) if torch.is_tensor(x) else repr(x) for x in _as_tuple(example_inputs))
+    return params, mods, shapes
+
+
+def _model_device(model: nn.Module) -> Optional[torch.device]:
+    for p in model.parameters():
+        return p.device
+    return None
+
+
+def check_inputs(model: nn.Module, example_inputs) -> None:
+    """Raise a clear error when ``example_inputs`` cannot be fed to ``model``."""
+    device = _model_device(model)
+    for x in _as_tuple(example_inputs):
+        if not torch.is_tensor(x):
+            raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(x).__name__}")
+        if device is not None and x.device != device:
+            raise ValueError(
+                f"example_inputs are on {x.device} but the model is on {device}; "
+                f"move them with example_inputs.to({str(device)!r})")
+
+
+def _trace(model: nn.Module, example_inputs) -> _Trace:
+    check_inputs(model, example_inputs)
+    sig = _signature(model, example_inputs)
+    cached = _TRACE_CACHE.get(model)
+    if cached is not None and cached.signature == sig:
+        return cached
+
+    template = copy.deepcopy(model)  # tracing switches to eval mode: never touch the caller's model
+    for p in template.parameters():
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            DG = tp.DependencyGraph().build_dependency(template, example_inputs=example_inputs, verbose=False)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        shapes = [tuple(x.shape) for x in _as_tuple(example_inputs) if torch.is_tensor(x)]
+        raise ValueError(
+            f"could not run the model on example_inputs of shape {shapes}: {err}. "
+            "Pass a batch shaped like the model's real inputs (e.g. torch.randn(1, 3, 32, 32)).") from err
+
+    names = {m: n for n, m in template.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    specs, output_specs = [], []
+    for g in DG.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+        members = []
+        for item in g:
+            dep, idxs = item.dep, item.idxs
+            module = dep.target.module
+            name = names.get(module)
+            if name is None and isinstance(module, nn.Parameter):
+                name = DG._param_to_name.get(module, "<parameter>")
+            if name is None:
+                continue
+            fold_from = None
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                fold_from = _foldable_producer(DG, module, names)
+            m = _member_of(dep, idxs, item.root_idxs, name, fold_from)
+            if m is not None:
+                members.append(m)
+        producers = [m for m in members if m.role in ("out", "depthwise", "grouped")]
+        if not producers:
+            continue
+        root = min(producers, key=lambda m: order.get(m.name, 1 << 30))
+        size = len(set(producers[0].root_idxs))
+        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30))
+        consumers = [m for m in members if m.role not in ("out", "norm")]
+        (specs if consumers else output_specs).append(spec)
+
+    specs.sort(key=lambda s: s.order)
+    output_specs.sort(key=lambda s: s.order)
+    fold_pairs = {m.fold_from: m.name for s in specs + output_specs for m in s.members
+                  if m.role == "norm" and m.fold_from is not None}
+    trace = _Trace(sig, specs, output_specs, fold_pairs)
+    _TRACE_CACHE[model] = trace
+    return trace
+
+
+def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
+                fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
+    """Bind traced group recipes to ``model`` (same structure as the traced one)."""
+    total = len(specs)
+    return [Group(i, total - 1 - i, s.name, s.size, s.members, model, fold_pairs)
+            for i, s in enumerate(specs)]
+
+
+def find_groups(model: nn.Module, example_inputs, *, include_outputs: bool = False) -> List[Group]:
+    """Find the coupled channel groups of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model Torch-Pruning can trace.  It is not modified (tracing runs on a private copy).
+    example_inputs : Tensor or tuple of Tensor
+        A batch shaped like the model's inputs, e.g. ``torch.randn(1, 3, 32, 32)``, on the model's device.
+    include_outputs : bool
+        Also return groups whose channels are model outputs (the final classifier's classes).
+
+    Returns
+    -------
+    list of Group
+        In forward order of their root layers; ``groups[i].index == i``.  The result is cached per
+        model, so calling again (or calling :func:`prune`) does not trace again.
+
+    Examples
+    --------
+    >>> import torch, intrafusion_viz as ifv
+    >>> model = ifv.models.vgg11_bn()
+    >>> groups = ifv.find_groups(model, torch.randn(1, 3, 32, 32))
+    >>> [g.name for g in groups][:2], groups[6].paper_index
+    (['features.0', 'features.4'], 1)
+    """
+    trace = _trace(model, example_inputs)
+    specs = trace.specs + (trace.output_specs if include_outputs else [])
+    if include_outputs:
+        specs = sorted(specs, key=lambda s: s.order)
+    return bind_groups(specs, model, trace.fold_pairs)

@@ -1,0 +1,298 @@
+"""Optimal transport between a group's channels and the channels it keeps: cost, masses, plan, merge maps.
+
+Tensors in, tensors out; nothing here knows about models.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "OTConfig",
+    "cost_matrix",
+    "masses",
+    "transport_plan",
+    "merge_matrices",
+    "selection_plan",
+]
+
+_TARGETS = ("most_important", "centroid")
+_MASSES = ("uniform", "importance")
+_SOLVERS = ("emd", "sinkhorn")
+_FUSIONS = ("barycentric", "paper")
+
+
+@dataclass(frozen=True)
+class OTConfig:
+    """Settings of Intra-Fusion's optimal-transport step.
+
+    Parameters
+    ----------
+    p : float
+        Order of the p-norm distance between (unit-normalised) channel weight vectors; ``p >= 1``.
+    target : {"most_important", "centroid"}
+        Transport onto the kept (most important) channels themselves, or onto k-means centroids of
+        all channels (each centroid is labelled with the kept channel nearest to it).
+    source_mass, target_mass : {"uniform", "importance"}
+        Mass of each source channel / each target, uniform or proportional to importance.
+    solver : {"emd", "sinkhorn"}
+        Exact optimal transport, or entropic Sinkhorn with strength ``reg``.
+    reg : float
+        Entropic regularisation, relative to the largest cost (the cost is divided by its maximum
+        before Sinkhorn, so ``reg`` means the same for every layer).
+    fusion : {"barycentric", "paper"}
+        ``"barycentric"`` (default): a kept channel's outgoing weights are the plan-weighted average
+        of its sources and the next layer's incoming weights are the plan-weighted sum, so merging
+        exact duplicates changes nothing.  ``"paper"``: the Intra-Fusion paper's per-source map on
+        both sides (rows are summed too; outputs grow by about n/k); for reproducing its numbers only.
+    fold_batchnorm : bool
+        Fold BatchNorm into the preceding conv/linear (exactly, with eps) before merging.
+    max_iter : int or None
+        Iteration limit of the solver; ``None`` picks one large enough for the problem size.
+    """
+
+    p: float = 2.0
+    target: str = "most_important"
+    source_mass: str = "uniform"
+    target_mass: str = "uniform"
+    solver: str = "emd"
+    reg: float = 0.05
+    fusion: str = "barycentric"
+    fold_batchnorm: bool = True
+    max_iter: Optional[int] = None
+
+    def __post_init__(self):
+        if self.target == "cluster_centroid":  # the paper's spelling
+            object.__setattr__(self, "target", "centroid")
+        _check_choice("target", self.target, _TARGETS)
+        _check_choice("source_mass", self.source_mass, _MASSES)
+        _check_choice("target_mass", self.target_mass, _MASSES)
+        _check_choice("solver", self.solver, _SOLVERS)
+        _check_choice("fusion", self.fusion, _FUSIONS)
+        if not (isinstance(self.p, (int, float)) and math.isfinite(self.p) and self.p >= 1):
+            raise ValueError(f"p must be a number >= 1 (a p-norm), got {self.p!r}")
+        if not (isinstance(self.reg, (int, float)) and math.isfinite(self.reg) and self.reg > 0):
+            raise ValueError(f"reg must be a positive number, got {self.reg!r}")
+        if self.max_iter is not None and (not isinstance(self.max_iter, int) or self.max_iter < 1):
+            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
+
+
+def _check_choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = OTConfig(),
+                importance: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cost of moving each channel onto each target.
+
+    Parameters
+    ----------
+    features : Tensor, shape (n, d)
+        One weight vector per channel (all of the group's layers concatenated).
+    kept : Tensor, shape (k,)
+        Indices of the kept channels.
+    config : OTConfig
+        Uses ``p`` and ``target``.
+
+    Returns
+    -------
+    Tensor, shape (n, k)
+        p-norm distance between unit-normalised channel vectors and the targets; float64, on CPU.
+    """
+    x = _unit_rows(features.detach().cpu())
+    if not x.is_floating_point():
+        x = x.double()
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    if config.target == "most_important":
+        targets = x[kept]
+    else:
+        targets = _unit_rows(_centroids(x, kept))
+    cost = torch.cdist(x, targets.to(x.dtype), p=float(config.p)).double().clamp_min_(0)
+    if config.target == "most_important":
+        cost[kept, torch.arange(len(kept))] = 0.0  # exact zero: matmul-based cdist can leave ~1e-8
+    return cost
+
+
+def _centroids(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """k-means centroids started from the kept channels; centroid j is the one nearest kept[j]."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import KMeans
+
+    k = len(kept)
+    xn = x.double().numpy()
+    km = KMeans(n_clusters=k, init=xn[kept.numpy()], n_init=1, max_iter=100, random_state=0).fit(xn)
+    centers = torch.from_numpy(km.cluster_centers_).to(x.dtype)
+    rows, cols = linear_sum_assignment(torch.cdist(x[kept], centers).numpy())
+    out = torch.empty_like(centers)
+    out[torch.as_tensor(rows)] = centers[torch.as_tensor(cols)]
+    return out
+
+
+def masses(kind: str, importance: Optional[torch.Tensor], n: int) -> torch.Tensor:
+    """Probability vector of length ``n``: uniform, or proportional to (non-negative) importance."""
+    _check_choice("mass", kind, _MASSES)
+    if kind == "uniform":
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    imp = torch.as_tensor(importance, dtype=torch.float64).flatten().clamp_min(0)
+    imp = imp + 1e-12 * max(float(imp.max()), 1.0)  # a zero-importance channel still has to go somewhere
+    return imp / imp.sum()
+
+
+def selection_plan(n: int, kept: torch.Tensor) -> torch.Tensor:
+    """The plan of default pruning: kept channel j keeps itself, every other channel is dropped.
+
+    Returns
+    -------
+    Tensor, shape (n, k)
+        ``plan[kept[j], j] = 1 / n``, zero elsewhere.
+    """
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    plan = torch.zeros(n, len(kept), dtype=torch.float64)
+    plan[kept, torch.arange(len(kept))] = 1.0 / n
+    return plan
+
+
+def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                   config: OTConfig = OTConfig(), kept: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Solve the transport problem.
+
+    Parameters
+    ----------
+    cost : Tensor, shape (n, k)
+    source : Tensor, shape (n,)
+        Source masses (sum to 1).
+    target : Tensor, shape (k,)
+        Target masses (sum to 1).
+    config : OTConfig
+        Uses ``solver``, ``reg``, ``max_iter``, ``target`` and ``p``.
+    kept : Tensor, shape (k,), optional
+        When the targets are the kept channels themselves (``target="most_important"``) and the cost
+        is a metric (``p >= 1``), an optimal plan leaves each kept channel's mass in place; the exact
+        solver uses this to solve a smaller problem (an assignment when every kept channel receives
+        the same whole number of others), which is several times faster than the full problem.
+
+    Returns
+    -------
+    Tensor, shape (n, k)
+        float64 plan with row sums ``source`` and column sums ``target``.
+    """
+    cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
+    a = torch.as_tensor(source, dtype=torch.float64).cpu()
+    b = torch.as_tensor(target, dtype=torch.float64).cpu()
+    n, k = cost.shape
+    if a.shape != (n,) or b.shape != (k,):
+        raise ValueError(f"masses of shape {tuple(a.shape)} and {tuple(b.shape)} do not fit a cost of shape {(n, k)}")
+    if not torch.isfinite(cost).all():
+        raise ValueError("the cost matrix has NaN or infinite entries; check the layer weights for NaN")
+    b = b * (a.sum() / b.sum())
+    if config.solver == "sinkhorn":
+        return _sinkhorn(cost, a, b, config)
+    if kept is not None and config.target == "most_important" and config.p >= 1:
+        return _emd_kept_in_place(cost, a, b, torch.as_tensor(kept, dtype=torch.long), config)
+    return _emd(cost, a, b, config)
+
+
+def _emd(cost, a, b, config) -> torch.Tensor:
+    import ot
+
+    n, k = cost.shape
+    if n == 0 or k == 0:
+        return torch.zeros(n, k, dtype=torch.float64)
+    max_iter = config.max_iter or max(100_000, 50 * n * k)
+    plan, log = ot.emd(a.numpy(), b.numpy(), np.ascontiguousarray(cost.numpy()),
+                       numItermax=max_iter, log=True)
+    if log.get("warning"):
+        raise RuntimeError(
+            f"exact OT did not reach the optimum ({log['warning']}); raise OTConfig.max_iter "
+            f"(now {max_iter}) or use solver='sinkhorn'")
+    return torch.from_numpy(plan)
+
+
+def _emd_kept_in_place(cost, a, b, kept, config) -> torch.Tensor:
+    from scipy.optimize import linear_sum_assignment
+
+    n, k = cost.shape
+    plan = torch.zeros(n, k, dtype=torch.float64)
+    cols = torch.arange(k)
+    stay = torch.minimum(a[kept], b)
+    plan[kept, cols] = stay
+    a_rest = a.clone()
+    a_rest[kept] -= stay
+    b_rest = b - stay
+    rows = torch.nonzero(a_rest > 1e-15 * a.max()).flatten()
+    tcols = torch.nonzero(b_rest > 1e-15 * b.max()).flatten()
+    if len(rows) == 0 or len(tcols) == 0:
+        return plan
+    sub_cost = cost[rows][:, tcols]
+    ar, br = a_rest[rows], b_rest[tcols]
+    # An assignment when every source has the same mass u and every target room for m*u, m whole.
+    unit = ar[0]
+    m = float(br[0] / unit)
+    if (torch.allclose(ar, unit.expand_as(ar), rtol=1e-9, atol=0)
+            and torch.allclose(br, br[0].expand_as(br), rtol=1e-9, atol=0)
+            and abs(m - round(m)) < 1e-6 and round(m) >= 1 and len(rows) == round(m) * len(tcols)):
+        reps = int(round(m))
+        r, c = linear_sum_assignment(np.repeat(sub_cost.numpy(), reps, axis=1))
+        plan[rows[torch.as_tensor(r)], tcols[torch.as_tensor(c // reps)]] += unit
+        return plan
+    sub = _emd(sub_cost, ar, br * (ar.sum() / br.sum()), config)
+    plan[rows.unsqueeze(1), tcols.unsqueeze(0)] += sub
+    return plan
+
+
+def _sinkhorn(cost, a, b, config) -> torch.Tensor:
+    import ot
+
+    scale = float(cost.max()) or 1.0
+    max_iter = config.max_iter or 10_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence is checked on the marginals below
+        plan = ot.sinkhorn(a.numpy(), b.numpy(), (cost / scale).numpy(), config.reg,
+                           method="sinkhorn_log", numItermax=max_iter, stopThr=1e-9)
+    plan = torch.from_numpy(np.asarray(plan))
+    err = float((plan.sum(1) - a).abs().sum() + (plan.sum(0) - b).abs().sum())
+    if not math.isfinite(err) or err > 1e-3:
+        raise RuntimeError(
+            f"Sinkhorn did not converge (marginal error {err:.2e}) with reg={config.reg}; "
+            "raise reg or max_iter, or use solver='emd'")
+    return plan
+
+
+def merge_matrices(plan: torch.Tensor, fusion: str = "barycentric") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Turn a transport plan into the maps that merge a group's channels.
+
+    Parameters
+    ----------
+    plan : Tensor, shape (n, k)
+    fusion : {"barycentric", "paper"}
+
+    Returns
+    -------
+    out_map : Tensor, shape (n, k)
+        ``new_rows = out_map.T @ rows``: for ``"barycentric"`` each column sums to 1 (a kept channel's
+        outgoing weights, bias and norm parameters are the plan-weighted average of its sources).
+    in_map : Tensor, shape (n, k)
+        ``new_columns = columns @ in_map``: each row sums to 1 (every source's incoming contribution
+        is split over the kept channels it moves to, so the next layer sums them).
+
+    For ``"paper"`` both maps are the per-source one (``in_map``), as in the paper's code.
+    """
+    _check_choice("fusion", fusion, _FUSIONS)
+    plan = torch.as_tensor(plan, dtype=torch.float64)
+    row = plan.sum(1, keepdim=True)
+    in_map = torch.where(row > 0, plan / row.clamp_min(1e-300), torch.zeros_like(plan))
+    if fusion == "paper":
+        return in_map, in_map
+    col = plan.sum(0, keepdim=True)
+    out_map = plan / col.clamp_min(1e-300)
+    return out_map, in_map

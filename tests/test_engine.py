@@ -1,0 +1,328 @@
+"""Engine invariants: groups, BatchNorm folding, function preservation, the caller's model untouched."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import intrafusion_viz as ifv
+from intrafusion_viz import models
+
+from helpers import (TinyResNet, assert_state_equal, conv_bn_net, duplicate_group, keep_first_half, mlp,
+                     randomize_bn, rel_err, state_copy)
+
+torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- groups
+
+def test_vgg11_groups_and_paper_numbering():
+    model = models.vgg11_bn(width_mult=0.125)
+    groups = ifv.find_groups(model, torch.randn(1, 3, 32, 32))
+    names = [g.name for g in groups]
+    assert names == ["features.0", "features.4", "features.8", "features.11",
+                     "features.15", "features.18", "features.22", "features.25"]
+    assert [g.index for g in groups] == list(range(8))
+    assert groups[6].paper_index == 1  # the paper's G1 is features.22
+    g = groups[0]
+    roles = {name: role for name, role, _ in g.layers}
+    assert roles == {"features.0": "out", "features.1": "norm", "features.4": "in"}
+    assert g.size == model.features[0].out_channels
+    # the classifier's outputs are not a group; with include_outputs they are
+    all_groups = ifv.find_groups(model, torch.randn(1, 3, 32, 32), include_outputs=True)
+    assert len(all_groups) == 9 and all_groups[-1].name == "classifier"
+
+
+def test_resnet_stream_is_one_group():
+    model = TinyResNet()
+    groups = ifv.find_groups(model, torch.randn(1, 3, 16, 16))
+    stream = groups[0]
+    assert stream.name == "conv1"
+    out_layers = {m.name for m in stream.members if m.role == "out"}
+    assert out_layers == {"conv1", "layer1.0.conv2", "layer1.1.conv2"}
+    in_layers = {m.name for m in stream.members if m.role == "in"}
+    assert in_layers == {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.shortcut.0"}
+    stream2 = [g for g in groups if "layer2.0.shortcut.0" in {m.name for m in g.members if m.role == "out"}]
+    assert len(stream2) == 1 and "linear" in {m.name for m in stream2[0].members if m.role == "in"}
+
+
+def test_find_groups_does_not_touch_model_and_is_cached():
+    model = randomize_bn(TinyResNet()).train()
+    state = state_copy(model)
+    x = torch.randn(2, 3, 16, 16)
+    g1 = ifv.find_groups(model, x)
+    g2 = ifv.find_groups(model, x)
+    assert model.training
+    assert_state_equal(model, state)
+    assert [g.members for g in g1] == [g.members for g in g2]
+    from intrafusion_viz._groups import _TRACE_CACHE
+    assert model in _TRACE_CACHE
+
+
+def test_torch_pruning_importance_accepts_group():
+    import torch_pruning as tp
+    model = models.vgg11_bn(width_mult=0.125)
+    g = ifv.find_groups(model, torch.randn(1, 3, 32, 32))[2]
+    scores = tp.importance.GroupMagnitudeImportance(p=1)(g)
+    assert scores.shape == (g.size,)
+
+
+# ---------------------------------------------------------------- BatchNorm folding
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("make", [conv_bn_net, TinyResNet, lambda: models.vgg11_bn(width_mult=0.125)])
+def test_fold_batchnorm_keeps_outputs(make, dtype, tol):
+    model = randomize_bn(make()).to(dtype).eval()
+    shape = (3, 1, 8, 8) if isinstance(model, nn.Sequential) else (3, 3, 32, 32) if isinstance(model, models.VGG) else (3, 3, 16, 16)
+    x = torch.randn(*shape, dtype=dtype)
+    state = state_copy(model)
+    folded = ifv.fold_batchnorm(model, x[:1])
+    assert_state_equal(model, state)
+    with torch.no_grad():
+        assert rel_err(folded(x), model(x)) <= tol
+    bns = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(b.running_mean == 0) for b in bns)
+    folded.train()(x).sum().backward()  # still trains
+
+
+# ---------------------------------------------------------------- function preservation
+
+CASES = {
+    "mlp": (lambda: mlp(), (4, 5)),
+    "conv_bn": (lambda: randomize_bn(conv_bn_net()), (4, 1, 8, 8)),
+    "resnet": (lambda: randomize_bn(TinyResNet()), (4, 3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparsity_zero_keeps_outputs(case, method):
+    make, shape = CASES[case]
+    model = make().eval()
+    x = torch.randn(*shape)
+    res = ifv.prune(model, x[:1], 0.0, method=method)
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-5
+    assert all(g.k == g.n for g in res.groups)
+
+
+def _duplicated(case):
+    make, shape = CASES[case]
+    model = make().eval()
+    x = torch.randn(*shape)
+    group = ifv.find_groups(model, x[:1])[0]
+    duplicate_group(model, group)
+    return model, x
+
+
+@pytest.mark.parametrize("solver_target", [("emd", "most_important"), ("emd", "centroid")])
+@pytest.mark.parametrize("case", list(CASES))
+def test_merging_exact_duplicates_keeps_outputs(case, solver_target):
+    model, x = _duplicated(case)
+    solver, target = solver_target
+    cfg = ifv.OTConfig(solver=solver, target=target)
+    res = ifv.prune(model, x[:1], 0.5, groups=[0], importance=keep_first_half, config=cfg)
+    g = res.groups[0]
+    assert g.k == g.n // 2 and torch.equal(g.kept, torch.arange(g.n // 2))
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-5
+    # every copy went to its twin
+    assert torch.equal(g.assignment, torch.arange(g.n) % (g.n // 2))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_paper_fusion_changes_outputs_of_duplicates(case):
+    model, x = _duplicated(case)
+    res = ifv.prune(model, x[:1], 0.5, groups=[0], importance=keep_first_half,
+                    config=ifv.OTConfig(fusion="paper"))
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) > 1e-2
+
+
+def test_default_pruning_is_plain_selection():
+    model = randomize_bn(conv_bn_net()).eval()
+    x = torch.randn(2, 1, 8, 8)
+    res = ifv.prune(model, x[:1], 0.5, method="default", groups=[0])
+    kept = res.groups[0].kept
+    assert torch.equal(res.model[0].weight, model[0].weight[kept])
+    assert torch.equal(res.model[1].running_var, model[1].running_var[kept])
+    assert torch.equal(res.model[3].weight, model[3].weight[:, kept])
+    assert res.groups[0].cost is None
+
+
+# ---------------------------------------------------------------- the result and the caller's model
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+def test_pruned_model_shapes_and_caller_untouched(method):
+    model = randomize_bn(TinyResNet(w=8)).train()
+    state = state_copy(model)
+    x = torch.randn(4, 3, 16, 16)
+    res = ifv.prune(model, x[:2], 0.5, method=method)
+    assert model.training and res.model.training
+    assert_state_equal(model, state)
+    pruned = res.model
+    assert pruned.conv1.out_channels == 4 and pruned.layer2[0].conv1.out_channels == 8
+    assert pruned.linear.in_features == 8
+    pruned(x).sum().backward()
+    pruned.eval()(x)
+    assert res.params_after < res.params_before
+
+
+def test_records_are_consistent():
+    model = models.vgg11_bn(width_mult=0.125).eval()
+    x = torch.randn(1, 3, 32, 32)
+    res = ifv.prune(model, x, {2: 0.5, "features.22": 0.3})
+    assert [g.index for g in res.groups] == [2, 6]
+    for g in res.groups:
+        assert g.k == ifv.num_kept(g.n, g.sparsity)
+        assert g.cost.shape == g.plan.shape == g.out_map.shape == g.in_map.shape == (g.n, g.k)
+        assert g.importance.shape == (g.n,)
+        assert torch.allclose(g.plan.sum(1), torch.full((g.n,), 1 / g.n, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(g.plan.sum(0), torch.full((g.k,), 1 / g.k, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(g.out_map.sum(0), torch.ones(g.k, dtype=torch.float64))
+        assert torch.allclose(g.in_map.sum(1), torch.ones(g.n, dtype=torch.float64))
+        # the kept channels are the most important ones
+        assert set(g.kept.tolist()) == set(torch.topk(g.importance, g.k).indices.tolist())
+    assert res.model.features[8].out_channels == model.features[8].out_channels // 2
+
+
+def test_works_under_no_grad_and_with_taylor():
+    model = randomize_bn(conv_bn_net()).train()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    state = state_copy(model)
+    with torch.no_grad():
+        res = ifv.prune(model, x[:1], 0.5, importance="taylor", batch=(x, y))
+        res_l1 = ifv.prune(model, x[:1], 0.5, importance="l2")
+    assert_state_equal(model, state)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in res.model.parameters())
+    assert res.model[0].out_channels == 3 and res_l1.model[0].out_channels == 3
+    res.model(x).sum().backward()
+
+
+@pytest.mark.parametrize("imp", ["l1", "l2", "lamp", "random"])
+def test_named_importances(imp):
+    model = models.SmallCNN()
+    res = ifv.prune(model, torch.randn(1, 1, 8, 8), 0.5, importance=imp)
+    assert [g.k for g in res.groups] == [g.n - g.n // 2 for g in res.groups]
+
+
+def test_random_importance_is_seeded():
+    model = models.SmallCNN()
+    x = torch.randn(1, 1, 8, 8)
+    a = ifv.prune(model, x, 0.5, importance="random", seed=1).groups[0].kept
+    b = ifv.prune(model, x, 0.5, importance="random", seed=1).groups[0].kept
+    assert torch.equal(a, b)
+
+
+def test_inplace_prunes_callers_model():
+    model = models.SmallCNN()
+    res = ifv.prune(model, torch.randn(1, 1, 8, 8), 0.5, inplace=True)
+    assert res.model is model and model.features[0].out_channels == res.groups[0].k
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan"), "0.5", True])
+def test_bad_sparsity(sparsity):
+    model = models.SmallCNN()
+    state = state_copy(model)
+    with pytest.raises((ValueError, TypeError), match="sparsity"):
+        ifv.prune(model, torch.randn(1, 1, 8, 8), sparsity)
+    with pytest.raises((ValueError, TypeError), match="sparsity"):
+        ifv.prune(model, torch.randn(1, 1, 8, 8), {0: sparsity})
+    assert_state_equal(model, state)
+
+
+def test_bad_importance_method_and_group():
+    model = models.SmallCNN()
+    state = state_copy(model)
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown importance 'l7'"):
+        ifv.prune(model, x, 0.5, importance="l7")
+    with pytest.raises(ValueError, match="method"):
+        ifv.prune(model, x, 0.5, method="fusion")
+    with pytest.raises(IndexError, match="out of range"):
+        ifv.prune(model, x, 0.5, groups=[7])
+    with pytest.raises(KeyError, match="no group named"):
+        ifv.prune(model, x, 0.5, groups=["nope"])
+    with pytest.raises(ValueError, match="expected group.size"):
+        ifv.prune(model, x, 0.5, importance=lambda g: torch.ones(3))
+    with pytest.raises(ValueError, match="taylor"):
+        ifv.prune(model, x, 0.5, importance="taylor")
+    assert_state_equal(model, state)
+
+
+def test_bad_example_inputs():
+    model = models.SmallCNN()
+    state = state_copy(model)
+    with pytest.raises(ValueError, match="example_inputs of shape"):
+        ifv.prune(model, torch.randn(1, 3, 8, 8), 0.5)
+    with pytest.raises(ValueError, match="example_inputs of shape"):
+        ifv.find_groups(model, torch.randn(1, 1, 8))
+    assert_state_equal(model, state)
+
+
+def test_data_on_another_device():
+    model = models.SmallCNN()
+    meta = torch.randn(1, 1, 8, 8, device="meta")
+    with pytest.raises(ValueError, match="move them"):
+        ifv.prune(model, meta, 0.5)
+
+
+class WithLayerNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)).relu())
+
+
+class WithDepthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw = nn.Conv2d(3, 6, 1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.dw(self.pw(x)).relu()).mean((2, 3))
+
+
+@pytest.mark.parametrize("make,shape,layer", [(WithLayerNorm, (1, 4), "norm"), (WithDepthwise, (1, 3, 6, 6), "dw")])
+def test_unsupported_layer_is_refused_by_name(make, shape, layer):
+    model = make()
+    state = state_copy(model)
+    x = torch.randn(*shape)
+    with pytest.raises(ifv.UnsupportedLayerError, match=f"'{layer}'"):
+        ifv.prune(model, x, 0.5)
+    assert_state_equal(model, state)
+    # plain pruning can still select channels through these layers
+    res = ifv.prune(model, x, 0.5, method="default")
+    res.model(torch.randn(2, *shape[1:]))
+
+
+def test_config_validation():
+    for bad in [dict(p=0.5), dict(solver="lp"), dict(target="mean"), dict(fusion="avg"),
+                dict(source_mass="x"), dict(reg=0.0), dict(max_iter=0)]:
+        with pytest.raises(ValueError):
+            ifv.OTConfig(**bad)
+    assert ifv.OTConfig(target="cluster_centroid").target == "centroid"
+    with pytest.raises(TypeError, match="OTConfig"):
+        ifv.prune(models.SmallCNN(), torch.randn(1, 1, 8, 8), 0.5, config={"p": 1})
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(solver="sinkhorn", reg=0.05), dict(p=1), dict(source_mass="importance", target_mass="importance"),
+    dict(target="centroid"), dict(fusion="paper"), dict(fold_batchnorm=False),
+])
+def test_every_option_prunes(cfg):
+    model = randomize_bn(TinyResNet()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    res = ifv.prune(model, x[:1], 0.4, config=ifv.OTConfig(**cfg))
+    out = res.model(x)
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    for g in res.groups:
+        expected = ifv.masses(cfg.get("source_mass", "uniform"), g.importance, g.n)
+        assert torch.allclose(g.plan.sum(1), expected, atol=1e-6)
