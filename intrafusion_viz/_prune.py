@@ -143,6 +143,7 @@ def _select(groups: List[Group], selection, sparsity) -> Dict[int, float]:
 def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
+          features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
           seed: int = 0, inplace: bool = False, progress: bool = False) -> PruneResult:
     """Prune ``model`` by merging channels along an optimal-transport plan (or by dropping them).
 
@@ -167,6 +168,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Data for data-driven importance (Taylor).
     loss_fn : callable, optional
         Loss for Taylor importance; default cross-entropy.
+    features : callable, optional
+        ``features(model, group) -> Tensor (group.size, d)``: the vectors the transport cost compares
+        (default :func:`channel_features`, the channels' weights with BatchNorm folded).  Called on
+        the caller's model, read only.
     seed : int
         Seed of the random importance.
     inplace : bool
@@ -200,8 +205,14 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     fuse = method == "intra-fusion"
     # Channel vectors are read from the untouched model, so a group's plan never depends on which
     # other groups are pruned with it or in what order.
-    features = {i: channel_features(model, originals[i], fold=config.fold_batchnorm)
-                for i in selected} if fuse else {}
+    if features is None:
+        def features(m, g):
+            return channel_features(m, g, fold=config.fold_batchnorm)
+    vectors = {i: features(model, originals[i]) for i in selected} if fuse else {}
+    for i, v in vectors.items():
+        if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
+            raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
+                             f"got {getattr(v, 'shape', type(v).__name__)}")
 
     work = model if inplace else copy.deepcopy(model)
     was_training = work.training
@@ -234,7 +245,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         if fuse and k < n:
             if config.fold_batchnorm:
                 fold_group_batchnorms(work, g)
-            cost = cost_matrix(features[i], kept, config)
+            cost = cost_matrix(vectors[i], kept, config)
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
             plan = transport_plan(cost, a, b, config, kept=kept)
