@@ -18,6 +18,17 @@ from intrafusion_viz.models import (
     vgg11_bn,
 )
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Tiny models: two OpenMP threads on a shared 2-core machine spin-wait when a neighbour
+    # process is busy, which makes each step many times slower than one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # (registry name, small constructor kwargs, input shape) for every registered model.
 CASES = [
     ("mlp", {}, (3, 64)),
