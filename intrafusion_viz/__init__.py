@@ -31,6 +31,7 @@ _LAZY_NAMES = {
     "save_checkpoint": "_train",
     "load_checkpoint": "_train",
     "CheckpointError": "_train",
+    "TrainHistory": "_train",
 }
 
 __all__ = [
