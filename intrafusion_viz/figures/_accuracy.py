@@ -69,3 +69,97 @@ def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of channels removed)",
                       yaxis_title="accuracy (%)", legend_title="method", template="plotly_white")
     return fig
+
+
+def _drops(records):
+    """Per-layer rows with ``label`` and ``drop`` (original accuracy minus accuracy, points)."""
+    df = tidy_frame(records)
+    original = df[df["method"] == "original"]
+    if original.empty:
+        raise ValueError("records need a row with method 'original' to measure the drop from")
+    base = float(original["accuracy"].mean())
+    rows = df[(df["method"] != "original") & (df["group"] != -1)].copy()
+    if rows.empty:
+        raise ValueError("records hold no per-group rows (group >= 0); run intrafusion_viz.sweeps.layer_sweep")
+    rows["drop"] = base - rows["accuracy"]
+    rows["label"] = [group_label(r) for _, r in rows.iterrows()]
+    order = rows.drop_duplicates("group").sort_values("group")["label"].tolist()
+    return rows, order, base
+
+
+def sweep_heatmap(records, title: Optional[str] = None):
+    """Accuracy drop per group (rows) and sparsity (columns), one heatmap per method.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame or list of dict
+        Tidy records of :func:`intrafusion_viz.sweeps.layer_sweep` (needs an ``"original"`` row).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Heatmap`` per method (subplots side by side, shared colour scale), ``z`` of shape
+        (groups, sparsities) in accuracy points lost.
+    """
+    import numpy as np
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows, order, base = _drops(records)
+    methods = method_order(rows["method"])
+    sparsities = sorted(rows["sparsity"].unique())
+    zmax = max(float(rows["drop"].max()), 1e-9)
+    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    for col, method in enumerate(methods, start=1):
+        table = rows[rows["method"] == method].pivot_table(index="label", columns="sparsity", values="drop",
+                                                           aggfunc="mean").reindex(index=order, columns=sparsities)
+        z = table.to_numpy(dtype=float)
+        fig.add_trace(go.Heatmap(
+            z=z, x=[f"{s:.2f}" for s in sparsities], y=order, zmin=min(0.0, float(np.nanmin(z))), zmax=zmax,
+            colorscale="Reds", showscale=col == len(methods), colorbar=dict(title="drop (pts)"),
+            text=np.round(z, 1), texttemplate="%{text}", name=method,
+            hovertemplate=f"{method}<br>%{{y}}<br>sparsity %{{x}}<br>drop %{{z:.2f}} pts<extra></extra>"),
+            row=1, col=col)
+        fig.update_xaxes(title_text="sparsity", row=1, col=col)
+    fig.update_yaxes(title_text="group", autorange="reversed", row=1, col=1)
+    fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)",
+                      template="plotly_white", height=int(200 + 28 * len(order)))
+    return fig
+
+
+def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] = None):
+    """Grouped bars of the accuracy drop: one bar per method for every (group, sparsity).
+
+    Parameters
+    ----------
+    records : pandas.DataFrame or list of dict
+        Tidy records with an ``"original"`` row.
+    sparsity : float, optional
+        Draw only this sparsity (default: all, on a two-level group / sparsity axis).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Bar`` per method.
+    """
+    import plotly.graph_objects as go
+
+    rows, order, base = _drops(records)
+    if sparsity is not None:
+        rows = rows[(rows["sparsity"] - sparsity).abs() < 1e-9]
+        if rows.empty:
+            raise KeyError(f"no records at sparsity {sparsity}")
+    rank = {label: i for i, label in enumerate(order)}
+    fig = go.Figure()
+    for method in method_order(rows["method"]):
+        part = rows[rows["method"] == method].groupby(["label", "sparsity"], as_index=False)["drop"].mean()
+        part = part.assign(rank=part["label"].map(rank)).sort_values(["rank", "sparsity"])
+        x = (part["label"].tolist() if sparsity is not None
+             else [part["label"].tolist(), [f"{s:.2f}" for s in part["sparsity"]]])
+        fig.add_trace(go.Bar(x=x, y=part["drop"].to_numpy(), name=method, marker_color=METHOD_COLORS.get(method),
+                             hovertemplate=f"{method}<br>%{{x}}<br>drop %{{y:.2f}} pts<extra></extra>"))
+    fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)", barmode="group",
+                      template="plotly_white", xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
+                      yaxis_title="accuracy drop (points)", legend_title="method")
+    return fig

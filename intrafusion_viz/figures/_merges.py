@@ -1,0 +1,150 @@
+"""Which neurons merge: each kept filter beside the filters merged into it and the merged result."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ._common import to_numpy
+
+
+def _producer(group_result, model):
+    """The group's first conv/linear producing its channels, and its BatchNorm (or None)."""
+    modules = dict(model.named_modules())
+    out = next((m for m in group_result.members if m.role == "out"), None)
+    if out is None:
+        raise ValueError(f"group {group_result.name!r} has no producing conv/linear layer to draw")
+    norm = next((m for m in group_result.members if m.role == "norm" and m.fold_from == out.name), None)
+    return out, modules[out.name], (modules[norm.name] if norm is not None else None)
+
+
+def producer_rows(group_result, model) -> np.ndarray:
+    """Each neuron's producing weights, BatchNorm scale folded in when the group has one.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, *weight.shape[1:])
+        Row ``i`` is neuron ``i``'s filter (conv: ``(in_channels, kh, kw)``; linear: ``(in_features,)``).
+    """
+    member, layer, bn = _producer(group_result, model)
+    w = to_numpy(layer.weight)
+    if bn is not None and bn.running_var is not None:
+        scale = to_numpy(bn.weight) if bn.affine else 1.0
+        scale = scale / np.sqrt(to_numpy(bn.running_var) + bn.eps)
+        w = w * scale.reshape([-1] + [1] * (w.ndim - 1))
+    w = np.moveaxis(w, member.dim, 0)
+    local = np.asarray(member.local_idxs)
+    root = np.asarray(member.root_idxs)
+    rows = np.empty((group_result.n,) + w.shape[1:])
+    rows[root] = w[local]
+    return rows
+
+
+def _clusters(group_result, max_clusters: int, max_sources: int):
+    plan = to_numpy(group_result.plan)
+    kept = to_numpy(group_result.kept).astype(int)
+    out_map = to_numpy(group_result.out_map)
+    # A neuron belongs to the kept neuron it sends most mass to (soft Sinkhorn plans spread a little everywhere).
+    assignment = to_numpy(group_result.assignment).astype(int)
+    sizes = np.bincount(assignment[assignment >= 0], minlength=len(kept))
+    chosen = np.argsort(-sizes, kind="stable")[:max_clusters]
+    clusters = []
+    for j in sorted(chosen):
+        sources = [int(i) for i in np.argsort(-plan[:, j], kind="stable") if assignment[i] == j and i != kept[j]]
+        clusters.append((j, int(kept[j]), sources[:max_sources], len(sources)))
+    return clusters, out_map
+
+
+def _tile(filt: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    img = np.clip((filt - lo) / (hi - lo + 1e-12), 0, 1)
+    img = np.moveaxis(img, 0, -1)  # (kh, kw, c)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, -1)
+    return (img * 255).astype(np.uint8)
+
+
+def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sources: int = 6,
+                  title: Optional[str] = None):
+    """Each kept neuron beside the neurons merged into it, and the merged result.
+
+    For convs whose input has 1 or 3 channels the filters are image tiles (one ``Image`` mosaic:
+    a row per kept neuron: kept filter | merged filters | merged result); for other layers the
+    same as bars of weight norms.  BatchNorm scale is folded into the filters, as the merge does.
+
+    Parameters
+    ----------
+    group_result : GroupResult
+        Uses ``plan``, ``kept``, ``out_map`` (the merged filter is ``out_map[:, j] @ filters``).
+    original_model : nn.Module
+        The model before pruning (read only).
+    max_clusters : int
+        Draw the kept neurons with the most merged sources, at most this many.
+    max_sources : int
+        At most this many merged sources per kept neuron (largest mass first).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Image mode: an ``Image`` trace plus an invisible ``Scatter`` for the hover.  Bar mode: three
+        ``Bar`` traces (kept, merged into it, merged result) on a two-level category axis.
+    """
+    import plotly.graph_objects as go
+
+    rows = producer_rows(group_result, original_model)
+    clusters, out_map = _clusters(group_result, max_clusters, max_sources)
+    merged = {j: out_map[:, j] @ rows.reshape(len(rows), -1) for j, _, _, _ in clusters}
+    label = f"G{group_result.paper_index} {group_result.name}"
+    is_image = rows.ndim == 4 and rows.shape[1] in (1, 3)
+    if is_image:
+        c, kh, kw = rows.shape[1:]
+        lo, hi = float(rows.min()), float(rows.max())
+        width = max_sources + 2
+        gap = 1
+        canvas = np.full((len(clusters) * (kh + gap), width * (kw + gap), 3), 255, dtype=np.uint8)
+        hx, hy, htext = [], [], []
+        for r, (j, kept_i, sources, total) in enumerate(clusters):
+            tiles = [(kept_i, rows[kept_i], "kept")]
+            tiles += [(i, rows[i], "merged in") for i in sources]
+            tiles += [(None, merged[j].reshape(c, kh, kw), "merged result")]
+            for col, (idx, filt, what) in enumerate(tiles):
+                col = width - 1 if what == "merged result" else col
+                y0, x0 = r * (kh + gap), col * (kw + gap)
+                canvas[y0:y0 + kh, x0:x0 + kw] = _tile(filt, lo, hi)
+                hx.append(x0 + kw / 2 - 0.5)
+                hy.append(y0 + kh / 2 - 0.5)
+                mass = "" if idx is None else f"<br>mass {to_numpy(group_result.plan)[idx, j]:.3g}"
+                htext.append(f"{what} {'' if idx is None else 'neuron ' + str(idx)}<br>"
+                             f"cluster of kept neuron {kept_i} ({total} merged in){mass}")
+        fig = go.Figure([go.Image(z=canvas, hoverinfo="skip"),
+                         go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=14, opacity=0),
+                                    text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
+        fig.update_layout(
+            title=title or f"{label}: kept filter | filters merged into it | merged result",
+            template="plotly_white", height=int(120 + 60 * len(clusters)),
+            xaxis=dict(title="kept | merged in ... | result", showticklabels=False, showgrid=False),
+            yaxis=dict(title="kept neuron", tickmode="array",
+                       tickvals=[r * (kh + gap) + kh / 2 - 0.5 for r in range(len(clusters))],
+                       ticktext=[str(kept_i) for _, kept_i, _, _ in clusters], showgrid=False))
+        return fig
+
+    flat = rows.reshape(len(rows), -1)
+    norms = np.linalg.norm(flat, axis=1)
+    traces = {"kept": ([], [], []), "merged in": ([], [], []), "merged result": ([], [], [])}
+    for j, kept_i, sources, total in clusters:
+        cluster = f"kept {kept_i}"
+        entries = [("kept", str(kept_i), norms[kept_i])]
+        entries += [("merged in", str(i), norms[i]) for i in sources]
+        entries += [("merged result", "result", float(np.linalg.norm(merged[j])))]
+        for what, name, value in entries:
+            outer, inner, ys = traces[what]
+            outer.append(cluster)
+            inner.append(name)
+            ys.append(value)
+    colors = {"kept": "#111111", "merged in": "#9aa5c8", "merged result": "#636EFA"}
+    fig = go.Figure([go.Bar(x=[outer, inner], y=ys, name=what, marker_color=colors[what],
+                            hovertemplate=f"{what} %{{x}}<br>weight norm %{{y:.3g}}<extra></extra>")
+                     for what, (outer, inner, ys) in traces.items()])
+    fig.update_layout(title=title or f"{label}: weight norms of each kept neuron, what merges into it, the result",
+                      template="plotly_white", barmode="group", xaxis_title="kept neuron / neuron",
+                      yaxis_title="weight norm (BatchNorm folded)", height=420)
+    return fig

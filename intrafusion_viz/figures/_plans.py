@@ -1,0 +1,99 @@
+"""Transport-plan heatmap: every source neuron against the kept ones, grouped into merge clusters."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ._common import to_numpy
+
+
+def source_order(group_result) -> np.ndarray:
+    """Order of the n source neurons that makes merge clusters contiguous.
+
+    Sources are sorted by the kept position they send most mass to (dropped neurons of default
+    pruning last), the kept neuron itself first in its cluster, then by mass (largest first).
+
+    Parameters
+    ----------
+    group_result : GroupResult
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (n,)
+        ``order[r]`` is the neuron drawn in row ``r``.
+    """
+    plan = to_numpy(group_result.plan)
+    n, k = plan.shape
+    has = plan.sum(1) > 0
+    target = np.where(has, plan.argmax(1), k)
+    mass = plan.max(1)
+    is_kept = np.zeros(n, dtype=bool)
+    is_kept[to_numpy(group_result.kept).astype(int)] = True
+    # lexsort: last key is primary
+    return np.lexsort((np.arange(n), -mass, ~is_kept, target))
+
+
+def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None):
+    """Heatmap of a transport plan: n source neurons (rows) x k kept neurons (columns).
+
+    Rows are ordered by :func:`source_order`, so the neurons merged into one kept neuron form a
+    block; hard (exact OT, default pruning) and soft (Sinkhorn) plans are drawn the same way.
+
+    Parameters
+    ----------
+    group_result : GroupResult
+        A record of :func:`intrafusion_viz.prune` (uses ``plan``, ``kept``, ``importance``).
+    title : str, optional
+    show_cluster_lines : bool, optional
+        Draw a thin line between clusters; default only when ``k <= 64`` (too many shapes slow
+        the browser down).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; ``customdata``
+        holds ``[source neuron, kept neuron, importance]`` per cell for the hover.
+    """
+    import plotly.graph_objects as go
+
+    plan = to_numpy(group_result.plan)
+    n, k = plan.shape
+    kept = to_numpy(group_result.kept).astype(int)
+    importance = to_numpy(group_result.importance)
+    order = source_order(group_result)
+    z = plan[order]
+    custom = np.empty((n, k, 3))
+    custom[..., 0] = order[:, None]
+    custom[..., 1] = kept[None, :]
+    custom[..., 2] = importance[order][:, None]
+    zmax = float(z.max()) if z.size else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(k), y=np.arange(n), customdata=custom,
+        colorscale=[[0.0, "#ffffff"], [0.02, "#e8eefc"], [1.0, "#1f3a93"]], zmin=0.0, zmax=zmax or 1.0,
+        colorbar=dict(title="mass"),
+        hovertemplate=("source neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<br>"
+                       "-> kept neuron %{customdata[1]:.0f}<br>mass %{z:.3g}<extra></extra>")))
+    if show_cluster_lines is None:
+        show_cluster_lines = k <= 64
+    if show_cluster_lines and n:
+        has = plan[order].sum(1) > 0
+        target = np.where(has, plan[order].argmax(1), k)
+        breaks = np.nonzero(np.diff(target))[0]
+        fig.update_layout(shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=b + 0.5, y1=b + 0.5,
+                                       line=dict(color="#999999", width=0.5)) for b in breaks])
+    tick_every = max(1, int(np.ceil(k / 32)))
+    row_every = max(1, int(np.ceil(n / 32)))
+    kind = "no plan" if group_result.cost is None else "transport plan"
+    if title is None:
+        title = f"G{group_result.paper_index} {group_result.name}: {kind} ({n} -> {k} neurons)"
+        if group_result.cost is None:
+            title = f"G{group_result.paper_index} {group_result.name}: default pruning keeps {k} of {n}"
+    fig.update_layout(
+        title=title, template="plotly_white", height=int(min(900, max(350, 120 + 4 * n))),
+        xaxis=dict(title="kept neuron", tickmode="array", tickvals=np.arange(0, k, tick_every),
+                   ticktext=[str(v) for v in kept[::tick_every]]),
+        yaxis=dict(title="source neuron (grouped by merge cluster)", autorange="reversed",
+                   tickmode="array", tickvals=np.arange(0, n, row_every),
+                   ticktext=[str(v) for v in order[::row_every]]))
+    return fig

@@ -1,0 +1,196 @@
+"""Neuron similarity: the cost or cosine matrix reordered by cluster, and a 2-D embedding with merges."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ._common import to_numpy
+from ._plans import source_order
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def similarity_matrix(group_result, kind: str = "cost", features=None, title: Optional[str] = None):
+    """The recorded cost (or the cosine similarity) matrix, rows reordered by merge cluster.
+
+    Parameters
+    ----------
+    group_result : GroupResult
+    kind : {"cost", "cosine"}
+        ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: with ``features`` the full
+        (n, n) cosine similarity between neurons (rows and columns in cluster order); without, the
+        (n, k) cosine similarity to the kept neurons read off the recorded cost (needs ``p = 2`` and
+        kept-neuron targets, where ``cos = 1 - cost**2 / 2``).
+    features : Tensor, shape (n, d), optional
+        Channel vectors (:func:`intrafusion_viz.channel_features`).
+    title : str, optional
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Heatmap``.
+    """
+    import plotly.graph_objects as go
+
+    if kind not in ("cost", "cosine"):
+        raise ValueError(f"kind must be 'cost' or 'cosine', got {kind!r}")
+    order = source_order(group_result)
+    kept = to_numpy(group_result.kept).astype(int)
+    n, k = group_result.n, group_result.k
+    label = f"G{group_result.paper_index} {group_result.name}"
+    if kind == "cosine" and features is not None:
+        x = _unit(to_numpy(features))
+        if x.shape[0] != n:
+            raise ValueError(f"features must have {n} rows (one per neuron), got shape {x.shape}")
+        z = (x @ x.T)[np.ix_(order, order)]
+        cols, xtitle = order, "neuron (cluster order)"
+        zmin, zmax, scale, bar = -1.0, 1.0, "RdBu", "cosine"
+    else:
+        if group_result.cost is None:
+            raise ValueError("this group was pruned with method='default', which records no cost; "
+                             "pass features= (ifv.channel_features(model, group)) with kind='cosine'")
+        cost = to_numpy(group_result.cost)
+        cols, xtitle = kept, "kept neuron"
+        if kind == "cost":
+            z = cost[order]
+            zmin, zmax, scale, bar = 0.0, float(cost.max()) or 1.0, "Viridis_r", "cost"
+        else:
+            z = 1.0 - cost[order] ** 2 / 2.0
+            zmin, zmax, scale, bar = -1.0, 1.0, "RdBu", "cosine"
+    ncols = z.shape[1]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(ncols), y=np.arange(n), colorscale=scale, zmin=zmin, zmax=zmax,
+        colorbar=dict(title=bar), customdata=np.stack(np.broadcast_arrays(order[:, None], cols[None, :]), -1),
+        hovertemplate=f"neuron %{{customdata[0]}} vs %{{customdata[1]}}<br>{bar} %{{z:.3f}}<extra></extra>"))
+    col_every, row_every = max(1, int(np.ceil(ncols / 32))), max(1, int(np.ceil(n / 32)))
+    fig.update_layout(
+        title=title or f"{label}: {bar} {'matrix' if ncols == n else 'to kept neurons'} (cluster order)",
+        template="plotly_white", height=int(min(900, max(350, 120 + 4 * n))),
+        xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, ncols, col_every),
+                   ticktext=[str(v) for v in cols[::col_every]]),
+        yaxis=dict(title="neuron (cluster order)", autorange="reversed", tickmode="array",
+                   tickvals=np.arange(0, n, row_every), ticktext=[str(v) for v in order[::row_every]]))
+    return fig
+
+
+def _classical_mds(dist: np.ndarray, dims: int = 2) -> np.ndarray:
+    m = dist.shape[0]
+    j = np.eye(m) - 1.0 / m
+    b = -0.5 * j @ (dist ** 2) @ j
+    vals, vecs = np.linalg.eigh(b)
+    top = np.argsort(vals)[::-1][:dims]
+    out = vecs[:, top] * np.sqrt(np.maximum(vals[top], 0))
+    if out.shape[1] < dims:
+        out = np.pad(out, ((0, 0), (0, dims - out.shape[1])))
+    return out
+
+
+def _landmark_mds(cost: np.ndarray, kept: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Landmark MDS (de Silva & Tenenbaum): kept neurons are the landmarks, the (n, k) cost the distances."""
+    landmark = cost[kept]  # (k, k) distances between kept neurons
+    landmark = (landmark + landmark.T) / 2
+    k = landmark.shape[0]
+    d2 = landmark ** 2
+    j = np.eye(k) - 1.0 / k
+    b = -0.5 * j @ d2 @ j
+    vals, vecs = np.linalg.eigh(b)
+    top = np.argsort(vals)[::-1][:dims]
+    vals, vecs = np.maximum(vals[top], 1e-12), vecs[:, top]
+    pinv = vecs / np.sqrt(vals)  # (k, dims)
+    coords = -0.5 * (cost ** 2 - d2.mean(0)[None, :]) @ pinv
+    if coords.shape[1] < dims:
+        coords = np.pad(coords, ((0, 0), (0, dims - coords.shape[1])))
+    return coords
+
+
+def embed_features(features, method: str = "pca") -> np.ndarray:
+    """2-D coordinates of neurons from their channel vectors.
+
+    Parameters
+    ----------
+    features : Tensor or array, shape (n, d)
+    method : {"pca", "mds"}
+        PCA of the unit-normalised vectors, or classical MDS of their Euclidean distances.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, 2)
+    """
+    x = _unit(to_numpy(features))
+    if method == "pca":
+        x = x - x.mean(0)
+        u, s, _ = np.linalg.svd(x, full_matrices=False)
+        out = u[:, :2] * s[:2]
+        return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+    if method == "mds":
+        sq = (x ** 2).sum(1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0))
+        return _classical_mds(dist)
+    raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
+
+
+def neuron_embedding(group_result, features=None, method: str = "pca", coords=None,
+                     title: Optional[str] = None):
+    """Neurons in 2-D, kept ones marked, with a line from every neuron to the kept neuron it merges into.
+
+    Parameters
+    ----------
+    group_result : GroupResult
+    features : Tensor, shape (n, d), optional
+        Channel vectors; embedded with ``method``.  Without them the neurons are placed by landmark
+        MDS of the recorded (n, k) cost (kept neurons are the landmarks), so nothing is recomputed.
+    method : {"pca", "mds"}
+    coords : array, shape (n, 2), optional
+        Precomputed coordinates (dashboards cache :func:`embed_features`); overrides the above.
+    title : str, optional
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Three ``Scatter`` traces: merge lines, all neurons (coloured by cluster), kept neurons.
+    """
+    import plotly.graph_objects as go
+
+    n, k = group_result.n, group_result.k
+    kept = to_numpy(group_result.kept).astype(int)
+    if coords is None:
+        if features is not None:
+            coords = embed_features(features, method)
+        elif group_result.cost is not None:
+            coords = _landmark_mds(to_numpy(group_result.cost), kept)
+        else:
+            raise ValueError("default pruning records no cost to embed from; pass features=")
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.shape != (n, 2):
+        raise ValueError(f"coords must have shape ({n}, 2), got {coords.shape}")
+    assignment = to_numpy(group_result.assignment).astype(int)
+    importance = to_numpy(group_result.importance)
+    xs, ys = [], []
+    for i, j in enumerate(assignment):
+        if j < 0 or kept[j] == i:
+            continue
+        t = kept[j]
+        xs += [coords[i, 0], coords[t, 0], None]
+        ys += [coords[i, 1], coords[t, 1], None]
+    custom = np.stack([np.arange(n), np.where(assignment >= 0, kept[np.maximum(assignment, 0)], -1), importance], 1)
+    lines = go.Scatter(x=xs, y=ys, mode="lines", name="merges into", hoverinfo="skip",
+                       line=dict(color="rgba(120,120,120,0.5)", width=1))
+    neurons = go.Scatter(
+        x=coords[:, 0], y=coords[:, 1], mode="markers", name="neuron", customdata=custom,
+        marker=dict(size=7, color=np.where(assignment >= 0, assignment, -1), colorscale="Turbo",
+                    cmin=-1, cmax=max(k - 1, 0), line=dict(width=0.5, color="white")),
+        hovertemplate=("neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<br>"
+                       "merges into %{customdata[1]:.0f}<extra></extra>"))
+    kept_trace = go.Scatter(
+        x=coords[kept, 0], y=coords[kept, 1], mode="markers", name="kept", customdata=custom[kept],
+        marker=dict(size=12, symbol="star", color="#111111", line=dict(width=1, color="white")),
+        hovertemplate="kept neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<extra></extra>")
+    how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
+    fig = go.Figure([lines, neurons, kept_trace])
+    fig.update_layout(title=title or f"G{group_result.paper_index} {group_result.name}: neurons ({how})",
+                      template="plotly_white", xaxis_title="component 1", yaxis_title="component 2",
+                      height=450)
+    return fig
