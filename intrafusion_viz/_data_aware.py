@@ -1,0 +1,318 @@
+"""Data-aware Intra-Fusion: compare channels by what they compute on data, and repair statistics after merging.
+
+Two additions to the data-free engine, each needing only a small *unlabeled* batch (<= 512 samples):
+
+* :func:`activation_features` -- a ``features=`` callable for :func:`intrafusion_viz.prune` that
+  describes each channel by its activations on the batch (as OTFusion's activation-based cost)
+  instead of by its weights.
+* :func:`repair` -- after merging, give every merged channel back the output statistics of the
+  channels it replaced: re-estimate BatchNorm statistics (``mode="bn"``), or correct each merged
+  producer's per-channel mean and standard deviation to the plan-weighted statistics of its sources
+  measured in the original model (``mode="repair"``, as REPAIR, Jordan et al. 2023; works without
+  BatchNorm by rescaling the producer's weights and bias).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ._fusion import _slots
+from ._groups import Group
+
+__all__ = ["activation_features", "repair", "REPAIR_MODES"]
+
+REPAIR_MODES = ("bn", "repair")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _inputs_of(batch, max_samples: Optional[int]) -> torch.Tensor:
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not torch.is_tensor(x):
+        raise TypeError(f"batch must be a tensor of inputs or a pair (inputs, targets), got {type(x).__name__}")
+    if x.shape[0] == 0:
+        raise ValueError("batch is empty")
+    return x if max_samples is None else x[:max_samples]
+
+
+@contextlib.contextmanager
+def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
+    """Record the outputs of the named modules during forwards inside the block; hooks always removed."""
+    modules = dict(model.named_modules())
+    outputs: Dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name):
+        def hook(module, args, out):
+            outputs[name] = out.detach()
+        return hook
+
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run(model: nn.Module, x: torch.Tensor, train: bool = False) -> None:
+    """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _per_channel(out: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) or (B, C) -> (B, C): spatial mean per sample and channel."""
+    return out.flatten(2).mean(2) if out.dim() > 2 else out
+
+
+def _observed_module(members, producer: str) -> str:
+    """Where a producer's channels are read: its BatchNorm's output if one follows, else its own."""
+    for m in members:
+        if m.role == "norm" and m.fold_from == producer:
+            return m.name
+    return producer
+
+
+def _producers(members) -> List:
+    return [m for m in members if m.role == "out"]
+
+
+def activation_features(batch, *, max_samples: int = 512) -> Callable[[nn.Module, Group], torch.Tensor]:
+    """A ``features=`` callable for :func:`intrafusion_viz.prune` that compares channels by their activations.
+
+    Each channel is described by the outputs of the group's producing layers on ``batch`` (after
+    the BatchNorm when one follows), averaged over spatial positions per sample; for a residual
+    stream fed by several producers their vectors are concatenated.
+
+    Parameters
+    ----------
+    batch : Tensor or (inputs, targets)
+        Inputs shaped like the model's, on the model's device; labels are not used.
+    max_samples : int
+        Use at most this many samples of ``batch``.
+
+    Returns
+    -------
+    callable
+        ``features(model, group) -> Tensor, shape (group.size, n_samples * n_producers)``, on CPU in
+        the model's dtype.  It runs one forward pass in eval mode under ``no_grad`` with forward
+        hooks that are removed afterwards; ``model`` is left as it was.
+
+    Examples
+    --------
+    >>> import torch, intrafusion_viz as ifv
+    >>> from intrafusion_viz._data_aware import activation_features
+    >>> model, x = ifv.models.SmallCNN(), torch.randn(64, 1, 8, 8)
+    >>> res = ifv.prune(model, x[:1], sparsity=0.5, features=activation_features(x))
+    >>> [g.k for g in res.groups]
+    [8, 16]
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    inputs = _inputs_of(batch, max_samples)
+
+    def features(model: nn.Module, group: Group) -> torch.Tensor:
+        producers = _producers(group.members)
+        if not producers:
+            raise ValueError(f"group {group.index} ({group.name!r}) has no producing layer to record")
+        observed = [_observed_module(group.members, m.name) for m in producers]
+        with _recording(model, observed) as outputs:
+            _run(model, inputs)
+        parts = []
+        for m, name in zip(producers, observed):
+            acts = _per_channel(outputs[name])  # (B, C)
+            slots = _slots(m, group.size)  # (n, positions per channel)
+            parts.append(acts[:, slots].permute(1, 0, 2).reshape(group.size, -1).cpu())
+        return torch.cat(parts, dim=1)
+
+    return features
+
+
+def _channel_stats(outputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std per channel over samples and positions: (B, C, ...) -> (C,), (C,) float64."""
+    x = outputs.double().movedim(1, 0).reshape(outputs.shape[1], -1)
+    return x.mean(1), x.std(1, unbiased=False)
+
+
+def _source_weights(plan: torch.Tensor) -> torch.Tensor:
+    """(n, k) plan -> (n, k) weights whose columns sum to 1: how much of each source a merged channel holds."""
+    plan = plan.double()
+    return plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
+
+
+def _pruned_positions(slots: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Position in the pruned layer of each kept channel: its original position minus the dropped ones before it.
+
+    slots : (n,) original positions of the group's channels; kept : (k,) -> (k,) positions.
+    """
+    dropped = torch.ones(len(slots), dtype=torch.bool)
+    dropped[kept] = False
+    kept_slots = slots[kept]
+    return kept_slots - (slots[dropped].unsqueeze(0) < kept_slots.unsqueeze(1)).sum(1)
+
+
+def _reset_bn_statistics(model: nn.Module, x: torch.Tensor) -> None:
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one pass gives the batch statistics exactly
+    try:
+        _run(model, x, train=True)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+
+@torch.no_grad()
+def _restore_folded_affine(pruned: nn.Module, original: nn.Module, records) -> None:
+    """Give BatchNorms that prune folded into their producer the original output scale and shift.
+
+    After folding, a BatchNorm is an identity and the producer already computes ``gamma * x_hat + beta``;
+    re-estimating statistics would standardise that, so the BatchNorm gets ``|gamma|`` and ``beta``
+    of the channels it merged (the producer's output keeps its sign).
+    """
+    pruned_modules, original_modules = dict(pruned.named_modules()), dict(original.named_modules())
+    for g in records:
+        if g.cost is None:  # default pruning or nothing merged: BatchNorms were not folded
+            continue
+        weights = _source_weights(g.plan)
+        for m in g.members:
+            if m.role != "norm" or m.fold_from is None:
+                continue
+            bn, source = pruned_modules[m.name], original_modules[m.name]
+            if not bn.affine:
+                continue
+            slots = _slots(m, g.n)[:, 0]
+            kept_positions = _pruned_positions(slots, g.kept)
+            gamma = source.weight.double()[slots].abs()
+            beta = source.bias.double()[slots]
+            bn.weight[kept_positions] = (weights.T @ gamma).to(bn.weight.dtype)
+            bn.bias[kept_positions] = (weights.T @ beta).to(bn.bias.dtype)
+
+
+@torch.no_grad()
+def _repair_statistics(pruned: nn.Module, original: nn.Module, records, x: torch.Tensor, eps: float) -> None:
+    """REPAIR: affine-correct every merged producer so each channel has its sources' mean and std."""
+    # Targets come from the original model, measured once on the batch.
+    targets = {}
+    for g in records:
+        for m in _producers(g.members):
+            targets[m.name] = (g, m, _observed_module(g.members, m.name))
+    observed = sorted({t[2] for t in targets.values()})
+    with _recording(original, observed) as outputs:
+        _run(original, x)
+    original_stats = {name: _channel_stats(outputs[name]) for name in observed}
+
+    # Correct producers in forward order (hooks fire in that order), re-measuring before each one so
+    # that later layers see the earlier corrections.
+    with _recording(pruned, observed) as outputs:
+        _run(pruned, x)
+    order = list(outputs)
+    modules = dict(pruned.named_modules())
+    by_observed = {name: (g, m) for g, m, name in targets.values()}
+    for name in order:
+        g, m = by_observed[name]
+        with _recording(pruned, [name]) as outputs:
+            _run(pruned, x)
+        mean_now, std_now = _channel_stats(outputs[name])
+        mean_src, std_src = original_stats[name]
+        slots = _slots(m, g.n)[:, 0]
+        positions = _pruned_positions(slots, g.kept)
+        weights = _source_weights(g.plan)
+        scale = torch.ones_like(mean_now)
+        shift = torch.zeros_like(mean_now)
+        scale[positions] = (weights.T @ std_src[slots]) / (std_now[positions] + eps)
+        shift[positions] = weights.T @ mean_src[slots] - scale[positions] * mean_now[positions]
+        _apply_affine(modules[name], scale, shift)
+
+
+def _apply_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Make ``module``'s output channel c become ``scale[c] * out[c] + shift[c]`` (in eval mode)."""
+    if isinstance(module, _BN):
+        if not module.affine:
+            raise ValueError("repair needs affine BatchNorm layers (affine=True) to correct statistics")
+        module.weight.mul_(scale.to(module.weight.dtype))
+        module.bias.mul_(scale.to(module.bias.dtype)).add_(shift.to(module.bias.dtype))
+        return
+    out_dim = 1 if getattr(module, "transposed", False) else 0
+    shape = [1] * module.weight.dim()
+    shape[out_dim] = -1
+    module.weight.mul_(scale.to(module.weight.dtype).view(shape))
+    if module.bias is None:
+        module.bias = nn.Parameter(torch.zeros(module.weight.shape[out_dim], dtype=module.weight.dtype,
+                                               device=module.weight.device))
+    module.bias.mul_(scale.to(module.bias.dtype)).add_(shift.to(module.bias.dtype))
+
+
+def repair(pruned, original_model: nn.Module, batch, mode: str = "bn", *, max_samples: int = 512,
+           eps: float = 1e-5) -> nn.Module:
+    """Give merged channels back the statistics of the channels they replaced; returns a NEW model.
+
+    Parameters
+    ----------
+    pruned : PruneResult or nn.Module
+        The result of :func:`intrafusion_viz.prune` on ``original_model`` (needed for
+        ``mode="repair"`` and for BatchNorms that prune folded), or a pruned model (``mode="bn"`` only:
+        every BatchNorm's statistics are re-estimated as they are).
+    original_model : nn.Module
+        The unpruned model; read only.
+    batch : Tensor or (inputs, targets)
+        A small unlabeled batch on the models' device; labels are not used.
+    mode : {"bn", "repair"}
+        ``"bn"``: reset every BatchNorm's running statistics and re-estimate them on ``batch``
+        (momentum ``None``, train mode, ``no_grad``); BatchNorms folded by prune first get the
+        original ``|gamma|`` and ``beta`` of the channels they merged.  ``"repair"``: for every
+        producer of a pruned group, in forward order, measure each merged channel's mean and std on
+        ``batch`` (after its BatchNorm when one follows) and rescale it to the plan-weighted mean and
+        std of its source channels in ``original_model`` (BatchNorm affine when there is one,
+        otherwise the producer's weights and bias, so BN-free networks are repaired too).
+    max_samples : int
+        Use at most this many samples of ``batch``.
+    eps : float
+        Added to measured standard deviations (dead channels keep scale ~0 instead of dividing by 0).
+
+    Returns
+    -------
+    nn.Module
+        A repaired copy in the pruned model's train/eval mode; ``pruned`` and ``original_model``
+        are unchanged.
+
+    Examples
+    --------
+    >>> import torch, intrafusion_viz as ifv
+    >>> from intrafusion_viz._data_aware import repair
+    >>> model, x = ifv.models.vgg11_bn(width_mult=0.125), torch.randn(32, 3, 32, 32)
+    >>> res = ifv.prune(model, x[:1], sparsity=0.5)
+    >>> fixed = repair(res, model, x, mode="bn")
+    >>> fixed is not res.model
+    True
+    """
+    if mode not in REPAIR_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, REPAIR_MODES))}; got {mode!r}")
+    records = getattr(pruned, "groups", None)
+    model = getattr(pruned, "model", pruned)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"pruned must be a PruneResult or an nn.Module, got {type(pruned).__name__}")
+    if mode == "repair" and records is None:
+        raise ValueError("mode='repair' needs the PruneResult (it holds which channels were merged into which)")
+    x = _inputs_of(batch, max_samples)
+    fixed = copy.deepcopy(model)
+    if mode == "bn":
+        if records is not None:
+            _restore_folded_affine(fixed, original_model, records)
+        _reset_bn_statistics(fixed, x)
+    else:
+        _repair_statistics(fixed, original_model, records, x, eps)
+    return fixed
