@@ -50,7 +50,7 @@ def _evaluate(model, data) -> float:
     return accuracy(model, data)
 
 
-def _run(model, data, example_inputs, jobs, importance, config, cache, progress, desc, batch):
+def _run(model, data, example_inputs, jobs, importance, config, cache, progress, desc, batch, on_step=None):
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -64,7 +64,9 @@ def _run(model, data, example_inputs, jobs, importance, config, cache, progress,
     rows.append(dict(group=-1, group_name="all", paper_group="", sparsity=0.0, method="original",
                      importance=imp_name, accuracy=store[key]))
     jobs = list(jobs)
-    for group, sparsity, method in tqdm(jobs, desc=desc, disable=not progress, leave=False):
+    for step, (group, sparsity, method) in enumerate(tqdm(jobs, desc=desc, disable=not progress, leave=False)):
+        if on_step is not None:
+            on_step(step, len(jobs))
         engine_method, engine_config = _engine_method(method, config)
         key = (group.index if group is not None else -1, float(sparsity), method, imp_name, engine_config, context)
         if key not in store:
@@ -79,6 +81,8 @@ def _run(model, data, example_inputs, jobs, importance, config, cache, progress,
                          group_name="all" if group is None else group.name,
                          paper_group="" if group is None else f"G{group.paper_index}",
                          sparsity=float(sparsity), method=method, importance=imp_name, accuracy=store[key]))
+    if on_step is not None:
+        on_step(len(jobs), len(jobs))
     return pd.DataFrame(rows)
 
 
@@ -102,7 +106,8 @@ def _pick_groups(model, example_inputs, groups):
 def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
                 sparsities: Iterable[float] = (0.3, 0.5, 0.7),
                 methods: Iterable[str] = ("default", "intra-fusion"), importance="l1",
-                config: Optional[OTConfig] = None, cache=None, progress: bool = True, batch=None):
+                config: Optional[OTConfig] = None, cache=None, progress: bool = True, batch=None,
+                on_step=None):
     """Prune one group at a time and measure the accuracy: the per-layer accuracy drop.
 
     Parameters
@@ -127,6 +132,8 @@ def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
         tqdm progress bar.
     batch : (x, y), optional
         For ``importance="taylor"``.
+    on_step : callable, optional
+        ``on_step(done, total)`` before each job and once at the end (dashboards drive a progress bar).
 
     Returns
     -------
@@ -135,7 +142,8 @@ def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
     """
     chosen = _pick_groups(model, example_inputs, groups)
     jobs = [(g, float(s), m) for g in chosen for s in sparsities for m in methods]
-    return _run(model, data, example_inputs, jobs, importance, config, cache, progress, "layer sweep", batch)
+    return _run(model, data, example_inputs, jobs, importance, config, cache, progress, "layer sweep", batch,
+                on_step)
 
 
 def sparsity_sweep(model, data, example_inputs, sparsities: Iterable[float] = (0.1, 0.3, 0.5, 0.7),
