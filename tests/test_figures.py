@@ -42,3 +42,188 @@ def test_accuracy_vs_sparsity_group_filter():
     np.testing.assert_allclose(fig.data[0].y, [11.0])
     with pytest.raises(KeyError):
         ifv.figures.accuracy_vs_sparsity(rows, group=7)
+
+
+# --- figures of a prune result ------------------------------------------------------------------
+import torch  # noqa: E402
+
+from helpers import conv_bn_net  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = ifv.models.SmallCNN(width=(8, 12)).eval()
+    x = torch.randn(4, 1, 8, 8)
+    return model, x
+
+
+def _configs():
+    return [("intra-fusion", ifv.OTConfig()), ("intra-fusion", ifv.OTConfig(solver="sinkhorn", reg=0.1)),
+            ("default", ifv.OTConfig())]
+
+
+@pytest.mark.parametrize("method,config", _configs())
+def test_plan_heatmap_values_equal_recorded_plan(small, method, config):
+    model, x = small
+    res = ifv.prune(model, x, 0.5, method=method, config=config)
+    for g in res.groups:
+        fig = ifv.figures.plan_heatmap(g)
+        assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
+        z = np.asarray(fig.data[0].z)
+        assert z.shape == (g.n, g.k)
+        order = ifv.figures.source_order(g)
+        assert sorted(order.tolist()) == list(range(g.n))
+        np.testing.assert_allclose(z, g.plan.numpy()[order], rtol=0, atol=0)
+        custom = np.asarray(fig.data[0].customdata)
+        np.testing.assert_array_equal(custom[:, 0, 0], order)           # hover: source neuron index
+        np.testing.assert_array_equal(custom[0, :, 1], g.kept.numpy())  # hover: kept neuron index
+        np.testing.assert_allclose(custom[:, 0, 2], g.importance.numpy()[order])
+        # clusters are contiguous blocks: the argmax column never returns once left
+        has = z.sum(1) > 0
+        cols = z[has].argmax(1)
+        assert np.all(np.diff(cols) >= 0)
+        assert fig.layout.xaxis.title.text == "kept neuron"
+        assert "source neuron" in fig.layout.yaxis.title.text
+
+
+def test_plan_heatmap_large_group_is_light():
+    g = ifv.GroupResult(0, 1, "big", 512, 256, 0.5, torch.arange(0, 512, 2), torch.rand(512, dtype=torch.float64),
+                        torch.rand(512, 256, dtype=torch.float64), torch.rand(512, 256, dtype=torch.float64) / 512 / 256,
+                        torch.zeros(512, 256), torch.zeros(512, 256))
+    fig = ifv.figures.plan_heatmap(g)
+    assert np.asarray(fig.data[0].z).shape == (512, 256)
+    assert len(fig.layout.shapes) == 0            # no 256 cluster lines at this size
+    assert len(fig.layout.yaxis.tickvals) <= 32   # readable tick labels
+    assert fig.layout.height <= 900
+
+
+def test_similarity_matrix(small):
+    model, x = small
+    res = ifv.prune(model, x, 0.5)
+    g = res.groups[0]
+    order = ifv.figures.source_order(g)
+    fig = ifv.figures.similarity_matrix(g, kind="cost")
+    assert isinstance(fig.data[0], go.Heatmap)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), g.cost.numpy()[order])
+    feats = ifv.channel_features(model, ifv.find_groups(model, x)[0])
+    full = np.asarray(ifv.figures.similarity_matrix(g, kind="cosine", features=feats).data[0].z)
+    assert full.shape == (g.n, g.n)
+    np.testing.assert_allclose(np.diag(full), 1.0, atol=1e-6)
+    # without features the cosine is read off the p=2 cost and matches the full matrix's kept columns
+    to_kept = np.asarray(ifv.figures.similarity_matrix(g, kind="cosine").data[0].z)
+    col_of = {int(n): c for c, n in enumerate(order)}
+    np.testing.assert_allclose(to_kept, full[:, [col_of[int(k)] for k in g.kept]], atol=1e-5)
+    with pytest.raises(ValueError):
+        ifv.figures.similarity_matrix(ifv.prune(model, x, 0.5, method="default").groups[0])
+
+
+@pytest.mark.parametrize("how", ["pca", "mds", "cost"])
+def test_neuron_embedding(small, how):
+    model, x = small
+    res = ifv.prune(model, x, 0.5)
+    g = res.groups[1]
+    feats = None if how == "cost" else ifv.channel_features(model, ifv.find_groups(model, x)[1])
+    fig = ifv.figures.neuron_embedding(g, features=feats, method="pca" if how == "cost" else how)
+    lines, neurons, kept = fig.data
+    assert all(isinstance(t, go.Scatter) for t in fig.data)
+    assert len(neurons.x) == g.n and len(kept.x) == g.k
+    # one segment (3 entries: from, to, gap) per merged neuron, ending at its kept neuron's marker
+    merged = [i for i, j in enumerate(g.assignment.tolist()) if g.kept[j] != i]
+    assert len(lines.x) == 3 * len(merged)
+    i, j = merged[0], int(g.assignment[merged[0]])
+    assert lines.x[0] == neurons.x[i] and lines.x[1] == neurons.x[int(g.kept[j])]
+    np.testing.assert_allclose(kept.x, np.asarray(neurons.x)[g.kept.numpy()])
+    assert fig.layout.xaxis.title.text == "component 1"
+
+
+def test_landmark_mds_recovers_distances():
+    from intrafusion_viz.figures._similarity import _landmark_mds
+
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(30, 2))
+    kept = np.arange(0, 30, 3)
+    cost = np.linalg.norm(pts[:, None] - pts[kept][None], axis=-1)
+    coords = _landmark_mds(cost, kept)
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    np.testing.assert_allclose(d, np.linalg.norm(pts[:, None] - pts[None], axis=-1), atol=1e-8)
+
+
+def test_merge_gallery_images_and_bars(small):
+    model, x = small
+    res = ifv.prune(model, x, 0.5)
+    img = ifv.figures.merge_gallery(res.groups[0], model)   # conv with 1 input channel: image tiles
+    assert isinstance(img.data[0], go.Image) and isinstance(img.data[1], go.Scatter)
+    assert np.asarray(img.data[0].z).shape[-1] == 3
+    bars = ifv.figures.merge_gallery(res.groups[1], model)  # 8 input channels: weight-norm bars
+    assert [t.name for t in bars.data] == ["kept", "merged in", "merged result"]
+    assert all(isinstance(t, go.Bar) for t in bars.data)
+    g = res.groups[1]
+    rows = ifv.figures.producer_rows(g, model).reshape(g.n, -1)
+    kept_norms = np.asarray(bars.data[0].y)
+    shown = [int(v) for v in bars.data[0].x[1]]
+    np.testing.assert_allclose(kept_norms, np.linalg.norm(rows[shown], axis=1))
+    result = np.asarray(bars.data[2].y)
+    expected = [np.linalg.norm(g.out_map.numpy()[:, list(g.kept.numpy()).index(k)] @ rows) for k in shown]
+    np.testing.assert_allclose(result, expected, rtol=1e-6)
+
+
+def test_merge_gallery_rgb_conv():
+    torch.manual_seed(0)
+    model = ifv.models.vgg11_bn(width_mult=0.125).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = ifv.prune(model, x, 0.5, groups=[0])
+    fig = ifv.figures.merge_gallery(res.groups[0], model, max_clusters=4)
+    assert isinstance(fig.data[0], go.Image)
+    assert np.asarray(fig.data[0].z).shape[0] == 4 * (3 + 1)
+
+
+def test_sweep_figures_and_table():
+    model = conv_bn_net(c=6)
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 4, (40,))
+    df = ifv.sweeps.layer_sweep(model, (x, y), x[:2], sparsities=(0.3, 0.5), methods=ifv.sweeps.SWEEP_METHODS,
+                                progress=False, cache=False)
+    ngroups = len(ifv.find_groups(model, x[:2]))
+    assert len(df) == 1 + ngroups * 2 * 3
+    assert set(df.columns) >= {"group", "group_name", "paper_group", "sparsity", "method", "importance", "accuracy"}
+    # a row equals a direct prune + accuracy
+    row = df[(df.group == 0) & (df.sparsity == 0.5) & (df.method == "intra-fusion")].iloc[0]
+    direct = ifv.accuracy(ifv.prune(model, x[:2], {0: 0.5}, groups=[0]).model, (x, y))
+    assert row.accuracy == pytest.approx(direct)
+    heat = ifv.figures.sweep_heatmap(df)
+    assert [type(t) for t in heat.data] == [go.Heatmap] * 3
+    assert all(np.asarray(t.z).shape == (ngroups, 2) for t in heat.data)
+    base = df[df.method == "original"].accuracy.iloc[0]
+    z = np.asarray(heat.data[1].z)  # intra-fusion
+    assert z[0, 1] == pytest.approx(base - row.accuracy)
+    bars = ifv.figures.sweep_bars(df)
+    assert [t.name for t in bars.data] == ["default", "intra-fusion", "intra-fusion (paper)"]
+    assert len(bars.data[0].y) == ngroups * 2
+    assert bars.layout.yaxis.title.text == "accuracy drop (points)"
+
+
+def test_sweep_cache_reuses_and_invalidates():
+    model = conv_bn_net(c=6)
+    x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 4, (20,))
+    cache = {}
+    ifv.sweeps.layer_sweep(model, (x, y), x[:2], groups=[0], sparsities=(0.5,), cache=cache, progress=False)
+    n = len(cache)
+    ifv.sweeps.layer_sweep(model, (x, y), x[:2], groups=[0], sparsities=(0.5,), cache=cache, progress=False)
+    assert len(cache) == n
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # in-place change: old entries must not be reused
+    ifv.sweeps.layer_sweep(model, (x, y), x[:2], groups=[0], sparsities=(0.5,), cache=cache, progress=False)
+    assert len(cache) == 2 * n
+
+
+def test_size_comparison(small):
+    model, x = small
+    res = ifv.prune(model, x, 0.5)
+    before = ifv.figures.model_size(model, x, repeats=3)
+    after = ifv.figures.model_size(res.model, x, repeats=3)
+    assert before["params"] == res.params_before and after["params"] == res.params_after
+    assert after["macs"] < before["macs"]
+    fig = ifv.figures.size_comparison(model, res.model, x, sizes=(before, after))
+    assert all(isinstance(t, go.Bar) for t in fig.data) and len(fig.data) == 6
+    assert fig.layout.yaxis.title.text == "parameters" and fig.layout.yaxis3.title.text == "CPU latency (ms)"
