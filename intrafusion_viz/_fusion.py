@@ -132,7 +132,10 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
     n, m = slots.shape
     moved = t.data.movedim(dim, 0)
     src = moved[slots.flatten()].reshape(n, m * moved[0].numel())
-    new = merge.to(src.device, src.dtype).T @ src  # (k, m * rest)
+    merge_t = merge.T.to(src.device, src.dtype)
+    if (merge_t != 0).sum() < 0.1 * merge_t.numel():
+        merge_t = merge_t.to_sparse()  # exact plans are sparse: each channel goes to one or two places
+    new = merge_t @ src  # (k, m * rest)
     moved[kept_slots.flatten()] = new.reshape(-1, *moved.shape[1:])
 
 
