@@ -10,7 +10,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ._fusion import IndexTracker, apply_merge, channel_features, fold_group_batchnorms
+import torch_pruning as tp
+
+from ._fusion import IndexTracker, _check_mergeable, apply_merge, channel_features, fold_group_batchnorms
 from ._groups import Group, _trace, bind_groups, check_inputs
 from ._importance import accumulate_gradients, group_importance, resolve_importance
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
@@ -218,17 +220,19 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     was_training = work.training
     bound = bind_groups(trace.specs, work, trace.fold_pairs)
     params_before = sum(p.numel() for p in model.parameters())
-    grads_before = None
-    if importance == "taylor":
-        if inplace:
-            grads_before = {n: p.grad for n, p in work.named_parameters()}
+    for i in selected:  # refuse unmergeable layers before anything is changed (matters for inplace)
+        _check_mergeable(bound[i], is_selection=not fuse)
+    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+    if needs_grad:
+        saved = {name: (p.grad, p.requires_grad) for name, p in work.named_parameters()}
         accumulate_gradients(work, batch, loss_fn)
     try:
         scores = {i: group_importance(bound[i], estimator) for i in selected}
     finally:
-        if importance == "taylor":
+        if needs_grad:
             for name, p in work.named_parameters():
-                p.grad = grads_before.get(name) if grads_before else None
+                p.grad = saved[name][0] if inplace else None
+                p.requires_grad_(saved[name][1])
 
     records = []
     planned = []
@@ -261,8 +265,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
 
     # Merge after every plan is made: each plan then depends only on its own group's weights.
     tracker = IndexTracker()
+    frozen = {name: p.requires_grad for name, p in work.named_parameters()}
     for g, kept, out_map, in_map, norm_map in planned:
         apply_merge(work, g, kept, out_map, in_map, norm_map, tracker)
+    for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
+        sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
+        p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
     work.train(was_training)
     params_after = sum(p.numel() for p in work.parameters())
     return PruneResult(work, records, method, config, params_before, params_after)

@@ -215,6 +215,24 @@ def test_random_importance_is_seeded():
     assert torch.equal(a, b)
 
 
+def test_torch_pruning_taylor_object_and_frozen_parameters():
+    import torch_pruning as tp
+    model = randomize_bn(conv_bn_net()).eval()
+    model[0].weight.requires_grad_(False)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    res = ifv.prune(model, x[:1], 0.5, importance=tp.importance.GroupTaylorImportance(), batch=(x, y))
+    assert not res.model[0].weight.requires_grad and res.model[3].weight.requires_grad
+    assert not model[0].weight.requires_grad
+
+
+def test_inplace_refuses_before_changing_anything():
+    model = WithDepthwise()
+    state = state_copy(model)
+    with pytest.raises(ifv.UnsupportedLayerError):
+        ifv.prune(model, torch.randn(1, 3, 6, 6), 0.5, inplace=True)
+    assert_state_equal(model, state)
+
+
 def test_inplace_prunes_callers_model():
     model = models.SmallCNN()
     res = ifv.prune(model, torch.randn(1, 1, 8, 8), 0.5, inplace=True)
