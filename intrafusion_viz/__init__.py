@@ -15,6 +15,7 @@ Example
 """
 from importlib import import_module
 
+from ._data_aware import REPAIR_MODES, activation_features, repair
 from ._fusion import apply_merge, channel_features, fold_batchnorm
 from ._groups import Group, Member, UnsupportedLayerError, find_groups
 from ._importance import IMPORTANCES, group_importance, resolve_importance
@@ -40,6 +41,7 @@ __all__ = [
     "OTConfig", "cost_matrix", "masses", "transport_plan", "merge_matrices", "selection_plan",
     "IMPORTANCES", "resolve_importance", "group_importance",
     "fold_batchnorm", "channel_features", "apply_merge",
+    "activation_features", "repair", "REPAIR_MODES",
     *_LAZY_NAMES, *_LAZY_MODULES,
 ]
 
