@@ -106,8 +106,12 @@ class PruneResult:
 
 
 def num_kept(n: int, sparsity: float) -> int:
-    """Channels kept out of ``n`` at ``sparsity`` (``n - floor(n * sparsity)``, at least 1), as Torch-Pruning."""
-    return max(1, n - int(math.floor(n * sparsity + 1e-9)))
+    """Channels kept out of ``n`` at ``sparsity``: ``floor(n * (1 - sparsity))``, at least 1.
+
+    The same rule as Torch-Pruning's pruners and the Intra-Fusion paper's code, so layer sizes match
+    theirs (512 channels at 30 % keep 358).
+    """
+    return max(1, int(math.floor(n * (1.0 - sparsity) + 1e-9)))
 
 
 def _check_sparsity(value, where: str) -> float:

@@ -204,7 +204,7 @@ def test_works_under_no_grad_and_with_taylor():
 def test_named_importances(imp):
     model = models.SmallCNN()
     res = ifv.prune(model, torch.randn(1, 1, 8, 8), 0.5, importance=imp)
-    assert [g.k for g in res.groups] == [g.n - g.n // 2 for g in res.groups]
+    assert [g.k for g in res.groups] == [g.n // 2 for g in res.groups]
 
 
 def test_random_importance_is_seeded():
@@ -344,3 +344,8 @@ def test_every_option_prunes(cfg):
     for g in res.groups:
         expected = ifv.masses(cfg.get("source_mass", "uniform"), g.importance, g.n)
         assert torch.allclose(g.plan.sum(1), expected, atol=1e-6)
+
+
+def test_num_kept_matches_torch_pruning():
+    assert ifv.num_kept(512, 0.3) == 358 and ifv.num_kept(512, 0.7) == 153 and ifv.num_kept(10, 0.7) == 3
+    assert ifv.num_kept(7, 0.0) == 7 and ifv.num_kept(3, 0.99) == 1
