@@ -67,7 +67,7 @@ def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title
     if title is None:
         title = "Accuracy vs sparsity" + ("" if group is None else f" ({group_label(df.iloc[0])})")
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of channels removed)",
-                      yaxis_title="accuracy (%)", legend_title="method", template="plotly_white")
+                      yaxis_title="accuracy (%)", legend_title="method")
     return fig
 
 
@@ -124,7 +124,7 @@ def sweep_heatmap(records, title: Optional[str] = None):
         fig.update_xaxes(title_text="sparsity", row=1, col=col)
     fig.update_yaxes(title_text="group", autorange="reversed", row=1, col=1)
     fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)",
-                      template="plotly_white", height=int(200 + 28 * len(order)))
+height=int(200 + 28 * len(order)))
     return fig
 
 
@@ -160,6 +160,6 @@ def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] =
         fig.add_trace(go.Bar(x=x, y=part["drop"].to_numpy(), name=method, marker_color=METHOD_COLORS.get(method),
                              hovertemplate=f"{method}<br>%{{x}}<br>drop %{{y:.2f}} pts<extra></extra>"))
     fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)", barmode="group",
-                      template="plotly_white", xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
+xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
                       yaxis_title="accuracy drop (points)", legend_title="method")
     return fig

@@ -90,7 +90,7 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
         if group_result.cost is None:
             title = f"G{group_result.paper_index} {group_result.name}: default pruning keeps {k} of {n}"
     fig.update_layout(
-        title=title, template="plotly_white", height=int(min(900, max(350, 120 + 4 * n))),
+        title=title,height=int(min(900, max(350, 120 + 4 * n))),
         xaxis=dict(title="kept neuron", tickmode="array", tickvals=np.arange(0, k, tick_every),
                    ticktext=[str(v) for v in kept[::tick_every]]),
         yaxis=dict(title="source neuron (grouped by merge cluster)", autorange="reversed",

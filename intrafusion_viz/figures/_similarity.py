@@ -68,7 +68,7 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
     col_every, row_every = max(1, int(np.ceil(ncols / 32))), max(1, int(np.ceil(n / 32)))
     fig.update_layout(
         title=title or f"{label}: {bar} {'matrix' if ncols == n else 'to kept neurons'} (cluster order)",
-        template="plotly_white", height=int(min(900, max(350, 120 + 4 * n))),
+height=int(min(900, max(350, 120 + 4 * n))),
         xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, ncols, col_every),
                    ticktext=[str(v) for v in cols[::col_every]]),
         yaxis=dict(title="neuron (cluster order)", autorange="reversed", tickmode="array",
@@ -191,6 +191,6 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
     how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
     fig = go.Figure([lines, neurons, kept_trace])
     fig.update_layout(title=title or f"G{group_result.paper_index} {group_result.name}: neurons ({how})",
-                      template="plotly_white", xaxis_title="component 1", yaxis_title="component 2",
+xaxis_title="component 1", yaxis_title="component 2",
                       height=450)
     return fig

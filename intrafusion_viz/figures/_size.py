@@ -75,6 +75,6 @@ def size_comparison(original_model, pruned_model, example_inputs, repeats: int =
                                  legendgroup=name, hovertemplate=f"{name}<br>{title} %{{y:,.4g}}<extra></extra>"),
                           row=1, col=col)
             fig.update_yaxes(title_text=title, row=1, col=col)
-    fig.update_layout(title="Model size before and after pruning", template="plotly_white", height=380,
+    fig.update_layout(title="Model size before and after pruning",height=380,
                       barmode="group")
     return fig

@@ -65,6 +65,7 @@ class ExploreDashboard:
         self.embedding = embedding
         self.renderer = pick_renderer(renderer)
         self._accuracy = accuracy
+        import ot  # noqa: F401  (the solver's first import takes ~1 s: pay it here, not on a slider move)
         all_groups = find_groups(model, example_inputs)
         if groups is not None:
             wanted = set(groups)

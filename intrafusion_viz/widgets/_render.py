@@ -57,5 +57,10 @@ class FigureSlot:
             if same:
                 for old, new in zip(fig.data, new_figure.data):
                     old.update(new.to_plotly_json(), overwrite=True)
-            fig.layout.shapes = ()
-            fig.layout.update(new_figure.layout.to_plotly_json(), overwrite=True)
+            layout = new_figure.layout.to_plotly_json()
+            # The template is large and the same every time: re-validating it costs more than the data.
+            if layout.get("template") == fig.layout.template.to_plotly_json():
+                layout.pop("template")
+            if list(fig.layout.shapes) or layout.get("shapes"):
+                fig.layout.shapes = layout.pop("shapes", ())
+            fig.layout.update(layout, overwrite=True)

@@ -49,7 +49,7 @@ class SweepDashboard:
         self.status = W.HTML()
         self.table = None
         self.run_button.on_click(lambda _: self.run())
-        empty = go.Figure().update_layout(title="press 'run sweep'", template="plotly_white")
+        empty = go.Figure().update_layout(title="press 'run sweep'")
         self._heatmap_slot = FigureSlot(empty, self.renderer)
         self._bars_slot = FigureSlot(go.Figure(empty), self.renderer)
         self.widget = W.VBox([W.HBox([self.groups, self.sparsities, W.VBox([self.methods, self.importance])]),
