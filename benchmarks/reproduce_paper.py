@@ -1,0 +1,239 @@
+"""Reproduce the Intra-Fusion paper's CIFAR-10 tables (Table 10: VGG11-BN, Table 12: ResNet18).
+
+Trains (or loads, ``--checkpoint-dir``) VGG11-BN and ResNet18 on CIFAR-10, then prunes groups G1-G3
+(the paper's numbering, counted from the output) alone at 30-70% with l1 and Taylor importance, without
+fine-tuning, and prints our default pruning / paper-normalised Intra-Fusion / barycentric Intra-Fusion
+beside the paper's numbers (only the cells we could verify are carried; the others print "n/a").
+
+Runs as is on one GPU with internet (CIFAR-10 is downloaded into ``--data-root``) or on Colab:
+
+    python benchmarks/reproduce_paper.py --download                 # full run, prints a time estimate first
+    python benchmarks/reproduce_paper.py --tiny --data-root DIR     # seconds on CPU, for tests
+
+Resumable: training checkpoints every epoch (``<out>/<model>_train.pt``), the trained model
+(``<out>/<model>.pt``) and one JSON line per measured cell (``<out>/results.jsonl``); a rerun skips what
+is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import intrafusion_viz as ifv  # noqa: E402
+from _bench_common import RESULTS, markdown_table  # noqa: E402
+
+# (model, importance, paper group, sparsity) -> (default accuracy, Intra-Fusion accuracy) from the paper
+# (CIFAR-10, no fine-tuning).  Only cells we could check are filled in; never add a number you have
+# not read in the paper.  Everything else prints "n/a".
+PAPER: Dict[Tuple[str, str, int, float], Tuple[Optional[float], Optional[float]]] = {
+    ("vgg11_bn", "l1", 2, 0.7): (37.89, 80.11),   # Table 10
+    ("resnet18", "l1", 3, 0.5): (81.91, 91.25),   # Table 12
+}
+PAPER_TABLE = {"vgg11_bn": "Table 10", "resnet18": "Table 12"}
+METHODS = (("default", "default", "barycentric"), ("IF (paper)", "intra-fusion", "paper"),
+           ("IF (barycentric)", "intra-fusion", "barycentric"))
+
+
+def build(name: str, tiny: bool) -> torch.nn.Module:
+    if name == "vgg11_bn":
+        return ifv.models.vgg11_bn(num_classes=10, width_mult=1 / 16 if tiny else 1.0)
+    if name == "resnet18":
+        return ifv.models.resnet18(num_classes=10, width=4 if tiny else 64)
+    raise ValueError(f"unknown model {name!r}; use vgg11_bn or resnet18")
+
+
+def loaders(args):
+    from torch.utils.data import DataLoader, Subset
+
+    try:
+        train, test = ifv.data.cifar_datasets(args.data_root, "cifar10", download=args.download)
+    except FileNotFoundError as err:
+        sys.exit(f"{err}\nThis script needs CIFAR-10: pass --download (internet) or --data-root DIR "
+                 "with the extracted cifar-10-batches-py/.")
+    _, test_plain = ifv.data.cifar_datasets(args.data_root, "cifar10", download=False, augment=False)
+    if args.tiny:
+        train, test = Subset(train, range(min(len(train), 64))), Subset(test, range(min(len(test), 64)))
+    g = torch.Generator().manual_seed(args.seed)
+    workers = 0 if args.tiny else 2
+    return (DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=workers,
+                       drop_last=not args.tiny),
+            DataLoader(test, batch_size=500, num_workers=workers))
+
+
+def train_or_load(name, args, train_loader, test_loader, device, out: Path):
+    """Load ``<checkpoint-dir or out>/<name>.pt`` or train (resuming from ``<out>/<name>_train.pt``)."""
+    model = build(name, args.tiny).to(device)
+    final = Path(args.checkpoint_dir or out) / f"{name}.pt"
+    if final.is_file():
+        ifv.load_checkpoint(final, model)
+        print(f"{name}: loaded {final}")
+        return model.to(device).eval()
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    partial = out / f"{name}_train.pt"
+    epoch = 0
+    if partial.is_file():
+        state = torch.load(partial, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch = int(state["epoch"])
+        print(f"{name}: resuming training at epoch {epoch + 1}/{args.epochs}")
+    torch.manual_seed(args.seed + epoch)
+    for epoch in tqdm(range(epoch, args.epochs), desc=f"train {name}", initial=epoch, total=args.epochs):
+        model.train()
+        for x, y in tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1}, partial)
+    ifv.save_checkpoint(model, final, arch=name, epochs=args.epochs, tiny=args.tiny)
+    return model.eval()
+
+
+def estimate(args, train_loader, device) -> str:
+    """Seconds for training and sweeping, from a few timed steps on this machine."""
+    model = build("resnet18", args.tiny).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = next(iter(train_loader))
+    x, y = x.to(device), y.to(device)
+    steps = 2 if args.tiny else 5
+    for i in range(steps + 1):
+        if i == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / steps
+    # VGG11-BN trains about 2x faster than ResNet18; data loading is assumed to keep up.
+    train_s = 1.5 * per_step * len(train_loader) * args.epochs * (len(args.models) / 2 * 2)
+    cells = len(args.groups) * len(args.sparsities) * len(args.importances) * len(METHODS) * len(args.models)
+    eval_s = cells * 3 * per_step * math.ceil(10_000 / args.batch_size) / 3  # one test pass ~ 1/3 step each
+    return (f"estimated time on this machine ({device}): training {train_s / 60:.0f} min "
+            f"({args.epochs} epochs x {len(args.models)} models, skipped for models already trained), "
+            f"sweep {eval_s / 60:.0f} min ({cells} pruned models evaluated)")
+
+
+def load_done(path: Path) -> Dict[tuple, dict]:
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["model"], r["group"], r["sparsity"], r["importance"], r["method"])] = r
+    return done
+
+
+def sweep(name, model, args, train_loader, test_loader, device, results: Path, done):
+    from tqdm.auto import tqdm
+
+    example = next(iter(test_loader))[0][:1].to(device)
+    x, y = next(iter(train_loader))
+    batch = (x.to(device), y.to(device))
+    key0 = (name, 0, 0.0, "", "original")
+    if key0 not in done:
+        _append(results, done, dict(model=name, group=0, sparsity=0.0, importance="", method="original",
+                                    group_name="", accuracy=ifv.accuracy(model, test_loader, device=device)))
+    groups = {g.paper_index: g for g in ifv.find_groups(model, example)}
+    cells = [(p, s, imp, m) for p in args.groups for s in args.sparsities for imp in args.importances
+             for m in METHODS]
+    for paper, s, imp, (label, method, fusion) in tqdm(cells, desc=f"sweep {name}"):
+        key = (name, paper, s, imp, label)
+        if key in done:
+            continue
+        g = groups[paper]
+        res = ifv.prune(model, example, sparsity=s, method=method, importance=imp, groups=[g.index],
+                        config=ifv.OTConfig(fusion=fusion), batch=batch, seed=args.seed)
+        acc = ifv.accuracy(res.model, test_loader, device=device)
+        _append(results, done, dict(model=name, group=paper, sparsity=s, importance=imp, method=label,
+                                    group_name=g.name, accuracy=acc))
+
+
+def _append(path: Path, done, record):
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    done[(record["model"], record["group"], record["sparsity"], record["importance"], record["method"])] = record
+
+
+def report(done, args) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    out = []
+    for name in args.models:
+        orig = done.get((name, 0, 0.0, "", "original"))
+        out.append(f"\n### {name} on CIFAR-10 vs the paper's {PAPER_TABLE[name]} "
+                   f"(ours unpruned: {fmt(orig and orig['accuracy'])} %)\n")
+        rows = []
+        for paper in args.groups:
+            for s in args.sparsities:
+                for imp in args.importances:
+                    ours = [done.get((name, paper, s, imp, label)) for label, _, _ in METHODS]
+                    theirs = PAPER.get((name, imp, paper, s), (None, None))
+                    rows.append([f"G{paper}", f"{s:.0%}", imp, *(fmt(r and r["accuracy"]) for r in ours),
+                                 fmt(theirs[0]), fmt(theirs[1])])
+        out.append(markdown_table(["group", "sparsity", "importance", "ours: default", "ours: IF (paper)",
+                                   "ours: IF (barycentric)", "paper: default", "paper: IF"], rows))
+    return "\n".join(out)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default="data/cifar10")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 (needs internet)")
+    p.add_argument("--out", default=str(RESULTS / "paper"))
+    p.add_argument("--checkpoint-dir", default=None, help="folder with <model>.pt to load instead of training")
+    p.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet18"])
+    p.add_argument("--groups", type=int, nargs="+", default=[1, 2, 3], help="paper group numbers")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--importances", nargs="+", default=["l1", "taylor"])
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny widths, 64 images, 1 epoch, 50%% l1 only (tests)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.epochs, args.batch_size, args.sparsities, args.importances = 1, 32, [0.5], ["l1"]
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_loader, test_loader = loaders(args)
+    print(estimate(args, train_loader, device), flush=True)
+    results = out / "results.jsonl"
+    done = load_done(results)
+    for name in args.models:
+        model = train_or_load(name, args, train_loader, test_loader, device, out)
+        sweep(name, model, args, train_loader, test_loader, device, results, done)
+    text = report(done, args)
+    (out / "reproduce_paper.md").write_text(text + "\n")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
