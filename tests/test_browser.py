@@ -1,0 +1,256 @@
+"""A person's view: JupyterLab in headless Chromium runs the explore notebook and the widgets respond.
+
+Starts ``jupyter lab`` on localhost (fast mode) over a temporary copy of ``notebooks/``, opens
+``03_explore_sparsity.ipynb`` in Debian's ``chromium`` driven by Playwright, runs all cells, checks that
+the dashboard's plotly figure is drawn with data, moves the sparsity slider with the keyboard and checks
+that the figure and the accuracy read-out change.  Screenshots go to ``tests/artifacts/`` on failure.
+
+Needs ``/usr/bin/chromium`` (apt), ``playwright`` and ``jupyterlab`` (pip); see ``.ci/install_browser.sh``.
+Skipped with the reason when one is missing.  Run alone with ``pytest -m browser``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from notebook_runner import NOTEBOOKS, REPO, fast_env
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("IFV_CHROMIUM", "/usr/bin/chromium")
+NOTEBOOK = "03_explore_sparsity.ipynb"
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+SERVER_START_S = 60
+RUN_ALL_S = 120  # the notebook's fast mode takes ~20-30 s on a busy 2-core machine
+
+
+def _missing_requirements() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} not found (apt-get install -y chromium; see .ci/install_browser.sh)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if shutil.which("jupyter") is None or subprocess.run(
+            ["jupyter", "lab", "--version"], capture_output=True).returncode != 0:
+        return "jupyterlab is not installed (pip install jupyterlab)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {SERVER_START_S}s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def lab_server(tmp_path):
+    """A JupyterLab server over a copy of the notebooks; yields (base_url, token); killed in finally."""
+    reason = _missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    port, token = _free_port(), uuid.uuid4().hex
+    env = fast_env({"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+                    "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+                    "JUPYTER_CONFIG_DIR": str(tmp_path / "config")})
+    log_path = tmp_path / "jupyter.log"
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+               f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+               "--ServerApp.disable_check_xsrf=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+        command.append("--allow-root")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(f"{base}/api/status?token={token}", process, log_path)
+        yield base, token
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if log_path.exists():  # keep the server log next to the screenshots
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log_path, ARTIFACTS / "jupyter.log")
+
+
+# JavaScript run in the page: the state of the dashboard's figure and read-out.
+DASHBOARD_STATE_JS = """
+() => {
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  const dash = outputs.find(o => [...o.querySelectorAll('.widget-slider .widget-label')]
+                                   .some(l => l.textContent.trim() === 'sparsity'));
+  if (!dash) return {found: false};
+  const plots = [...dash.querySelectorAll('.js-plotly-plot')].map(p => {
+    const box = p.getBoundingClientRect();
+    const heat = p.querySelector('.heatmaplayer image');
+    const points = p.querySelectorAll('.scatterlayer .point, .scatterlayer path.js-line').length;
+    return {width: box.width, height: box.height,
+            heatmap: heat ? (heat.getAttribute('href') || heat.getAttribute('xlink:href') || '').length : 0,
+            heatmapSig: heat ? (heat.getAttribute('href') || heat.getAttribute('xlink:href') || '').slice(-200) : '',
+            points: points,
+            svgText: [...p.querySelectorAll('.main-svg')].map(s => s.innerHTML.length).join(',')};
+  });
+  const readout = [...dash.querySelectorAll('.widget-html')].map(h => h.textContent).join(' | ');
+  const handle = dash.querySelector('.widget-slider .noUi-handle');
+  return {found: true, plots: plots, readout: readout,
+          slider: handle ? handle.getAttribute('aria-valuenow') : null};
+}
+"""
+
+
+def _drawn(state) -> bool:
+    return bool(state.get("found")) and any(
+        p["width"] > 50 and p["height"] > 50 and (p["heatmap"] > 100 or p["points"] > 0) for p in state["plots"]) \
+        and "intra-fusion" in state.get("readout", "")
+
+
+def _wait_state(page, predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    state = {}
+    while time.monotonic() < deadline:
+        _accept_kernel_dialog(page)
+        state = page.evaluate(DASHBOARD_STATE_JS)
+        if predicate(state):
+            return state
+        page.wait_for_timeout(500)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last state: {state}")
+
+
+def _kernel_idle(page) -> bool:
+    status = page.evaluate("() => [...document.querySelectorAll('.jp-Notebook-ExecutionIndicator,"
+                           " .jp-KernelStatus')].map(s => (s.getAttribute('title') || '') + ' '"
+                           " + s.textContent).join(' ')")
+    return "Idle" in status
+
+
+def _wait_kernel_settled(page, timeout_s: float = 60) -> None:
+    """Idle kernel and no kernel dialog, twice in a row one second apart (the session may still switch)."""
+    deadline, calm = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        calm = 0 if _accept_kernel_dialog(page) or not _kernel_idle(page) else calm + 1
+        if calm >= 2:
+            return
+        page.wait_for_timeout(1000)
+    raise AssertionError(f"the notebook's kernel did not settle to idle within {timeout_s:.0f}s")
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells through the app's command registry (``--LabApp.expose_app_in_browser``)."""
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands"
+                           " && window.jupyterapp.commands.hasCommand('notebook:run-all-cells')", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    for attempt in range(3):
+        _wait_kernel_settled(page)
+        # not awaited: the command's promise only resolves once every cell has run
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:  # the setup cell finished: its prompt shows [1]
+            if _accept_kernel_dialog(page):
+                break  # the kernel is being replaced; run everything again on the new one
+            if page.evaluate("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                             ".some(p => /\\[\\d+\\]/.test(p.textContent))"):
+                return
+            page.wait_for_timeout(500)
+    raise AssertionError("Run All Cells did not execute the notebook's first cell (3 attempts)")
+
+
+def _accept_kernel_dialog(page) -> bool:
+    """Click "Select" if JupyterLab asks which kernel to start (the notebook names python3)."""
+    dialog = page.locator(".jp-Dialog:has-text('Select Kernel')")
+    if dialog.count():
+        dialog.locator("button.jp-mod-accept").first.click()
+        return True
+    return False
+
+
+def _errors_in_page(page) -> str:
+    return page.evaluate("() => [...document.querySelectorAll('.jp-RenderedText[data-mime-type="
+                         "\"application/vnd.jupyter.stderr\"]')].map(e => e.textContent)"
+                         ".filter(t => /Error|Traceback/.test(t)).join('\\n---\\n')")
+
+
+def test_explore_dashboard_in_jupyterlab(lab_server):
+    from playwright.sync_api import sync_playwright
+
+    base, token = lab_server
+    started = time.monotonic()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        console = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        try:
+            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", wait_until="domcontentloaded", timeout=60_000)
+            _run_all_cells(page)
+            try:
+                drawn = _wait_state(page, _drawn, RUN_ALL_S, "the dashboard figure and read-out to be drawn")
+            except AssertionError as error:
+                raise AssertionError(f"{error}\nerrors shown in the notebook:\n{_errors_in_page(page)}") from None
+            # the notebook's own cell moves the slider from code and back; let it settle at 0.5
+            drawn = _wait_state(page, lambda s: _drawn(s) and "keeps 16 of 32" in s["readout"], 60,
+                                "the read-out to settle at sparsity 0.5")
+            handle = page.locator(".jp-OutputArea-output .widget-slider:has(.widget-label:text-is('sparsity'))"
+                                  " .noUi-handle").first
+            handle.scroll_into_view_if_needed()
+            handle.focus()
+            for _ in range(4):  # 0.5 -> 0.7 in steps of 0.05
+                page.keyboard.press("ArrowRight")
+                page.wait_for_timeout(150)
+            moved = _wait_state(
+                page, lambda s: _drawn(s) and s["readout"] != drawn["readout"]
+                and [p["heatmapSig"] + p["svgText"] for p in s["plots"]]
+                != [p["heatmapSig"] + p["svgText"] for p in drawn["plots"]],
+                60, "the figure and the read-out to change after moving the slider")
+            assert moved["slider"] != drawn["slider"], (drawn["slider"], moved["slider"])
+            kept_now = int(re.search(r"keeps (\d+) of 32", moved["readout"]).group(1))
+            assert kept_now < 16, moved["readout"]  # a higher sparsity keeps fewer channels
+            page.screenshot(path=str(_artifact("explore_after_slider.png")), full_page=False)
+        except Exception:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(_artifact("explore_failure.png")), full_page=True)
+            _artifact("browser_console.log").write_text("\n".join(console))
+            raise
+        finally:
+            browser.close()
+    assert time.monotonic() - started < 180, "the browser test took over 3 minutes"
+
+
+def _artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    return ARTIFACTS / name
