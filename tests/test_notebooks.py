@@ -65,3 +65,27 @@ def test_failing_cell_is_reported_with_its_source(tmp_path):
     assert "cell 1 failed" in message
     assert "raise ValueError('boom from cell')" in message
     assert "boom from cell" in message.split("----- error -----")[1]
+
+
+@pytest.mark.notebooks
+def test_reproduce_notebook_shows_results_file(tmp_path):
+    """With a results file from a full run, 06 puts our numbers beside the paper's and draws the curves."""
+    import json as _json
+
+    from notebook_runner import fast_env
+
+    records = [dict(model="vgg11_bn", group=0, sparsity=0.0, importance="", method="original", group_name="",
+                    accuracy=90.0)]
+    for sparsity in (0.5, 0.7):
+        for method, accuracy in (("default", 40.0), ("IF (paper)", 75.0), ("IF (barycentric)", 78.0)):
+            records.append(dict(model="vgg11_bn", group=2, sparsity=sparsity, importance="l1", method=method,
+                                group_name="features.8", accuracy=accuracy + 10 * (0.7 - sparsity)))
+    (tmp_path / "results.jsonl").write_text("\n".join(_json.dumps(r) for r in records) + "\n")
+    nb = run_notebook(NOTEBOOKS / "06_reproduce_paper.ipynb", timeout=120,
+                      env=fast_env({"IFV_PAPER_OUT": str(tmp_path)}))
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "80.11" in html and "37.89" in html, "the paper's VGG11-BN G2 70% cell is missing from the comparison"
+    assert "78.00" in html, "our intra-fusion number is missing from the comparison"
+    texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "1 figures" in texts
