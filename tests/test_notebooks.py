@@ -86,6 +86,6 @@ def test_reproduce_notebook_shows_results_file(tmp_path):
     html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "80.11" in html and "37.89" in html, "the paper's VGG11-BN G2 70% cell is missing from the comparison"
-    assert "78.00" in html, "our intra-fusion number is missing from the comparison"
+    assert "<td>78.0</td>" in html, "our intra-fusion number (78.0 at 70%) is missing from the comparison"
     texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "1 figures" in texts
