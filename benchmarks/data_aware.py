@@ -76,13 +76,13 @@ def tables(df) -> str:
         single = pruned[pruned.group >= 0].merge(
             part[part.method == "original"][["seed", "accuracy"]].rename(columns={"accuracy": "orig"}), on="seed")
         single["drop"] = single["orig"] - single["accuracy"]
-        worst = single.groupby(["method", "seed"]).drop.max().groupby("method")
-        mean = single.groupby(["method", "seed"]).drop.mean().groupby("method")
+        worst = single.groupby(["method", "seed"])["drop"].max().groupby("method")
+        mean = single.groupby(["method", "seed"])["drop"].mean().groupby("method")
         out.append(f"\n{name}: single-group drop vs unpruned (points; mean over groups / worst group, "
                    "mean over seeds)\n")
         out.append(markdown_table(["variant", "mean drop", "worst-group drop", "groups within 1.5 pts"],
                                   [[v, f"{mean.mean()[v]:.2f}", f"{worst.mean()[v]:.2f}",
-                                    f"{(single[single.method == v].drop <= 1.5).mean():.0%}"] for v in VARIANTS]))
+                                    f"{(single[single.method == v]['drop'] <= 1.5).mean():.0%}"] for v in VARIANTS]))
     return "\n".join(out)
 
 

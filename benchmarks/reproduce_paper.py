@@ -59,7 +59,6 @@ def loaders(args):
     except FileNotFoundError as err:
         sys.exit(f"{err}\nThis script needs CIFAR-10: pass --download (internet) or --data-root DIR "
                  "with the extracted cifar-10-batches-py/.")
-    _, test_plain = ifv.data.cifar_datasets(args.data_root, "cifar10", download=False, augment=False)
     if args.tiny:
         train, test = Subset(train, range(min(len(train), 64))), Subset(test, range(min(len(test), 64)))
     g = torch.Generator().manual_seed(args.seed)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ._fusion import _slots
-from ._groups import Group
+from ._groups import Group, find_groups
 
 __all__ = ["activation_features", "repair", "REPAIR_MODES"]
 
@@ -205,12 +205,19 @@ def _restore_folded_affine(pruned: nn.Module, original: nn.Module, records) -> N
 @torch.no_grad()
 def _repair_statistics(pruned: nn.Module, original: nn.Module, records, x: torch.Tensor, eps: float) -> None:
     """REPAIR: affine-correct every merged producer so each channel has its sources' mean and std."""
-    # Targets come from the original model, measured once on the batch.
+    # Every group is corrected, as REPAIR does: a pruned group's merged channels get their sources'
+    # statistics, and every other channel its own, which undoes the shift that merging a group causes
+    # in the layers after it.
+    pruned_index = {g.index for g in records}
+    cases = [(g.members, g.n, g.kept, _source_weights(g.plan)) for g in records]
+    for g in find_groups(original, x[:1]):
+        if g.index not in pruned_index:
+            cases.append((g.members, g.size, torch.arange(g.size), torch.eye(g.size, dtype=torch.float64)))
     targets = {}
-    for g in records:
-        for m in _producers(g.members):
-            targets[m.name] = (g, m, _observed_module(g.members, m.name))
-    observed = sorted({t[2] for t in targets.values()})
+    for members, n, kept, weights in cases:
+        for m in _producers(members):
+            targets[m.name] = (members, n, kept, weights, m, _observed_module(members, m.name))
+    observed = sorted({t[-1] for t in targets.values()})
     with _recording(original, observed) as outputs:
         _run(original, x)
     original_stats = {name: _channel_stats(outputs[name]) for name in observed}
@@ -221,16 +228,15 @@ def _repair_statistics(pruned: nn.Module, original: nn.Module, records, x: torch
         _run(pruned, x)
     order = list(outputs)
     modules = dict(pruned.named_modules())
-    by_observed = {name: (g, m) for g, m, name in targets.values()}
+    by_observed = {t[-1]: t[:-1] for t in targets.values()}
     for name in order:
-        g, m = by_observed[name]
+        members, n, kept, weights, m = by_observed[name]
         with _recording(pruned, [name]) as outputs:
             _run(pruned, x)
         mean_now, std_now = _channel_stats(outputs[name])
         mean_src, std_src = original_stats[name]
-        slots = _slots(m, g.n)[:, 0]
-        positions = _pruned_positions(slots, g.kept)
-        weights = _source_weights(g.plan)
+        slots = _slots(m, n)[:, 0]
+        positions = _pruned_positions(slots, kept)
         scale = torch.ones_like(mean_now)
         shift = torch.zeros_like(mean_now)
         scale[positions] = (weights.T @ std_src[slots]) / (std_now[positions] + eps)

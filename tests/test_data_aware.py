@@ -180,3 +180,16 @@ def test_repair_rejects_bad_arguments():
         repair(res.model, model, x, mode="repair")
     with pytest.raises(ValueError, match="max_samples"):
         activation_features(x, max_samples=0)
+
+
+def test_repair_also_restores_layers_after_the_pruned_group():
+    # Pruning group 0 shifts the next layer's outputs; REPAIR gives them back their own statistics.
+    x = torch.randn(200, 1, 8, 8)
+    model = bn_stats_from(randomize_bn(conv_bn_net(c=6)), x)
+    res = ifv.prune(model, x[:1], sparsity=0.5, groups=[0], method="default")
+    source = _output_of(model, "4", x).movedim(1, 0).flatten(1)
+    shifted = _output_of(res.model, "4", x).movedim(1, 0).flatten(1)
+    fixed = _output_of(repair(res, model, x, mode="repair"), "4", x).movedim(1, 0).flatten(1)
+    assert not torch.allclose(shifted.mean(1), source.mean(1), atol=1e-2)
+    assert torch.allclose(fixed.mean(1), source.mean(1), atol=1e-4)
+    assert torch.allclose(fixed.std(1), source.std(1), rtol=1e-3)
