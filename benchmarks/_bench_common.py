@@ -75,7 +75,9 @@ def machine() -> str:
 
 
 def header(command: str) -> str:
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n- machine: {machine()}\n"
+            f"- load average (1, 5, 15 min) of the shared machine when this was written: {load}\n"
             f"- command: `{command}`\n")
 
 
