@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ._groups import Group, Member, UnsupportedLayerError, _trace, bind_groups
+from ._groups import Group, Member, UnsupportedLayerError, _trace
 from ._groups import _handler
 
 __all__ = ["fold_batchnorm", "channel_features", "fold_group_batchnorms", "apply_merge", "IndexTracker"]

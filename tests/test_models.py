@@ -19,15 +19,6 @@ from intrafusion_viz.models import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny models: two OpenMP threads on a shared 2-core machine spin-wait when a neighbour
-    # process is busy, which makes each step many times slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # (registry name, small constructor kwargs, input shape) for every registered model.
 CASES = [

@@ -18,15 +18,6 @@ from intrafusion_viz.data import digits_loaders, load_digits_tensors
 from intrafusion_viz.models import MLP, SmallCNN, resnet18
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # These models are tiny: with two OpenMP threads on a shared 2-core machine, a busy
-    # neighbour process makes each step ~50x slower (spin-waiting at barriers).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def digits():
