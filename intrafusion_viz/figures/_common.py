@@ -64,3 +64,11 @@ def group_label(row) -> str:
     paper = row.get("paper_group", "") or ""
     name = row.get("group_name", "") or str(row["group"])
     return f"{paper} {name}".strip()
+
+
+def row_layout(n: int):
+    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 350-900 px high."""
+    import math
+
+    height = int(min(900, max(350, 120 + 12 * n)))
+    return height, max(1, int(math.ceil(n * 12 / (height - 120))))

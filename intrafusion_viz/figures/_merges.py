@@ -120,7 +120,7 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
                                     text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
         fig.update_layout(
             title=title or f"{label}: kept filter | filters merged into it | merged result",
-height=int(120 + 60 * len(clusters)),
+            height=int(120 + 60 * len(clusters)),
             xaxis=dict(title="kept | merged in ... | result", showticklabels=False, showgrid=False),
             yaxis=dict(title="kept neuron", tickmode="array",
                        tickvals=[r * (kh + gap) + kh / 2 - 0.5 for r in range(len(clusters))],
@@ -145,6 +145,6 @@ height=int(120 + 60 * len(clusters)),
                             hovertemplate=f"{what} %{{x}}<br>weight norm %{{y:.3g}}<extra></extra>")
                      for what, (outer, inner, ys) in traces.items()])
     fig.update_layout(title=title or f"{label}: weight norms of each kept neuron, what merges into it, the result",
-barmode="group", xaxis_title="kept neuron / neuron",
+                      barmode="group", xaxis_title="kept neuron / neuron",
                       yaxis_title="weight norm (BatchNorm folded)", height=420)
     return fig

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import to_numpy
+from ._common import row_layout, to_numpy
 
 
 def source_order(group_result) -> np.ndarray:
@@ -82,15 +82,15 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
         breaks = np.nonzero(np.diff(target))[0]
         fig.update_layout(shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=b + 0.5, y1=b + 0.5,
                                        line=dict(color="#999999", width=0.5)) for b in breaks])
+    height, row_every = row_layout(n)
     tick_every = max(1, int(np.ceil(k / 32)))
-    row_every = max(1, int(np.ceil(n / 32)))
     kind = "no plan" if group_result.cost is None else "transport plan"
     if title is None:
         title = f"G{group_result.paper_index} {group_result.name}: {kind} ({n} -> {k} neurons)"
         if group_result.cost is None:
             title = f"G{group_result.paper_index} {group_result.name}: default pruning keeps {k} of {n}"
     fig.update_layout(
-        title=title,height=int(min(900, max(350, 120 + 4 * n))),
+        title=title, height=height,
         xaxis=dict(title="kept neuron", tickmode="array", tickvals=np.arange(0, k, tick_every),
                    ticktext=[str(v) for v in kept[::tick_every]]),
         yaxis=dict(title="source neuron (grouped by merge cluster)", autorange="reversed",

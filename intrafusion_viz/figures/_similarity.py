@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import to_numpy
+from ._common import row_layout, to_numpy
 from ._plans import source_order
 
 
@@ -65,10 +65,11 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
         z=z, x=np.arange(ncols), y=np.arange(n), colorscale=scale, zmin=zmin, zmax=zmax,
         colorbar=dict(title=bar), customdata=np.stack(np.broadcast_arrays(order[:, None], cols[None, :]), -1),
         hovertemplate=f"neuron %{{customdata[0]}} vs %{{customdata[1]}}<br>{bar} %{{z:.3f}}<extra></extra>"))
-    col_every, row_every = max(1, int(np.ceil(ncols / 32))), max(1, int(np.ceil(n / 32)))
+    col_every = max(1, int(np.ceil(ncols / 32)))
+    height, row_every = row_layout(n)
     fig.update_layout(
         title=title or f"{label}: {bar} {'matrix' if ncols == n else 'to kept neurons'} (cluster order)",
-height=int(min(900, max(350, 120 + 4 * n))),
+        height=height,
         xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, ncols, col_every),
                    ticktext=[str(v) for v in cols[::col_every]]),
         yaxis=dict(title="neuron (cluster order)", autorange="reversed", tickmode="array",
