@@ -116,6 +116,8 @@ def main(argv=None):
     parser.add_argument("--digits-epochs", type=int, default=20)
     parser.add_argument("--mnist-epochs", type=int, default=3)
     parser.add_argument("--no-mnist", action="store_true", help="digits models only")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only these (digits-mlp digits-cnn mnist-vgg-bn mnist-resnet)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.quick:
@@ -126,7 +128,7 @@ def main(argv=None):
 
     start = time.time()
     records = []
-    specs = model_specs(args)
+    specs = [spec for spec in model_specs(args) if args.models is None or spec[0] in args.models]
     for spec in tqdm(specs, desc="models"):
         for seed in tqdm(args.seeds, desc=spec[0], leave=False):
             records += sweep_model(*spec, seed=seed, sparsities=args.sparsities,
