@@ -79,6 +79,11 @@ def accumulate_gradients(model: nn.Module, batch, loss_fn: Optional[Callable] = 
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ValueError("batch must be a pair (inputs, targets)")
     inputs, targets = batch
+    device = next((p.device for p in model.parameters()), None)
+    for name, t in (("inputs", inputs), ("targets", targets)):
+        if torch.is_tensor(t) and device is not None and t.device != device:
+            raise ValueError(f"batch {name} are on {t.device} but the model is on {device}; "
+                             f"move the batch with .to({str(device)!r})")
     loss_fn = loss_fn or nn.functional.cross_entropy
     was_training = model.training
     model.eval()

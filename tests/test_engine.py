@@ -283,9 +283,14 @@ def test_bad_example_inputs():
 
 def test_data_on_another_device():
     model = models.SmallCNN()
+    state = state_copy(model)
     meta = torch.randn(1, 1, 8, 8, device="meta")
     with pytest.raises(ValueError, match="move them"):
         ifv.prune(model, meta, 0.5)
+    batch = (torch.randn(4, 1, 8, 8, device="meta"), torch.zeros(4, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="move the batch"):
+        ifv.prune(model, torch.randn(1, 1, 8, 8), 0.5, importance="taylor", batch=batch)
+    assert_state_equal(model, state)
 
 
 class WithLayerNorm(nn.Module):
