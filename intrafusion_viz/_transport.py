@@ -188,7 +188,8 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
     Returns
     -------
     Tensor, shape (n, k)
-        float64 plan with row sums ``source`` and column sums ``target``.
+        float64 plan with row sums ``source`` and column sums ``target`` (exact for ``"emd"``; within
+        1e-3 in L1 for ``"sinkhorn"``, else it raises).
     """
     cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
     a = torch.as_tensor(source, dtype=torch.float64).cpu()
@@ -260,18 +261,26 @@ def _sinkhorn(cost, a, b, config) -> torch.Tensor:
     import ot
 
     scale = float(cost.max()) or 1.0
-    max_iter = config.max_iter or 10_000
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence is checked on the marginals below
-        plan = ot.sinkhorn(a.numpy(), b.numpy(), (cost / scale).numpy(), config.reg,
-                           method="sinkhorn_log", numItermax=max_iter, stopThr=1e-9)
-    plan = torch.from_numpy(np.asarray(plan))
-    err = float((plan.sum(1) - a).abs().sum() + (plan.sum(0) - b).abs().sum())
-    if not math.isfinite(err) or err > 1e-3:
-        raise RuntimeError(
-            f"Sinkhorn did not converge (marginal error {err:.2e}) with reg={config.reg}; "
-            "raise reg or max_iter, or use solver='emd'")
-    return plan
+    max_iter = config.max_iter or 2_000
+    err = float("nan")
+    # Plain scaling is fastest but overflows for small reg (exp(-cost / reg) underflows); the
+    # log-stabilised solver covers the rest.  (POT's "sinkhorn_log" gives the same plans 10-100x slower.)
+    # Epsilon scaling rescues very small reg, but its time grows fast with size: small problems only.
+    methods = (("sinkhorn",) if config.reg >= 0.02 else ()) + ("sinkhorn_stabilized",)
+    if cost.numel() <= 1 << 17:
+        methods += ("sinkhorn_epsilon_scaling",)
+    for method in methods:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence is checked on the marginals below
+            plan = ot.sinkhorn(a.numpy(), b.numpy(), (cost / scale).numpy(), config.reg,
+                               method=method, numItermax=max_iter, stopThr=1e-9)
+        plan = torch.from_numpy(np.asarray(plan))
+        err = float((plan.sum(1) - a).abs().sum() + (plan.sum(0) - b).abs().sum())
+        if math.isfinite(err) and err <= 1e-3 and bool(torch.isfinite(plan).all()):
+            return plan
+    raise RuntimeError(
+        f"Sinkhorn did not converge (marginal error {err:.2e}) with reg={config.reg}; "
+        "raise reg or max_iter, or use solver='emd'")
 
 
 def merge_matrices(plan: torch.Tensor, fusion: str = "barycentric") -> Tuple[torch.Tensor, torch.Tensor]:

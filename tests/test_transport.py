@@ -57,11 +57,22 @@ def test_sinkhorn_marginals_and_softness():
 
 
 def test_sinkhorn_failure_is_reported():
-    features, importance, kept = _problem(30, 10)
+    features, importance, kept = _problem(600, 300)  # too large for the epsilon-scaling fallback
     cost = ifv.cost_matrix(features, kept)
     with pytest.raises(RuntimeError, match="Sinkhorn did not converge"):
-        ifv.transport_plan(cost, ifv.masses("uniform", None, 30), ifv.masses("uniform", None, 10),
+        ifv.transport_plan(cost, ifv.masses("uniform", None, 600), ifv.masses("uniform", None, 300),
                            ifv.OTConfig(solver="sinkhorn", reg=1e-4, max_iter=3))
+
+
+def test_sinkhorn_small_reg_falls_back():
+    features, importance, kept = _problem(40, 20)
+    cost = ifv.cost_matrix(features, kept)
+    a, b = ifv.masses("uniform", None, 40), ifv.masses("uniform", None, 20)
+    plan = ifv.transport_plan(cost, a, b, ifv.OTConfig(solver="sinkhorn", reg=1e-3))
+    # accepted Sinkhorn plans meet the marginals to 1e-3 in L1 (documented in transport_plan)
+    assert float((plan.sum(1) - a).abs().sum() + (plan.sum(0) - b).abs().sum()) <= 1e-3
+    exact = ifv.transport_plan(cost, a, b, kept=kept)
+    assert float((plan * cost).sum()) == pytest.approx(float((exact * cost).sum()), rel=0.02)
 
 
 def test_emd_that_stops_short_raises():
