@@ -63,7 +63,7 @@ def main():
     for group in (0, len(groups) - 1):  # 64-channel first conv, 512-channel last conv (paper's G1)
         rows.append(bench("VGG11-BN, 3x32x32, random weights", vgg, (x, y), x[:2], group, args.moves))
 
-    print(f"\n| model | group | eval samples | renderer | median ms/move | p90 ms/move |")
+    print("\n| model | group | eval samples | renderer | median ms/move | p90 ms/move |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['group']} | {r['eval']} | {r['renderer']} | {r['median']:.0f} | {r['p90']:.0f} |")

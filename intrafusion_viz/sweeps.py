@@ -9,8 +9,6 @@ import dataclasses
 import weakref
 from typing import Iterable, Optional, Sequence
 
-import torch
-
 from ._groups import find_groups
 from ._prune import prune
 from ._transport import OTConfig

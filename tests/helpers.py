@@ -1,6 +1,4 @@
 """Small models and tools shared by the engine tests."""
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

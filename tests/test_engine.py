@@ -1,6 +1,4 @@
 """Engine invariants: groups, BatchNorm folding, function preservation, the caller's model untouched."""
-import math
-
 import pytest
 import torch
 import torch.nn as nn

@@ -1,5 +1,4 @@
 """Transport plans: marginals, optimality against POT, merge maps."""
-import numpy as np
 import ot
 import pytest
 import torch

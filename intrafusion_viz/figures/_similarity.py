@@ -39,7 +39,7 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
         raise ValueError(f"kind must be 'cost' or 'cosine', got {kind!r}")
     order = source_order(group_result)
     kept = to_numpy(group_result.kept).astype(int)
-    n, k = group_result.n, group_result.k
+    n = group_result.n
     label = f"G{group_result.paper_index} {group_result.name}"
     if kind == "cosine" and features is not None:
         x = _unit(to_numpy(features))
