@@ -116,4 +116,5 @@ def assert_state_equal(model, state):
 
 
 def rel_err(a, b):
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
