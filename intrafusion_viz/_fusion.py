@@ -141,6 +141,11 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
 
 def _check_mergeable(group: Group, is_selection: bool) -> None:
     for m in group.members:
+        if m.layer_type == "Parameter":
+            raise UnsupportedLayerError(
+                f"group {group.index} ({group.name!r}) contains a bare nn.Parameter, {m.name!r}, used "
+                "outside a layer; this toolkit cannot prune it. Wrap it in a module or leave this group "
+                "out with groups=[...]")
         if m.role in _MERGEABLE or (is_selection and m.role in ("depthwise", "other")):
             continue
         if m.role == "grouped":

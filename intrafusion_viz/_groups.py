@@ -99,6 +99,7 @@ class Group(tp.dependency.Group):
         self.members = list(members)
         self.model = model
         modules = dict(model.named_modules())
+        modules.update(model.named_parameters())  # bare nn.Parameters are members too
         for m in self.members:
             module = modules[m.name]
             handler = _handler(m.handler_name)
@@ -112,6 +113,7 @@ class Group(tp.dependency.Group):
     def layers(self) -> List[Tuple[str, str, nn.Module]]:
         """``(name, role, module)`` for every member."""
         modules = dict(self.model.named_modules())
+        modules.update(self.model.named_parameters())
         return [(m.name, m.role, modules[m.name]) for m in self.members]
 
     def __repr__(self) -> str:

@@ -324,6 +324,26 @@ def test_unsupported_layer_is_refused_by_name(make, shape, layer):
     res.model(torch.randn(2, *shape[1:]))
 
 
+class WithBareParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.scale, self.fc2 = nn.Linear(4, 6), nn.Parameter(torch.ones(6)), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2((self.fc1(x) * self.scale).relu())
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+def test_bare_parameter_is_refused_by_name(method):
+    model = WithBareParameter()
+    state = state_copy(model)
+    groups = ifv.find_groups(model, torch.randn(1, 4))
+    assert ("scale", "other") in [(name, role) for name, role, _ in groups[0].layers]
+    with pytest.raises(ifv.UnsupportedLayerError, match="'scale'"):
+        ifv.prune(model, torch.randn(1, 4), 0.5, method=method)
+    assert_state_equal(model, state)
+
+
 def test_config_validation():
     for bad in [dict(p=0.5), dict(solver="lp"), dict(target="mean"), dict(fusion="avg"),
                 dict(source_mass="x"), dict(reg=0.0), dict(max_iter=0)]:
