@@ -372,3 +372,29 @@ def test_every_option_prunes(cfg):
 def test_num_kept_matches_torch_pruning():
     assert ifv.num_kept(512, 0.3) == 358 and ifv.num_kept(512, 0.7) == 153 and ifv.num_kept(10, 0.7) == 3
     assert ifv.num_kept(7, 0.0) == 7 and ifv.num_kept(3, 0.99) == 1
+
+
+class WithConcat(nn.Module):
+    """Two convs concatenated into one BatchNorm and one consumer: groups share layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.bn, self.c, self.fc = nn.BatchNorm2d(10), nn.Conv2d(10, 5, 3, padding=1), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.bn(torch.cat([self.a(x), self.b(x)], 1)).relu()
+        return self.fc(self.c(h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+def test_concatenated_groups_share_layers(method):
+    model = randomize_bn(WithConcat()).eval()
+    x = torch.randn(3, 3, 8, 8)
+    groups = ifv.find_groups(model, x[:1])
+    assert [g.size for g in groups] == [4, 6, 5]
+    with torch.no_grad():
+        assert rel_err(ifv.prune(model, x[:1], 0.0, method=method).model(x), model(x)) <= 1e-6
+    pruned = ifv.prune(model, x[:1], 0.5, method=method).model
+    assert (pruned.a.out_channels, pruned.b.out_channels, pruned.bn.num_features) == (2, 3, 5)
+    assert pruned.c.in_channels == 5 and pruned(x).shape == (3, 2)
