@@ -97,7 +97,7 @@ class IndexTracker:
     def __init__(self):
         self._alive: Dict[Tuple[str, int], torch.Tensor] = {}
 
-    def current(self, name: str, dim: int, size: int, idxs: Iterable[int]) -> torch.Tensor:
+    def current(self, name: str, dim: int, idxs: Iterable[int]) -> torch.Tensor:
         alive = self._alive.get((name, dim))
         idxs = torch.as_tensor(list(idxs), dtype=torch.long)
         if alive is None:
@@ -197,7 +197,7 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
         module = modules[m.name]
         slots = _slots(m, n)
         size = _dim_size(module, m)
-        cur = tracker.current(m.name, m.dim, size, slots.flatten().tolist()).view_as(slots)
+        cur = tracker.current(m.name, m.dim, slots.flatten().tolist()).view_as(slots)
         if not selection:
             if m.role == "out":
                 tensors = [(module.weight, m.dim)] + ([(module.bias, 0)] if module.bias is not None else [])

@@ -214,7 +214,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm)
-    vectors = {i: features(model, originals[i]) for i in selected} if fuse else {}
+    vectors = {i: features(model, originals[i]) for i, s in selected.items()
+               if fuse and num_kept(originals[i].size, s) < originals[i].size}
     for i, v in vectors.items():
         if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
             raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
