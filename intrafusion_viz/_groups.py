@@ -8,6 +8,7 @@ about to be pruned) without tracing again.
 from __future__ import annotations
 
 import copy
+import numbers
 import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
-__all__ = ["Member", "Group", "find_groups", "UnsupportedLayerError"]
+__all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError"]
 
 
 class UnsupportedLayerError(ValueError):
@@ -295,6 +296,60 @@ def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
     total = len(specs)
     return [Group(i, total - 1 - i, s.name, s.size, s.members, model, fold_pairs)
             for i, s in enumerate(specs)]
+
+
+def resolve_group_keys(groups: Sequence[Group], keys) -> List[int]:
+    """Indices of the groups named by ``keys``: one meaning of a group key in every entry point.
+
+    A key is a group index (``int``), a group name (the root layer, e.g. ``"features.22"``) or the
+    paper's label (``"G1"``).  ``prune``, the sweeps and the dashboards all resolve keys here.
+
+    Parameters
+    ----------
+    groups : sequence of Group
+        As returned by :func:`find_groups`.
+    keys : int, str, or iterable of int / str, or None
+        ``None`` selects every group.  A single key is accepted on its own (a string is one key,
+        never a sequence of characters).
+
+    Returns
+    -------
+    list of int
+        Group indices, ascending, without repeats.
+
+    Examples
+    --------
+    >>> import torch, intrafusion_viz as ifv
+    >>> from intrafusion_viz._groups import resolve_group_keys
+    >>> groups = ifv.find_groups(ifv.models.vgg11_bn(), torch.randn(1, 3, 32, 32))
+    >>> resolve_group_keys(groups, ["features.22", "G2", 0])
+    [0, 5, 6]
+    """
+    if keys is None:
+        return [g.index for g in groups]
+    if isinstance(keys, (str, int)) or not hasattr(keys, "__iter__"):
+        keys = [keys]
+    by_name = {g.name: g.index for g in groups}
+    by_paper = {f"G{g.paper_index}": g.index for g in groups}
+    indices = set()
+    for key in keys:
+        if isinstance(key, str):
+            if key in by_name:
+                indices.add(by_name[key])
+            elif key in by_paper:
+                indices.add(by_paper[key])
+            else:
+                raise KeyError(f"no group named {key!r}; use a group index (0..{len(groups) - 1}), a root "
+                               f"layer name ({', '.join(list(by_name)[:6])}{', ...' if len(by_name) > 6 else ''}) "
+                               f"or a paper label (G0..G{len(groups) - 1})")
+        elif isinstance(key, bool) or not isinstance(key, numbers.Integral):
+            raise TypeError(f"a group key must be an int index or a str name, got {type(key).__name__} {key!r}")
+        elif not 0 <= key < len(groups):
+            raise IndexError(f"group index {key!r} out of range: the model has {len(groups)} groups "
+                             f"(0..{len(groups) - 1})")
+        else:
+            indices.add(int(key))
+    return sorted(indices)
 
 
 def find_groups(model: nn.Module, example_inputs, *, include_outputs: bool = False) -> List[Group]:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._fusion import IndexTracker, _check_mergeable, apply_merge, channel_features, fold_group_batchnorms
-from ._groups import Group, _trace, bind_groups, check_inputs
+from ._groups import Group, _trace, bind_groups, check_inputs, resolve_group_keys
 from ._importance import accumulate_gradients, group_importance, resolve_importance
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
 
@@ -124,26 +124,17 @@ def _check_sparsity(value, where: str) -> float:
 
 
 def _select(groups: List[Group], selection, sparsity) -> Dict[int, float]:
-    by_name = {g.name: g.index for g in groups}
-
-    def index_of(key):
-        if isinstance(key, str):
-            if key not in by_name:
-                raise KeyError(f"no group named {key!r}; groups are {list(by_name)}")
-            return by_name[key]
-        if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < len(groups):
-            raise IndexError(f"group index {key!r} out of range: the model has {len(groups)} groups (0..{len(groups) - 1})")
-        return int(key)
-
     if isinstance(sparsity, Mapping):
-        chosen = {index_of(k): _check_sparsity(v, f"[{k!r}]") for k, v in sparsity.items()}
+        chosen = {}
+        for key, value in sparsity.items():
+            (index,) = resolve_group_keys(groups, [key])
+            chosen[index] = _check_sparsity(value, f"[{key!r}]")
         if selection is not None:
-            wanted = {index_of(k) for k in selection}
+            wanted = set(resolve_group_keys(groups, selection))
             chosen = {i: s for i, s in chosen.items() if i in wanted}
         return dict(sorted(chosen.items()))
     s = _check_sparsity(sparsity, "")
-    indices = range(len(groups)) if selection is None else sorted({index_of(k) for k in selection})
-    return {i: s for i in indices}
+    return {i: s for i in resolve_group_keys(groups, selection)}
 
 
 def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
@@ -166,8 +157,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
-    groups : list of int or str, optional
-        Prune only these groups (indices or names from :func:`find_groups`); default: all.
+    groups : int, str, or list of int or str, optional
+        Prune only these groups (indices, root-layer names or paper labels ``"G1"``; see
+        :func:`resolve_group_keys`); default: all.
     config : OTConfig, optional
         Optimal-transport settings (cost, masses, solver, fusion rule).
     batch : (inputs, targets), optional

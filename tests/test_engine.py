@@ -398,3 +398,23 @@ def test_concatenated_groups_share_layers(method):
     pruned = ifv.prune(model, x[:1], 0.5, method=method).model
     assert (pruned.a.out_channels, pruned.b.out_channels, pruned.bn.num_features) == (2, 3, 5)
     assert pruned.c.in_channels == 5 and pruned(x).shape == (3, 2)
+
+
+def test_group_keys_one_meaning_everywhere():
+    """Index, root-layer name and paper label name the same group; a bare string is one key."""
+    from intrafusion_viz._groups import resolve_group_keys
+    model = ifv.models.vgg11_bn(width_mult=0.125)
+    x = torch.randn(1, 3, 32, 32)
+    groups = ifv.find_groups(model, x)
+    g1 = next(g for g in groups if g.paper_index == 1)
+    assert resolve_group_keys(groups, g1.name) == resolve_group_keys(groups, "G1") == [g1.index]
+    assert resolve_group_keys(groups, None) == list(range(len(groups)))
+    by_name = ifv.prune(model, x, 0.5, groups=g1.name)
+    by_label = ifv.prune(model, x, {"G1": 0.5})
+    assert [g.index for g in by_name.groups] == [g.index for g in by_label.groups] == [g1.index]
+    with pytest.raises(KeyError, match="paper label"):
+        resolve_group_keys(groups, "nope")
+    with pytest.raises(IndexError, match="out of range"):
+        resolve_group_keys(groups, [len(groups)])
+    with pytest.raises(TypeError, match="int index or a str name"):
+        resolve_group_keys(groups, [1.5])
