@@ -261,6 +261,9 @@ def check_inputs(model: nn.Module, example_inputs) -> None:
             f"{scripted[0]} is a TorchScript module (torch.jit.script or torch.jit.trace), whose layers "
             "Torch-Pruning cannot trace; prune the original nn.Module and script or trace the pruned model "
             "afterwards")
+    if torch.is_inference_mode_enabled():  # the tracer needs autograd: it would find no groups at all
+        raise RuntimeError("find_groups and prune trace the model with autograd, which torch.inference_mode() "
+                           "turns off; call them outside the inference_mode block (torch.no_grad() is fine)")
     device = model_device(model)
     for x in as_tuple(example_inputs):
         if not torch.is_tensor(x):

@@ -111,8 +111,3 @@ def dtype_problem(model: nn.Module, inputs: Iterable) -> Optional[str]:
                     f"convert the inputs with x.to({dtype})")
     return None
 
-
-def global_state() -> Dict[str, object]:
-    """What a library call must leave as it found it: torch RNG, default dtype, grad mode (for tests)."""
-    return {"rng": torch.get_rng_state(), "dtype": torch.get_default_dtype(),
-            "grad": torch.is_grad_enabled(), "inference": torch.is_inference_mode_enabled()}
