@@ -29,6 +29,17 @@ V = torch.randn(2, 5)
 MLP, MLP_STATE, WIDER = mlp(), mlp().state_dict(), conv_bn_net(c=8)
 
 
+class ReturnsNumber(nn.Module):
+    """Runs fine, but returns no tensor: Torch-Pruning's tracer cannot follow it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return float(self.fc2(self.fc1(x)).sum())
+
+
 def caller_model():
     """A model as users hold them: train mode with a frozen eval BatchNorm, a frozen layer, grads, a hook."""
     model = randomize_bn(conv_bn_net(c=6), seed=1).train()
@@ -177,6 +188,9 @@ ROWS = [
     # shapes are still blamed on shapes
     ("shape-example-inputs", caller_model, lambda m: ifv.prune(m, X3[:1], 0.5), ValueError,
      "shaped like the model's real inputs"),
+    # a failure of Torch-Pruning's tracer is reported as one, not blamed on the inputs
+    ("tracer-failure", lambda: ReturnsNumber(), lambda m: ifv.find_groups(m, V), RuntimeError,
+     "Torch-Pruning's dependency tracer failed"),
     # Taylor batches
     ("taylor-no-batch", caller_model, _taylor(None), ValueError, "batch=(inputs, targets)"),
     ("taylor-not-a-pair", caller_model, _taylor([X, Y, Y]), ValueError, "pair (inputs, targets)"),
@@ -305,7 +319,7 @@ def test_bad_input_is_refused_and_changes_nothing(row, tmp_path, monkeypatch):
 def test_table_covers_every_class():
     """The issue's classes of bad input, each with at least one row (and inplace rows for each failure path)."""
     names = [r[0] for r in ROWS]
-    for prefix in ["dtype-", "taylor-", "features-", "groups-", "config-", "importance-", "torchscript-",
+    for prefix in ["dtype-", "shape-", "tracer-", "taylor-", "features-", "groups-", "config-", "importance-", "torchscript-",
                    "mnist-", "checkpoint-", "inplace-solver", "inplace-merge", "inplace-taylor", "inplace-torch-pruning"]:
         assert any(n.startswith(prefix) for n in names), prefix
 
