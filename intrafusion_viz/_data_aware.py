@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ._fusion import _slots
 from ._groups import Group, find_groups
+from ._state import saved_modes
 
 __all__ = ["activation_features", "repair", "REPAIR_MODES"]
 
@@ -61,14 +62,9 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
 
 def _run(model: nn.Module, x: torch.Tensor, train: bool = False) -> None:
     """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with saved_modes(model), torch.no_grad():
+        model.train(train)
+        model(x)
 
 
 def _per_channel(out: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,11 @@ import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import IndexTracker, _check_mergeable, apply_merge, channel_features, fold_group_batchnorms
-from ._groups import Group, _trace, bind_groups, check_inputs, resolve_group_keys
-from ._importance import accumulate_gradients, group_importance, resolve_importance
+from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_group_batchnorms,
+                      restore_folded_batchnorms)
+from ._groups import Group, _trace, bind_groups, resolve_group_keys
+from ._importance import group_importance, resolve_importance, taylor_gradients
+from ._state import ModelSnapshot, saved_modes
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
@@ -39,6 +41,7 @@ class GroupResult:
     kept : Tensor, shape (k,)
         Kept channel indices (ascending): position j of the pruned layer is channel ``kept[j]``.
     importance : Tensor, shape (n,)
+        float64 scores (higher = keep); NaN for a group that keeps every channel (it is not scored).
     cost : Tensor, shape (n, k) or None
         Transport cost (``None`` for default pruning).
     plan : Tensor, shape (n, k)
@@ -108,8 +111,12 @@ class PruneResult:
 def num_kept(n: int, sparsity: float) -> int:
     """Channels kept out of ``n`` at ``sparsity``: ``floor(n * (1 - sparsity))``, at least 1.
 
-    The same rule as Torch-Pruning's pruners and the Intra-Fusion paper's code, so layer sizes match
-    theirs (512 channels at 30 % keep 358).
+    The floor of the exact product, as the Intra-Fusion paper's code and Torch-Pruning's pruners intend
+    (512 channels at 30 % keep 358).  Torch-Pruning computes ``int(n * (1 - sparsity))`` in floating
+    point, which keeps one channel fewer whenever the exact product is a whole number that the float
+    product lands just below (``n=10, sparsity=0.8``: ``10 * 0.19999999999999996`` gives 1 there, 2
+    here).  Keeping 2 of 10 channels is what 80 % sparsity means, so this rule adds ``1e-9`` before the
+    floor; the two agree everywhere else.
     """
     return max(1, int(math.floor(n * (1.0 - sparsity) + 1e-9)))
 
@@ -196,78 +203,116 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
     estimator = resolve_importance(importance, seed)
-    check_inputs(model, example_inputs)
-    trace = _trace(model, example_inputs)
+    trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
     fuse = method == "intra-fusion"
-    # Channel vectors are read from the untouched model, so a group's plan never depends on which
-    # other groups are pruned with it or in what order.
+    sizes = {i: (originals[i].size, num_kept(originals[i].size, s)) for i, s in selected.items()}
+    pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
+
+    # Everything that can fail runs before the first change to a model (all-or-nothing for inplace=True):
+    # layer checks, channel vectors and importance are read from the caller's model, and every plan is made.
+    for i in pruned:
+        _check_mergeable(originals[i], is_selection=not fuse)
+        for m in originals[i].members:
+            _slots(m, originals[i].size)  # refuses layers that hold the channels unevenly
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm)
-    vectors = {i: features(model, originals[i]) for i, s in selected.items()
-               if fuse and num_kept(originals[i].size, s) < originals[i].size}
-    for i, v in vectors.items():
-        if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
-            raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
-                             f"got {getattr(v, 'shape', type(v).__name__)}")
+    # Channel vectors come from the untouched model, so a group's plan never depends on which other
+    # groups are pruned with it or in what order.
+    vectors = {i: _checked_features(features, model, originals[i]) for i in pruned if fuse}
+    scores = _importances(model, [originals[i] for i in pruned], estimator, importance, batch, loss_fn)
 
-    work = model if inplace else copy.deepcopy(model)
-    was_training = work.training
-    bound = bind_groups(trace.specs, work, trace.fold_pairs)
-    params_before = sum(p.numel() for p in model.parameters())
-    for i in selected:  # refuse unmergeable layers before anything is changed (matters for inplace)
-        _check_mergeable(bound[i], is_selection=not fuse)
-    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
-    if needs_grad:
-        saved = {name: (p.grad, p.requires_grad) for name, p in work.named_parameters()}
-        accumulate_gradients(work, batch, loss_fn)
-    try:
-        scores = {i: group_importance(bound[i], estimator) for i in selected}
-    finally:
-        if needs_grad:
-            for name, p in work.named_parameters():
-                p.grad = saved[name][0] if inplace else None
-                p.requires_grad_(saved[name][1])
-
-    records = []
-    planned = []
+    records, plans = [], []
     items = selected.items()
     if progress:
         from tqdm.auto import tqdm
         items = tqdm(list(items), desc=f"{method} ({len(selected)} groups)", leave=False)
     for i, s in items:
-        g = bound[i]
-        n, k = g.size, num_kept(g.size, s)
-        imp = scores[i]
-        kept = torch.sort(torch.topk(imp, k, sorted=True).indices).values
+        g = originals[i]
+        n, k = sizes[i]
         cost = None
-        if fuse and k < n:
-            if config.fold_batchnorm:
-                fold_group_batchnorms(work, g)
-            cost = cost_matrix(vectors[i], kept, config)
-            a = masses(config.source_mass, imp, n)
-            b = masses(config.target_mass, imp[kept], k)
-            plan = transport_plan(cost, a, b, config, kept=kept)
-            out_map, in_map = merge_matrices(plan, config.fusion)
-            norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
-        else:
+        if k == n:  # nothing to remove: not scored, the model is not touched
+            kept, imp = torch.arange(n), torch.full((n,), float("nan"), dtype=torch.float64)
             plan = selection_plan(n, kept)
             out_map, in_map = merge_matrices(plan)
-            norm_map = out_map
-        planned.append((g, kept, out_map, in_map, norm_map))
+        else:
+            imp = scores[i]
+            # ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order
+            kept = torch.sort(torch.sort(-imp, stable=True).indices[:k]).values
+            if fuse:
+                cost = cost_matrix(vectors[i], kept, config)
+                a = masses(config.source_mass, imp, n)
+                b = masses(config.target_mass, imp[kept], k)
+                plan = transport_plan(cost, a, b, config, kept=kept)
+                out_map, in_map = merge_matrices(plan, config.fusion)
+                norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
+            else:
+                plan = selection_plan(n, kept)
+                out_map, in_map = merge_matrices(plan)
+                norm_map = out_map
+            plans.append((i, kept, out_map, in_map, norm_map))
         records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, cost, plan,
                                    out_map, in_map, members=list(g.members)))
 
-    # Merge after every plan is made: each plan then depends only on its own group's weights.
-    tracker = IndexTracker()
+    params_before = sum(p.numel() for p in model.parameters())
+    work = model if inplace else copy.deepcopy(model)
+    bound = bind_groups(trace.specs, work, trace.fold_pairs)
+    # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
+    snapshot = ModelSnapshot(work, {m.name for i in pruned for m in bound[i].members}) if inplace else None
     frozen = {name: p.requires_grad for name, p in work.named_parameters()}
-    for g, kept, out_map, in_map, norm_map in planned:
-        apply_merge(work, g, kept, out_map, in_map, norm_map, tracker)
-    for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
-        sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
-        p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
-    work.train(was_training)
+    try:
+        with saved_modes(work):  # each module keeps its own train/eval mode
+            _merge(work, bound, plans, fold=fuse and config.fold_batchnorm)
+            for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
+                sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
+                p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
     params_after = sum(p.numel() for p in work.parameters())
     return PruneResult(work, records, method, config, params_before, params_after)
+
+
+def _merge(work: nn.Module, bound: List[Group], plans, fold: bool) -> None:
+    """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand)."""
+    folded = {}
+    if fold:
+        for i, *_ in plans:
+            folded.update(fold_group_batchnorms(work, bound[i]))
+    tracker = IndexTracker()
+    for i, kept, out_map, in_map, norm_map in plans:
+        apply_merge(work, bound[i], kept, out_map, in_map, norm_map, tracker)
+    if folded:
+        for i, kept, _, _, norm_map in plans:
+            restore_folded_batchnorms(work, bound[i], kept, norm_map, folded, tracker)
+
+
+def _checked_features(features: Callable, model: nn.Module, group: Group) -> torch.Tensor:
+    """``features(model, group)``, refused unless it is a finite float tensor of shape (group.size, d)."""
+    v = features(model, group)
+    what = f"features(model, group) for group {group.index} ({group.name!r})"
+    if not torch.is_tensor(v):
+        raise TypeError(f"{what} must return a tensor of shape ({group.size}, d), got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{what} must return a floating-point tensor (one vector per channel), got {v.dtype}; "
+                        "convert it with .float()")
+    if v.dim() != 2 or v.shape[0] != group.size or v.shape[1] == 0:
+        raise ValueError(f"{what} must return a tensor of shape ({group.size}, d): one row per channel, "
+                         f"got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{what} has NaN or infinite entries; check the weights or the data for NaN")
+    return v
+
+
+def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch, loss_fn) -> Dict[int, torch.Tensor]:
+    """Scores of the groups that lose channels, read from ``model``; Taylor gradients are put back after."""
+    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+    if not groups:
+        return {}
+    if not needs_grad:
+        return {g.index: group_importance(g, estimator) for g in groups}
+    with taylor_gradients(model, batch, loss_fn):
+        return {g.index: group_importance(g, estimator) for g in groups}

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._state import model_device, saved_modes
+
 __all__ = [
     "CheckpointError",
     "TrainHistory",
@@ -70,12 +72,6 @@ class TrainHistory:
     @property
     def epochs(self) -> int:
         return len(self.loss)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _is_tensor_pair(data: Any) -> bool:
@@ -134,22 +130,17 @@ def accuracy(
     >>> accuracy(MLP(), (torch.randn(10, 64), torch.zeros(10, dtype=torch.long))) <= 100
     True
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    modes = [(module, module.training) for module in model.modules()]
+    device = (model_device(model) or torch.device("cpu")) if device is None else torch.device(device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index, (x, y) in enumerate(_iter_batches(data, _EVAL_CHUNK)):
-                if max_batches is not None and index >= max_batches:
-                    break
-                logits = model(x.to(device))
-                correct += (logits.argmax(dim=1) == y.to(device)).sum()
-                total += y.numel()
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with saved_modes(model), torch.no_grad():
+        model.eval()
+        for index, (x, y) in enumerate(_iter_batches(data, _EVAL_CHUNK)):
+            if max_batches is not None and index >= max_batches:
+                break
+            logits = model(x.to(device))
+            correct += (logits.argmax(dim=1) == y.to(device)).sum()
+            total += y.numel()
     if total == 0:
         raise ValueError("accuracy() got no samples to evaluate.")
     return 100.0 * float(correct) / total
@@ -237,7 +228,7 @@ def train(
     if scheduler not in ("cosine", None):
         raise ValueError(f"scheduler must be 'cosine' or None, got {scheduler!r}.")
     if device is None:
-        device = _model_device(model)
+        device = (model_device(model) or torch.device("cpu"))
     else:
         device = torch.device(device)
         model.to(device)

@@ -5,8 +5,9 @@ Tensors in, tensors out; nothing here knows about models.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
 import numpy as np
@@ -67,6 +68,7 @@ class OTConfig:
     max_iter: Optional[int] = None
 
     def __post_init__(self):
+        _check_field_types(self)
         if self.target == "cluster_centroid":  # the paper's spelling
             object.__setattr__(self, "target", "centroid")
         _check_choice("target", self.target, _TARGETS)
@@ -80,6 +82,28 @@ class OTConfig:
             raise ValueError(f"reg must be a positive number, got {self.reg!r}")
         if self.max_iter is not None and (not isinstance(self.max_iter, int) or self.max_iter < 1):
             raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
+
+
+_TYPE_CHECKS = {  # annotation -> (test, what to pass); bool is an int in Python, so it is refused by name
+    "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an int"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_field_types(config) -> None:
+    """Refuse a value of the wrong type in any field (``p=True``, ``fold_batchnorm="no"``), from its annotation."""
+    for f in fields(config):
+        kind, value = str(f.type), getattr(config, f.name)
+        optional = kind.startswith("Optional[")
+        base = kind[len("Optional["):-1] if optional else kind
+        if (optional and value is None) or base not in _TYPE_CHECKS:
+            continue
+        test, what = _TYPE_CHECKS[base]
+        if not test(value):
+            raise TypeError(f"OTConfig.{f.name} must be {'None or ' if optional else ''}{what}, "
+                            f"got {type(value).__name__} {value!r}")
 
 
 def _check_choice(field: str, value, choices) -> None:

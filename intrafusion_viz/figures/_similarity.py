@@ -20,12 +20,11 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
     ----------
     group_result : GroupResult
     kind : {"cost", "cosine"}
-        ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: with ``features`` the full
-        (n, n) cosine similarity between neurons (rows and columns in cluster order); without, the
-        (n, k) cosine similarity to the kept neurons read off the recorded cost (needs ``p = 2`` and
-        kept-neuron targets, where ``cos = 1 - cost**2 / 2``).
+        ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: the full (n, n) cosine
+        similarity between the neurons' ``features`` (rows and columns in cluster order).
     features : Tensor, shape (n, d), optional
-        Channel vectors (:func:`intrafusion_viz.channel_features`).
+        Channel vectors (:func:`intrafusion_viz.channel_features`); required for ``"cosine"`` (the
+        recorded cost is a p-norm distance, possibly to centroids, and does not determine the cosine).
     title : str, optional
 
     Returns
@@ -41,7 +40,10 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
     kept = to_numpy(group_result.kept).astype(int)
     n = group_result.n
     label = f"G{group_result.paper_index} {group_result.name}"
-    if kind == "cosine" and features is not None:
+    if kind == "cosine" and features is None:
+        raise ValueError("kind='cosine' needs the neurons' vectors: pass features=ifv.channel_features(model, "
+                         "group) (the recorded cost gives the cosine only for p=2 with kept-neuron targets)")
+    if kind == "cosine":
         x = _unit(to_numpy(features))
         if x.shape[0] != n:
             raise ValueError(f"features must have {n} rows (one per neuron), got shape {x.shape}")
@@ -54,12 +56,8 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
                              "pass features= (ifv.channel_features(model, group)) with kind='cosine'")
         cost = to_numpy(group_result.cost)
         cols, xtitle = kept, "kept neuron"
-        if kind == "cost":
-            z = cost[order]
-            zmin, zmax, scale, bar = 0.0, float(cost.max()) or 1.0, "Viridis_r", "cost"
-        else:
-            z = 1.0 - cost[order] ** 2 / 2.0
-            zmin, zmax, scale, bar = -1.0, 1.0, "RdBu", "cosine"
+        z = cost[order]
+        zmin, zmax, scale, bar = 0.0, float(cost.max()) or 1.0, "Viridis_r", "cost"
     ncols = z.shape[1]
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(ncols), y=np.arange(n), colorscale=scale, zmin=zmin, zmax=zmax,

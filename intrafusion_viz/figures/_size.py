@@ -7,9 +7,7 @@ import time
 
 import torch
 
-
-def _as_tuple(example_inputs):
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+from .._state import as_tuple as _as_tuple
 
 
 @torch.no_grad()
