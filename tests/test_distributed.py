@@ -203,3 +203,29 @@ def test_bad_inputs_are_refused_before_any_task(trained, dask_client):
         ifv.sweeps.layer_sweep(model, data, example, importance="nope", executor=dask_client, progress=False)
     with pytest.raises(IndexError, match="out of range"):
         ifv.sweeps.layer_sweep(model, data, example, groups=[99], executor=dask_client, progress=False)
+
+
+@pytest.mark.parametrize("where", ["processes", "dask"])
+def test_reproduce_paper_on_workers_matches_in_process(where, tmp_path, monkeypatch, request):
+    """benchmarks/reproduce_paper.py --workers / --scheduler: the same results.jsonl cells and numbers."""
+    import json
+
+    from test_reproduce_paper import _fabricate_cifar10, _load_script
+
+    _fabricate_cifar10(tmp_path / "cifar", monkeypatch)
+    script = _load_script()
+    base = ["--tiny", "--data-root", str(tmp_path / "cifar"), "--device", "cpu", "--models", "vgg11_bn",
+            "--checkpoint-dir", str(tmp_path / "here")]
+    script.main(base + ["--out", str(tmp_path / "here")])
+    if where == "processes":
+        extra = ["--workers", "2", "--scheduler", "processes"]
+    else:
+        extra = ["--scheduler", request.getfixturevalue("dask_client").scheduler.address]
+    script.main(base + ["--out", str(tmp_path / "there")] + extra)
+
+    def cells(folder):
+        lines = [json.loads(line) for line in (tmp_path / folder / "results.jsonl").read_text().splitlines()]
+        return {(r["group"], r["sparsity"], r["importance"], r["method"]): r["accuracy"] for r in lines}
+
+    here, there = cells("here"), cells("there")
+    assert len(here) == 1 + 3 * 3 and there == here
