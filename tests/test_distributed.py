@@ -229,3 +229,15 @@ def test_reproduce_paper_on_workers_matches_in_process(where, tmp_path, monkeypa
 
     here, there = cells("here"), cells("there")
     assert len(here) == 1 + 3 * 3 and there == here
+
+
+def test_sweep_dashboard_runs_on_the_cluster(trained, dask_client):
+    pytest.importorskip("ipywidgets")
+    model, data, example, _ = trained
+    dashboard = ifv.widgets.sweep_dashboard(model, data, example, groups=[0, 1], sparsities=(0.5,),
+                                            renderer="static", executor=dask_client)
+    table = dashboard.run()
+    assert dashboard.progress.value == dashboard.progress.max == 2 * 2
+    here = ifv.sweeps.layer_sweep(model, dashboard.eval_data, example, groups=[0, 1], sparsities=(0.5,),
+                                  progress=False, cache=False)
+    pd.testing.assert_frame_equal(table, here, check_exact=True)
