@@ -98,23 +98,51 @@ def _load_data(data):
     return _DATA_FILES[key]
 
 
-def _evaluate_cell(shared, cell: SweepCell) -> float:
+class _SweepInputs:
+    """What every cell of one sweep shares; sent once per worker.  With ``device``, a worker moves a
+    copy of the model there once per sweep (the caller's model never moves)."""
+
+    def __init__(self, model, data, example_inputs, batch, device):
+        self.model, self.data, self.example_inputs, self.batch, self.device = \
+            model, data, example_inputs, batch, device
+        self._placed = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_placed"} | {"_placed": None}
+
+    def placed(self):
+        """(model, example_inputs, batch) on ``device``, made once per process."""
+        if self._placed is None:
+            import copy
+
+            import torch
+
+            move = lambda t: t.to(self.device) if torch.is_tensor(t) else t  # noqa: E731
+            if self.device is None:
+                self._placed = (self.model, self.example_inputs, self.batch)
+            else:
+                batch = None if self.batch is None else tuple(move(t) for t in self.batch)
+                self._placed = (copy.deepcopy(self.model).to(self.device), move(self.example_inputs), batch)
+        return self._placed
+
+
+def _evaluate_cell(shared: _SweepInputs, cell: SweepCell) -> float:
     """Accuracy (percent) of ``shared``'s model pruned as ``cell`` says.  Runs on a worker."""
     from ._train import accuracy
 
-    model, data, example_inputs, batch = shared
-    data = _load_data(data)
+    model, example_inputs, batch = shared.placed()
+    data = _load_data(shared.data)
     if cell.method == "original":
-        return accuracy(model, data)
+        return accuracy(model, data, device=shared.device)
     method, config = _engine_method(cell.method, cell.config)
     spec = cell.sparsity if cell.group is None else {cell.group: cell.sparsity}
     res = prune(model, example_inputs, spec, method=method, importance=cell.importance, config=config,
                 batch=batch, seed=cell.seed)
-    return accuracy(res.model, data)
+    return accuracy(res.model, data, device=shared.device)
 
 
 def evaluate_cells(model, data, example_inputs, cells: Sequence[SweepCell], *, batch=None, executor=None,
-                   progress: bool = True, desc: str = "cells",
+                   device=None, progress: bool = True, desc: str = "cells",
                    on_done: Optional[Callable[[int, CellOutcome], None]] = None,
                    worker_threads: Optional[int] = 1) -> List[CellOutcome]:
     """Prune and evaluate each cell, here or on ``executor``; the engine under the sweeps.
@@ -133,6 +161,9 @@ def evaluate_cells(model, data, example_inputs, cells: Sequence[SweepCell], *, b
     cells : sequence of SweepCell
     batch : (x, y), optional
         For Taylor importance.
+    device : str or torch.device, optional
+        Where each worker prunes and evaluates (``"cuda"``: a worker's own GPU under dask-cuda); the
+        model is sent as it is and moved there on the worker.  Default: where the model is.
     executor, progress, worker_threads
         As :func:`intrafusion_viz._distributed.map_cells`.
     desc : str
@@ -148,7 +179,8 @@ def evaluate_cells(model, data, example_inputs, cells: Sequence[SweepCell], *, b
     for cell in cells:
         if cell.method != "original":
             _engine_method(cell.method, cell.config)
-    return map_cells(_evaluate_cell, (model, data, example_inputs, batch), cells, executor, progress=progress,
+    shared = _SweepInputs(model, data, example_inputs, batch, device)
+    return map_cells(_evaluate_cell, shared, cells, executor, progress=progress,
                      desc=desc, on_done=on_done, worker_threads=worker_threads)
 
 
@@ -218,7 +250,7 @@ def _cache_for(model, data, example_inputs, batch, importance, cache):
 # -- sweeps ---------------------------------------------------------------------------------------------
 
 def _run(model, data, example_inputs, targets, sparsities, methods, importance, config, cache, progress, desc,
-         batch, on_step, executor, seed, errors, worker_threads):
+         batch, on_step, executor, seed, errors, worker_threads, device):
     import pandas as pd
 
     from ._importance import resolve_importance
@@ -231,6 +263,7 @@ def _run(model, data, example_inputs, targets, sparsities, methods, importance, 
         _engine_method(method, config)
     resolve_importance(importance, seed)  # an unknown name is refused before any work
     store, context = _cache_for(model, data, example_inputs, batch, importance, cache)
+    context = context and context + (None if device is None else str(device),)
     imp_name = importance if isinstance(importance, str) else getattr(importance, "__name__", "custom")
 
     original = SweepCell(None, 0.0, "original", importance, config, seed)
@@ -270,7 +303,7 @@ def _run(model, data, example_inputs, targets, sparsities, methods, importance, 
         step()
 
     outcomes = evaluate_cells(model, data, example_inputs, [todo[k] for k in pending], batch=batch,
-                              executor=executor, progress=progress, desc=desc, on_done=done,
+                              executor=executor, device=device, progress=progress, desc=desc, on_done=done,
                               worker_threads=worker_threads)
     failed = {key: o.error for key, o in zip(pending, outcomes) if not o.ok}
     failures = []
@@ -299,7 +332,7 @@ def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
                 methods: Iterable[str] = ("default", "intra-fusion"), importance="l1",
                 config: Optional[OTConfig] = None, cache=None, progress: bool = True, batch=None,
                 on_step=None, executor=None, seed: int = 0, errors: str = "raise",
-                worker_threads: Optional[int] = 1):
+                worker_threads: Optional[int] = 1, device=None):
     """Prune one group at a time and measure the accuracy: the per-layer accuracy drop.
 
     Parameters
@@ -340,6 +373,8 @@ def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
         warns and returns the table.  Failed rows have ``accuracy`` NaN and an ``error`` column.
     worker_threads : int or None
         torch threads in worker processes (default 1).
+    device : str or torch.device, optional
+        Where the cells run (e.g. ``"cuda"`` on GPU workers); default where the model is.
 
     Returns
     -------
@@ -350,15 +385,16 @@ def layer_sweep(model, data, example_inputs, groups: Optional[Sequence] = None,
     chosen = [found[i] for i in resolve_group_keys(found, groups)]
     targets = [(g, float(s)) for g in chosen for s in sparsities]
     return _run(model, data, example_inputs, targets, sparsities, methods, importance, config, cache, progress,
-                "layer sweep", batch, on_step, executor, seed, errors, worker_threads)
+                "layer sweep", batch, on_step, executor, seed, errors, worker_threads, device)
 
 
 def sparsity_sweep(model, data, example_inputs, sparsities: Iterable[float] = (0.1, 0.3, 0.5, 0.7),
                    methods: Iterable[str] = ("default", "intra-fusion"), importance="l1",
                    config: Optional[OTConfig] = None, cache=None, progress: bool = True, batch=None,
-                   executor=None, seed: int = 0, errors: str = "raise", worker_threads: Optional[int] = 1):
+                   executor=None, seed: int = 0, errors: str = "raise", worker_threads: Optional[int] = 1,
+                   device=None):
     """Prune every group at once at each sparsity: whole-model rows (``group == -1``) for
     :func:`intrafusion_viz.figures.accuracy_vs_sparsity`.  Parameters as :func:`layer_sweep`."""
     targets = [(None, float(s)) for s in sparsities]
     return _run(model, data, example_inputs, targets, sparsities, methods, importance, config, cache, progress,
-                "sparsity sweep", batch, None, executor, seed, errors, worker_threads)
+                "sparsity sweep", batch, None, executor, seed, errors, worker_threads, device)

@@ -241,3 +241,13 @@ def test_sweep_dashboard_runs_on_the_cluster(trained, dask_client):
     here = ifv.sweeps.layer_sweep(model, dashboard.eval_data, example, groups=[0, 1], sparsities=(0.5,),
                                   progress=False, cache=False)
     pd.testing.assert_frame_equal(table, here, check_exact=True)
+
+
+def test_device_moves_a_copy_on_the_worker(trained, reference, process_pool):
+    model, data, example, _ = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = in_process(model, data, example, executor=process_pool, device="cpu")
+    pd.testing.assert_frame_equal(table, reference, check_exact=True)
+    table = in_process(model, data, example, device=torch.device("cpu"))  # in process: a copy, not the model
+    pd.testing.assert_frame_equal(table, reference, check_exact=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
