@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts: small MNIST models, data as tensors, tables and result files."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -121,3 +122,50 @@ def save_figure(fig, name: str, out: Optional[Path] = None) -> List[Path]:
     except Exception:
         pass
     return paths
+
+
+def add_executor_options(parser) -> None:
+    """``--workers`` / ``--scheduler``: where the prune-and-evaluate cells run (see :func:`executor_from_args`)."""
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run the cells on this many local worker processes (0: in this process)")
+    parser.add_argument("--scheduler", default=None,
+                        help="'dask' (a LocalCluster of --workers processes, the default when dask is "
+                             "installed), 'processes' (a ProcessPoolExecutor), or a running Dask scheduler: "
+                             "its address (tcp://host:8786) or scheduler file (dask-jobqueue, dask-cuda, "
+                             "`dask scheduler --scheduler-file`)")
+
+
+@contextlib.contextmanager
+def executor_from_args(args):
+    """The executor for ``layer_sweep`` / ``evaluate_cells`` that ``--workers`` / ``--scheduler`` ask for
+    (``None``: in process).  Local clusters and pools are shut down on exit; a remote cluster is left running."""
+    scheduler, workers = args.scheduler, args.workers
+    if scheduler is None and workers <= 0:
+        yield None
+        return
+    if scheduler is None:
+        try:
+            import distributed  # noqa: F401
+            scheduler = "dask"
+        except ImportError:
+            scheduler = "processes"
+    if scheduler == "processes":
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max(workers, 1)) as pool:
+            yield pool
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        sys.exit(f"--scheduler {scheduler} needs Dask: pip install -e '.[distributed]' (or use --scheduler processes)")
+    if scheduler == "dask":
+        with LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    kind = "scheduler_file" if os.path.isfile(scheduler) else "address"
+    with Client(**{kind: scheduler}) as client:
+        print(f"running on the Dask cluster at {scheduler}: {len(client.scheduler_info()['workers'])} workers",
+              flush=True)
+        yield client

@@ -8,6 +8,7 @@ figures into ``benchmarks/results/``.
 
     python benchmarks/accuracy_digits_mnist.py            # 3 seeds, sparsity 0.3..0.8
     python benchmarks/accuracy_digits_mnist.py --quick    # 1 seed, fewer sparsities, smaller data
+    python benchmarks/accuracy_digits_mnist.py --workers 2               # cells on a 2-process Dask LocalCluster
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
-from _bench_common import (DEFAULT_MNIST, METHODS, RESULTS, header, load_mnist, markdown_table,  # noqa: E402
-                           mean_spread, mnist_resnet, mnist_vgg, save_figure, save_text)
+from _bench_common import (DEFAULT_MNIST, METHODS, RESULTS, add_executor_options, executor_from_args,  # noqa: E402
+                           header, load_mnist, markdown_table, mean_spread, mnist_resnet, mnist_vgg, save_figure,
+                           save_text)
 
 IMPORTANCES = ("l1", "taylor", "random")
 
@@ -42,7 +44,7 @@ def model_specs(args):
     return specs
 
 
-def sweep_model(name, build, train_data, test_data, epochs, lr, seed, sparsities, group_sparsities):
+def sweep_model(name, build, train_data, test_data, epochs, lr, seed, sparsities, group_sparsities, executor=None):
     """Tidy records for one trained model: original, then every (group or whole) x sparsity x importance x method."""
     torch.manual_seed(seed)
     model = build()
@@ -52,18 +54,24 @@ def sweep_model(name, build, train_data, test_data, epochs, lr, seed, sparsities
     taylor_batch = (train_data[0][:256], train_data[1][:256])
     base = dict(model=name, seed=seed)
     records = [dict(base, group=-1, group_name="all", paper_group="", sparsity=0.0, method="original",
-                    importance="", accuracy=ifv.accuracy(model, test_data))]
+                    importance="")]
+    cells = [ifv.sweeps.SweepCell(None, 0.0, "original")]
     groups = ifv.find_groups(model, example)
-    targets = [(g.index, g.name, f"G{g.paper_index}", [g.index], group_sparsities) for g in groups]
+    targets = [(g.index, g.name, f"G{g.paper_index}", g.index, group_sparsities) for g in groups]
     targets.append((-1, "all", "", None, sparsities))
     for index, gname, paper, selection, target_sparsities in targets:
         for s in target_sparsities:
             for imp in IMPORTANCES:
                 for label, method, fusion in METHODS:
-                    res = ifv.prune(model, example, sparsity=s, method=method, importance=imp, groups=selection,
-                                    config=ifv.OTConfig(fusion=fusion), batch=taylor_batch, seed=seed)
+                    cells.append(ifv.sweeps.SweepCell(selection, s, method, imp, ifv.OTConfig(fusion=fusion), seed))
                     records.append(dict(base, group=index, group_name=gname, paper_group=paper, sparsity=s,
-                                        method=label, importance=imp, accuracy=ifv.accuracy(res.model, test_data)))
+                                        method=label, importance=imp))
+    outcomes = ifv.sweeps.evaluate_cells(model, test_data, example, cells, batch=taylor_batch, executor=executor,
+                                         desc=f"{name} seed {seed}")
+    for record, outcome in zip(records, outcomes):
+        if not outcome.ok:
+            raise RuntimeError(f"{name} seed {seed}: cell {record} failed") from outcome.error
+        record["accuracy"] = outcome.value
     return records
 
 
@@ -119,6 +127,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=None,
                         help="only these (digits-mlp digits-cnn mnist-vgg-bn mnist-resnet)")
     parser.add_argument("--out", default=str(RESULTS))
+    add_executor_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.sparsities, args.group_sparsities = [0], [0.3, 0.5, 0.7], [0.5]
@@ -129,10 +138,11 @@ def main(argv=None):
     start = time.time()
     records = []
     specs = [spec for spec in model_specs(args) if args.models is None or spec[0] in args.models]
-    for spec in tqdm(specs, desc="models"):
-        for seed in tqdm(args.seeds, desc=spec[0], leave=False):
-            records += sweep_model(*spec, seed=seed, sparsities=args.sparsities,
-                                   group_sparsities=args.group_sparsities)
+    with executor_from_args(args) as executor:
+        for spec in tqdm(specs, desc="models"):
+            for seed in tqdm(args.seeds, desc=spec[0], leave=False):
+                records += sweep_model(*spec, seed=seed, sparsities=args.sparsities,
+                                       group_sparsities=args.group_sparsities, executor=executor)
     df = pd.DataFrame(records)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

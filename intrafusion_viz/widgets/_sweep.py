@@ -14,11 +14,13 @@ class SweepDashboard:
     Controls: ``groups`` (SelectMultiple), ``sparsities`` (SelectMultiple), ``methods``
     (SelectMultiple), ``importance`` (Dropdown), ``run_button``; ``progress`` (IntProgress).
     After :meth:`run`: ``table`` (the tidy DataFrame), ``heatmap_fig``, ``bars_fig``.
+    ``executor`` (a ``concurrent.futures.Executor`` or ``dask.distributed.Client``) runs the cells there.
     """
 
     def __init__(self, model, data, example_inputs, *, groups=None, sparsities=(0.3, 0.5, 0.7),
                  methods=("default", "intra-fusion"), importance: str = "l1", config: Optional[OTConfig] = None,
-                 renderer: str = "auto", eval_samples: Optional[int] = 512, cache=None, run: bool = False):
+                 renderer: str = "auto", eval_samples: Optional[int] = 512, cache=None, run: bool = False,
+                 executor=None):
         import ipywidgets as W
         import plotly.graph_objects as go
 
@@ -29,6 +31,7 @@ class SweepDashboard:
         self.eval_data = fixed_eval_batch(data, eval_samples)
         self.config = config or OTConfig()
         self.cache = {} if cache is None else cache
+        self.executor = executor
         self.renderer = pick_renderer(renderer)
         found = find_groups(model, example_inputs)
         options = [(f"G{g.paper_index} {g.name} (n={g.size})", g.index) for g in found]
@@ -84,7 +87,7 @@ class SweepDashboard:
             self.table = layer_sweep(self.model, self.eval_data, self.example_inputs, groups=list(self.groups.value),
                                      sparsities=sorted(self.sparsities.value), methods=list(self.methods.value),
                                      importance=self.importance.value, config=self.config, cache=self.cache,
-                                     progress=False, on_step=step,
+                                     progress=False, on_step=step, executor=self.executor,
                                      batch=self.eval_data if self.importance.value == "taylor" else None)
             self._heatmap_slot.update(sweep_heatmap(self.table))
             self._bars_slot.update(sweep_bars(self.table))
