@@ -282,8 +282,12 @@ ROWS = [
      "save_checkpoint"),
     ("checkpoint-bare-state-dict", None, lambda tmp: checkpoint(tmp, MLP_STATE), ifv.CheckpointError,
      "Re-save it"),
+    ("checkpoint-other-tool", None, lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}),
+     ifv.CheckpointError, "model.load_state_dict"),
     ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "torch.load failed"),
     ("checkpoint-other-width", caller_model, "wider_checkpoint", ifv.CheckpointError, "left unchanged"),
+    ("checkpoint-into-non-module", None, lambda tmp: ifv.load_checkpoint(ifv.save_checkpoint(MLP, tmp / "m.pt"),
+                                                                          MLP_STATE), TypeError, "nn.Module"),
 ]
 
 _FILE_ROWS = {"mnist_truncated": mnist_truncated, "mnist_not_gzip": mnist_not_gzip,
