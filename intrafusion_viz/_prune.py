@@ -202,6 +202,11 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
+    for name, value in (("inplace", inplace), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     estimator = resolve_importance(importance, seed)
     trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)

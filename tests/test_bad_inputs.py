@@ -261,6 +261,10 @@ ROWS = [
     ("not-a-module", None, lambda m: ifv.find_groups(lambda x: x, X), TypeError, "torch.nn.Module"),
     # sparsity and method (already ours; kept so the table covers them)
     ("sparsity-string", caller_model, lambda m: ifv.prune(m, X[:1], "0.5"), TypeError, "sparsity"),
+    ("inplace-not-bool", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, inplace="yes"), TypeError,
+     "inplace must be True or False"),
+    ("seed-not-int", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, importance="random", seed=0.5), TypeError,
+     "seed must be an int"),
     ("method-unknown", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, method="fusion"), ValueError, "method"),
     # inplace=True, failures injected half-way: the caller's model is put back exactly
     ("inplace-solver-fails-on-second-group", caller_model, _injected("transport_plan", 2), RuntimeError, "injected"),
