@@ -312,7 +312,8 @@ def _checked_features(features: Callable, model: nn.Module, group: Group) -> tor
     return v
 
 
-def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch, loss_fn) -> Dict[int, torch.Tensor]:
+def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch,
+                 loss_fn) -> Dict[int, torch.Tensor]:
     """Scores of the groups that lose channels, read from ``model``; Taylor gradients are put back after."""
     needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
     if not groups:
