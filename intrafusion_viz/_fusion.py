@@ -140,7 +140,9 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
     for m in group.members:
         if m.role != "norm" or m.name not in folded:
             continue
-        producer = next(p for p in group.members if p.name == m.fold_from and p.role == "out")
+        producer = next((p for p in group.members if p.name == m.fold_from and p.role == "out"), None)
+        if producer is None:  # folded into a layer outside this group: it stays an identity
+            continue
         bn, layer = modules[m.name], modules[producer.name]
         bn_slots = _slots(m, n)[:, 0]
         state = folded[m.name][:, bn_slots].clone()

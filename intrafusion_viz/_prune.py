@@ -202,6 +202,11 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
+    for name, value in (("inplace", inplace), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     estimator = resolve_importance(importance, seed)
     trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
@@ -307,7 +312,8 @@ def _checked_features(features: Callable, model: nn.Module, group: Group) -> tor
     return v
 
 
-def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch, loss_fn) -> Dict[int, torch.Tensor]:
+def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch,
+                 loss_fn) -> Dict[int, torch.Tensor]:
     """Scores of the groups that lose channels, read from ``model``; Taylor gradients are put back after."""
     needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
     if not groups:

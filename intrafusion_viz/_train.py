@@ -361,8 +361,14 @@ def _read_payload(path: Path) -> tuple[dict, dict]:
     except Exception as err:
         detail = (str(err).strip().splitlines() or [""])[0][:200]
         raise _invalid(path, f"torch.load failed ({type(err).__name__}: {detail})") from err
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise _invalid(path, f"expected a dict with 'state_dict' and 'meta', found {type(payload).__name__}")
+    if not isinstance(payload, dict) or "state_dict" not in payload or payload.get("format") != _FORMAT:
+        found = type(payload).__name__
+        if isinstance(payload, dict):
+            keys = [str(k) for k in list(payload)[:5]]
+            found += f" with keys {keys}{' ...' if len(payload) > 5 else ''}"
+        raise _invalid(path, f"expected the dict save_checkpoint writes (format {_FORMAT!r}, 'state_dict', 'meta'), "
+                             f"found a {found}; a bare state dict or another tool's checkpoint can be loaded with "
+                             "model.load_state_dict(...) yourself")
     state, meta = payload["state_dict"], payload.get("meta", {})
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -417,6 +423,8 @@ def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None) -> tuple[
         A ``ValueError``: the file is unreadable or not a checkpoint, or it does not
         fit ``model`` (the message lists missing/unexpected keys and shape mismatches).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module to load the weights into (or None), got {type(model).__name__}")
     path = Path(path)
     state, meta = _read_payload(path)
     if model is None:

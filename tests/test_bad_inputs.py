@@ -157,16 +157,20 @@ def prune_f64(model):
     return ifv.prune(model.double(), X[:1], 0.5)
 
 
+def _inplace(flag):  # only pass inplace when a row asks for it (the inplace test sets it otherwise)
+    return {"inplace": True} if flag else {}
+
+
 def _taylor(batch, loss_fn=None, inplace=False):
-    return lambda m: ifv.prune(m, X[:1], 0.5, importance="taylor", batch=batch, loss_fn=loss_fn, inplace=inplace)
+    return lambda m: ifv.prune(m, X[:1], 0.5, importance="taylor", batch=batch, loss_fn=loss_fn, **_inplace(inplace))
 
 
 def _imp(fn, inplace=False):
-    return lambda m: ifv.prune(m, X[:1], 0.5, importance=fn, inplace=inplace)
+    return lambda m: ifv.prune(m, X[:1], 0.5, importance=fn, **_inplace(inplace))
 
 
 def _feat(fn, inplace=False):
-    return lambda m: ifv.prune(m, X[:1], 0.5, features=fn, inplace=inplace)
+    return lambda m: ifv.prune(m, X[:1], 0.5, features=fn, **_inplace(inplace))
 
 
 def _injected(attribute, number, owner=_prune, config=None):
@@ -261,6 +265,10 @@ ROWS = [
     ("not-a-module", None, lambda m: ifv.find_groups(lambda x: x, X), TypeError, "torch.nn.Module"),
     # sparsity and method (already ours; kept so the table covers them)
     ("sparsity-string", caller_model, lambda m: ifv.prune(m, X[:1], "0.5"), TypeError, "sparsity"),
+    ("inplace-not-bool", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, inplace="yes"), TypeError,
+     "inplace must be True or False"),
+    ("seed-not-int", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, importance="random", seed=0.5), TypeError,
+     "seed must be an int"),
     ("method-unknown", caller_model, lambda m: ifv.prune(m, X[:1], 0.5, method="fusion"), ValueError, "method"),
     # inplace=True, failures injected half-way: the caller's model is put back exactly
     ("inplace-solver-fails-on-second-group", caller_model, _injected("transport_plan", 2), RuntimeError, "injected"),
@@ -282,8 +290,12 @@ ROWS = [
      "save_checkpoint"),
     ("checkpoint-bare-state-dict", None, lambda tmp: checkpoint(tmp, MLP_STATE), ifv.CheckpointError,
      "Re-save it"),
+    ("checkpoint-other-tool", None, lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}),
+     ifv.CheckpointError, "model.load_state_dict"),
     ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "torch.load failed"),
     ("checkpoint-other-width", caller_model, "wider_checkpoint", ifv.CheckpointError, "left unchanged"),
+    ("checkpoint-into-non-module", None, lambda tmp: ifv.load_checkpoint(ifv.save_checkpoint(MLP, tmp / "m.pt"),
+                                                                          MLP_STATE), TypeError, "nn.Module"),
 ]
 
 _FILE_ROWS = {"mnist_truncated": mnist_truncated, "mnist_not_gzip": mnist_not_gzip,
@@ -292,6 +304,30 @@ _FILE_ROWS = {"mnist_truncated": mnist_truncated, "mnist_not_gzip": mnist_not_gz
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_bad_input_is_refused_and_changes_nothing(row, tmp_path, monkeypatch):
+    _check_row(row, tmp_path, monkeypatch)
+
+
+PRUNE_ROWS = [r for r in ROWS if r[1] is not None and not isinstance(r[2], str)
+              and not r[0].startswith(("inplace-", "checkpoint-"))]
+
+
+@pytest.mark.parametrize("row", PRUNE_ROWS, ids=[r[0] for r in PRUNE_ROWS])
+def test_bad_input_with_inplace_true_changes_nothing(row, tmp_path, monkeypatch):
+    """Every row that calls prune, again with inplace=True: the caller's model is still untouched."""
+    original, used = ifv.prune, []
+
+    def prune_inplace(*args, **kwargs):
+        kwargs.setdefault("inplace", True)
+        used.append(kwargs["inplace"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(ifv, "prune", prune_inplace)
+    _check_row(row, tmp_path, monkeypatch)
+    if not used:
+        pytest.skip("this row does not call prune")
+    assert used == [True]
+
+
+def _check_row(row, tmp_path, monkeypatch):
     name, make, call, error, phrase = row
     model = make() if make is not None else None
     before, state = observe(model), global_state()
@@ -319,8 +355,9 @@ def test_bad_input_is_refused_and_changes_nothing(row, tmp_path, monkeypatch):
 def test_table_covers_every_class():
     """The issue's classes of bad input, each with at least one row (and inplace rows for each failure path)."""
     names = [r[0] for r in ROWS]
-    for prefix in ["dtype-", "shape-", "tracer-", "taylor-", "features-", "groups-", "config-", "importance-", "torchscript-",
-                   "mnist-", "checkpoint-", "inplace-solver", "inplace-merge", "inplace-taylor", "inplace-torch-pruning"]:
+    for prefix in ["dtype-", "shape-", "tracer-", "taylor-", "features-", "groups-", "config-", "importance-",
+                   "torchscript-", "mnist-", "checkpoint-", "inplace-solver", "inplace-merge", "inplace-taylor",
+                   "inplace-torch-pruning"]:
         assert any(n.startswith(prefix) for n in names), prefix
 
 
