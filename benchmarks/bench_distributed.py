@@ -2,7 +2,7 @@
 
 A VGG-style CNN with BatchNorm trained on MNIST (8,000 images split from MNIST's test set at
 ``--mnist-root``), every group x 3 sparsities x 3 methods with l1 importance, evaluated on 2,000 images,
-run by ``ifv.sweeps.layer_sweep`` with ``executor=`` None (1 and 2 torch threads), a
+run by ``ifv.sweeps.layer_sweep`` with ``executor=`` None (1 torch thread; ``--threads2``: also 2), a
 ``ProcessPoolExecutor``, and Dask ``LocalCluster`` s of 1 and N worker processes (1 thread each).
 Every table is checked equal to the one-thread in-process table.  Prints a markdown table and writes
 ``benchmarks/results/bench_distributed.md``.
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
-from _bench_common import DEFAULT_MNIST, RESULTS, header, load_mnist, markdown_table, mnist_vgg, save_text  # noqa: E402
+from _bench_common import DEFAULT_MNIST, header, load_mnist, markdown_table, mnist_vgg, save_text  # noqa: E402
 
 
 def load() -> str:
@@ -62,6 +62,8 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=8000)
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--threads2", action="store_true",
+                   help="also in process with 2 torch threads (spin-waits badly on a loaded machine)")
     p.add_argument("--checkpoint", default=str(Path(tempfile.gettempdir()) / "intrafusion_viz_bench_distributed.pt"),
                    help="the trained model is kept here between runs")
     args = p.parse_args(argv)
@@ -90,9 +92,10 @@ def main(argv=None):
         print(rows[-1], flush=True)
 
     record("in process, 1 torch thread", None, sweep)
-    torch.set_num_threads(2)
-    record("in process, 2 torch threads", None, sweep)
-    torch.set_num_threads(1)
+    if args.threads2:
+        torch.set_num_threads(2)
+        record("in process, 2 torch threads", None, sweep)
+        torch.set_num_threads(1)
     start = time.perf_counter()
     pool = ProcessPoolExecutor(args.workers)
     record(f"ProcessPoolExecutor({args.workers})", time.perf_counter() - start, lambda: sweep(pool), pool.shutdown)
