@@ -24,10 +24,14 @@ def _modules(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 @torch.no_grad()
-def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
-    """Fold ``bn`` into ``layer`` exactly (eps included) and leave ``bn`` as the identity in eval mode."""
+def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_eps: str = "exact") -> None:
+    """Fold ``bn`` into ``layer`` exactly (eps included) and leave ``bn`` as the identity in eval mode.
+
+    ``bn_eps="authors"``: fold as the paper's code does, without eps, and leave ``bn`` with variance 1
+    (so it still divides by ``sqrt(1 + eps)``).
+    """
     dtype = layer.weight.dtype
-    scale, shift = _fold_scale(bn)
+    scale, shift = _fold_scale(bn, with_eps=bn_eps != "authors")
     out_dim = 1 if getattr(layer, "transposed", False) else 0
     shape = [1] * layer.weight.dim()
     shape[out_dim] = -1
@@ -39,18 +43,18 @@ def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     else:
         layer.bias.copy_(new_bias)
     bn.running_mean.zero_()
-    bn.running_var.fill_(1.0 - bn.eps)  # sqrt(running_var + eps) == 1
+    bn.running_var.fill_(1.0 if bn_eps == "authors" else 1.0 - bn.eps)  # exact: sqrt(running_var + eps) == 1
     if bn.affine:
         bn.weight.fill_(1.0)
         bn.bias.zero_()
 
 
-def _fold_members(model: nn.Module, members: Iterable[Member]) -> List[str]:
+def _fold_members(model: nn.Module, members: Iterable[Member], bn_eps: str = "exact") -> List[str]:
     modules = _modules(model)
     folded = []
     for m in members:
         if m.role == "norm" and m.fold_from is not None:
-            _fold_pair(modules[m.fold_from], modules[m.name])
+            _fold_pair(modules[m.fold_from], modules[m.name], bn_eps)
             folded.append(m.name)
     return folded
 
@@ -60,7 +64,8 @@ def fold_group_batchnorms(model: nn.Module, group: Group) -> List[str]:
     return _fold_members(model, group.members)
 
 
-def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False,
+                   bn_eps: str = "exact") -> nn.Module:
     """Fold every BatchNorm that directly follows a conv/linear into it.
 
     In eval mode the result computes the same function (up to rounding); each folded BatchNorm is
@@ -73,6 +78,10 @@ def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -
         Used once to trace which conv feeds which BatchNorm.
     inplace : bool
         Modify ``model`` itself instead of a copy.
+    bn_eps : {"exact", "authors"}
+        ``"authors"`` folds as the Intra-Fusion paper's code does: without eps, leaving each
+        BatchNorm with variance 1 and its eps (this changes the function by about eps / 2 relative
+        per BatchNorm; for comparing with that code only).
 
     Returns
     -------
@@ -87,7 +96,9 @@ def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -
             if m.role == "norm" and m.fold_from is not None and m.name not in seen:
                 seen.add(m.name)
                 members.append(m)
-    _fold_members(target, members)
+    if bn_eps not in ("exact", "authors"):
+        raise ValueError(f"bn_eps must be 'exact' or 'authors', got {bn_eps!r}")
+    _fold_members(target, members, bn_eps)
     return target
 
 
@@ -233,17 +244,20 @@ def _is_selection(mat: torch.Tensor, kept: torch.Tensor) -> bool:
     return bool(torch.equal(mat, expect))
 
 
-def _fold_scale(bn: nn.modules.batchnorm._BatchNorm):
-    """Per-channel (scale, shift) with bn(x) == x * scale + shift in eval mode; float64."""
+def _fold_scale(bn: nn.modules.batchnorm._BatchNorm, with_eps: bool = True):
+    """Per-channel (scale, shift) with bn(x) == x * scale + shift in eval mode; float64.
+
+    ``with_eps=False`` leaves eps out, as the paper's code does (then it is not exactly ``bn``).
+    """
     var = bn.running_var.double()
     gamma = bn.weight.double() if bn.affine else torch.ones_like(var)
     beta = bn.bias.double() if bn.affine else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
+    scale = gamma / torch.sqrt(var + bn.eps if with_eps else var)
     return scale, beta - bn.running_mean.double() * scale
 
 
 @torch.no_grad()
-def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> torch.Tensor:
+def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias: bool = True) -> torch.Tensor:
     """One vector per channel: its producer rows and biases and its consumer columns, concatenated.
 
     Parameters
@@ -254,6 +268,8 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
     fold : bool
         Read every conv/linear as if its BatchNorm were folded into it (without changing the model),
         so the vectors describe what each channel computes.
+    bias : bool
+        Append each producer's (folded) bias; ``False`` gives weight vectors only (the paper's code).
 
     Returns
     -------
@@ -261,6 +277,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
         In the model's dtype, on CPU.
     """
     n = group.size
+    include_bias = bias
     modules = _modules(model)
     parts = []
     for m in group.members:
@@ -280,7 +297,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
             bias = (bias if bias is not None else torch.zeros_like(scale)) * scale + shift
         w = weight.movedim(m.dim, 0)[slots]
         parts.append(w.reshape(n, -1).cpu())
-        if m.role == "out" and bias is not None:
+        if m.role == "out" and bias is not None and include_bias:
             parts.append(bias[slots].reshape(n, -1).cpu())
     if not parts:
         raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")

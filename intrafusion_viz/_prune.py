@@ -12,7 +12,8 @@ import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import IndexTracker, _check_mergeable, apply_merge, channel_features, fold_group_batchnorms
+from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
+                      fold_group_batchnorms)
 from ._groups import Group, _trace, bind_groups, check_inputs
 from ._importance import accumulate_gradients, group_importance, resolve_importance
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
@@ -209,30 +210,47 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
     fuse = method == "intra-fusion"
+    params_before = sum(p.numel() for p in model.parameters())
+    # bn_eps="authors": the paper's code folds every BatchNorm of the model (without eps) before it
+    # scores or merges anything, for both methods; read vectors and scores from that folded model.
+    authors_fold = config.bn_eps == "authors"
+    if authors_fold:
+        model_read = fold_batchnorm(model, example_inputs, inplace=inplace, bn_eps="authors")
+        originals = bind_groups(trace.specs, model_read, trace.fold_pairs)
+    else:
+        model_read = model
     # Channel vectors are read from the untouched model, so a group's plan never depends on which
     # other groups are pruned with it or in what order.
     if features is None:
         def features(m, g):
-            return channel_features(m, g, fold=config.fold_batchnorm)
-    vectors = {i: features(model, originals[i]) for i, s in selected.items()
+            return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold,
+                                    bias=config.cost_bias)
+    vectors = {i: features(model_read, originals[i]) for i, s in selected.items()
                if fuse and num_kept(originals[i].size, s) < originals[i].size}
     for i, v in vectors.items():
         if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
             raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
                              f"got {getattr(v, 'shape', type(v).__name__)}")
 
-    work = model if inplace else copy.deepcopy(model)
+    if authors_fold:
+        work = model_read  # a folded copy, or the caller's model folded in place when inplace
+    else:
+        work = model if inplace else copy.deepcopy(model)
     was_training = work.training
     bound = bind_groups(trace.specs, work, trace.fold_pairs)
-    params_before = sum(p.numel() for p in model.parameters())
+    # "Score what you merge": importance of the BatchNorm-folded weights, read from a folded copy.
+    scored = bound
+    if config.score_folded and not authors_fold:
+        scored = bind_groups(trace.specs, fold_batchnorm(model, example_inputs), trace.fold_pairs)
     for i in selected:  # refuse unmergeable layers before anything is changed (matters for inplace)
         _check_mergeable(bound[i], is_selection=not fuse)
     needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+    score_model = scored[0].model if scored else work
     if needs_grad:
         saved = {name: (p.grad, p.requires_grad) for name, p in work.named_parameters()}
-        accumulate_gradients(work, batch, loss_fn)
+        accumulate_gradients(score_model, batch, loss_fn)
     try:
-        scores = {i: group_importance(bound[i], estimator) for i in selected}
+        scores = {i: group_importance(scored[i], estimator) for i in selected}
     finally:
         if needs_grad:
             for name, p in work.named_parameters():
@@ -252,7 +270,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         kept = torch.sort(torch.topk(imp, k, sorted=True).indices).values
         cost = None
         if fuse and k < n:
-            if config.fold_batchnorm:
+            if config.fold_batchnorm and not authors_fold:
                 fold_group_batchnorms(work, g)
             cost = cost_matrix(vectors[i], kept, config)
             a = masses(config.source_mass, imp, n)
