@@ -102,6 +102,42 @@ def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False,
     return target
 
 
+def folded_copy_of_groups(model: nn.Module, groups: Iterable[Group], bn_eps: str = "exact") -> nn.Module:
+    """A copy of ``model`` in which the layers of ``groups`` are BatchNorm-folded.
+
+    Only those layers get new (folded) weights; every other tensor is shared with ``model``, so this
+    is cheap on a large model.  For reading weights (importance scores) only: nothing may be written
+    into it.
+    """
+    pairs = {}
+    for g in groups:
+        for m in g.members:
+            if m.role in ("out", "in") and m.name in g.fold_pairs:
+                pairs[m.name] = g.fold_pairs[m.name]
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    copied = copy.deepcopy(model, memo)  # the module tree only; tensors shared
+    modules, new_modules = _modules(model), _modules(copied)
+    with torch.no_grad():
+        for layer, bn in pairs.items():
+            src = modules[layer]
+            scale, shift = _fold_scale(modules[bn], with_eps=bn_eps != "authors")
+            out_dim = 1 if getattr(src, "transposed", False) else 0
+            shape = [1] * src.weight.dim()
+            shape[out_dim] = -1
+            dst = new_modules[layer]
+            dst.weight = nn.Parameter(src.weight * scale.view(shape).to(src.weight.dtype),
+                                      requires_grad=src.weight.requires_grad)
+            bias = src.bias.double() if src.bias is not None else torch.zeros_like(scale)
+            dst.bias = nn.Parameter((bias * scale + shift).to(src.weight.dtype), requires_grad=False)
+            norm = new_modules[bn]  # the identity it becomes (importance may read its weight)
+            if norm.affine:
+                norm.weight = nn.Parameter(torch.ones_like(norm.weight), requires_grad=False)
+                norm.bias = nn.Parameter(torch.zeros_like(norm.bias), requires_grad=False)
+            norm.running_mean = torch.zeros_like(norm.running_mean)
+            norm.running_var = torch.full_like(norm.running_var, 1.0 if bn_eps == "authors" else 1.0 - norm.eps)
+    return copied
+
+
 class IndexTracker:
     """Current position of every original channel index of (module, dim) as dimensions shrink."""
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
-                      fold_group_batchnorms)
+                      fold_group_batchnorms, folded_copy_of_groups)
 from ._groups import Group, _trace, bind_groups, check_inputs
 from ._importance import accumulate_gradients, group_importance, resolve_importance
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
@@ -240,11 +240,14 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     bound = bind_groups(trace.specs, work, trace.fold_pairs)
     # "Score what you merge": importance of the BatchNorm-folded weights, read from a folded copy.
     scored = bound
+    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
     if config.score_folded and not authors_fold:
-        scored = bind_groups(trace.specs, fold_batchnorm(model, example_inputs), trace.fold_pairs)
+        # gradients need a copy of its own; reading weights needs copies of the scored layers only
+        folded = (fold_batchnorm(model, example_inputs) if needs_grad
+                  else folded_copy_of_groups(model, [originals[i] for i in selected]))
+        scored = bind_groups(trace.specs, folded, trace.fold_pairs)
     for i in selected:  # refuse unmergeable layers before anything is changed (matters for inplace)
         _check_mergeable(bound[i], is_selection=not fuse)
-    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
     score_model = scored[0].model if scored else work
     if needs_grad:
         saved = {name: (p.grad, p.requires_grad) for name, p in work.named_parameters()}

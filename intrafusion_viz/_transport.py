@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from ._l1 import l1_distances
+
 __all__ = [
     "OTConfig",
     "cost_matrix",
@@ -178,6 +180,15 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     targets = targets.to(x.dtype)
     if config.p == 2:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
         cost = (2.0 - 2.0 * (x @ targets.T)).double().clamp_min_(0).sqrt_()
+    elif config.p == 1 and config.target == "most_important":
+        # The paper's setting: a fast L1 kernel; the kept-vs-kept block is symmetric (half the pairs).
+        dropped = torch.ones(len(x), dtype=torch.bool)
+        dropped[kept] = False
+        cost = torch.empty(len(x), len(kept), dtype=torch.float64)
+        cost[kept] = l1_distances(targets)
+        cost[dropped] = l1_distances(x[dropped], targets)
+    elif config.p == 1:
+        cost = l1_distances(x, targets)
     else:
         cost = torch.cdist(x, targets, p=float(config.p)).double().clamp_min_(0)
     if config.target == "most_important":
