@@ -30,34 +30,51 @@ __all__ = ["l1_distances", "l1_backend"]
 
 _SOURCE = r"""
 #include <math.h>
+#include <stdlib.h>
 #define MA 4
 #define NC 64
+#define TC 256
 /* out[i * k + j] = sum_t |a[i, t] - b[j, t]|, summed in float32 in the order t = 0, 1, ..., d - 1,
-   which is what torch.cdist(p=1) computes on CPU, bit for bit.  Vectorised across pairs, not along t:
+   which is what torch.cdist(p=1) computes on CPU, bit for bit.  Vectorised across pairs (each SIMD
+   lane is one pair), not along t; t is tiled (TC) so the tiles stay in cache, and each pair's partial
+   sum is carried over in float32, so the order of its additions is unchanged.
    bt is b transposed, (d, ldb), ldb a multiple of NC, zero-padded.  sym: a == b (k == n); only the
-   column strips from the diagonal on are computed and the rest mirrored. */
-void ifv_l1_cdist(const float *a, const float *bt, double *out, long n, long k, long d, long ldb, int sym) {
-    for (long i0 = 0; i0 < n; i0 += MA) {
-        const float *rows[MA];
-        for (int r = 0; r < MA; r++) rows[r] = a + (i0 + r < n ? i0 + r : i0) * d;
-        for (long j0 = sym ? (i0 / NC) * NC : 0; j0 < k; j0 += NC) {
-            float acc[MA][NC];
-            for (int r = 0; r < MA; r++)
-                for (int l = 0; l < NC; l++) acc[r][l] = 0.0f;
-            for (long t = 0; t < d; t++) {
-                const float *bp = bt + t * ldb + j0;
-                for (int r = 0; r < MA; r++) {
-                    float x = rows[r][t];
-                    for (int l = 0; l < NC; l++) acc[r][l] += fabsf(x - bp[l]);
+   column strips from the diagonal on are computed and the rest mirrored.  Returns 0, or -1 when out
+   of memory. */
+int ifv_l1_cdist(const float *a, const float *bt, double *out, long n, long k, long d, long ldb, int sym) {
+    long nb = (n + MA - 1) / MA;
+    float *acc_all = calloc((size_t)nb * MA * ldb, sizeof(float));
+    if (!acc_all) return -1;
+    for (long t0 = 0; t0 < d; t0 += TC) {
+        long t1 = t0 + TC < d ? t0 + TC : d;
+        for (long i0 = 0; i0 < n; i0 += MA) {
+            const float *rows[MA];
+            for (int r = 0; r < MA; r++) rows[r] = a + (i0 + r < n ? i0 + r : i0) * d;
+            for (long j0 = sym ? (i0 / NC) * NC : 0; j0 < k; j0 += NC) {
+                float acc[MA][NC];
+                float *keep = acc_all + i0 * ldb + j0;
+                for (int r = 0; r < MA; r++)
+                    for (int l = 0; l < NC; l++) acc[r][l] = keep[r * ldb + l];
+                for (long t = t0; t < t1; t++) {
+                    const float *bp = bt + t * ldb + j0;
+                    for (int r = 0; r < MA; r++) {
+                        float x = rows[r][t];
+                        for (int l = 0; l < NC; l++) acc[r][l] += fabsf(x - bp[l]);
+                    }
                 }
+                for (int r = 0; r < MA; r++)
+                    for (int l = 0; l < NC; l++) keep[r * ldb + l] = acc[r][l];
             }
-            for (int r = 0; r < MA && i0 + r < n; r++)
-                for (int l = 0; l < NC && j0 + l < k; l++) {
-                    out[(i0 + r) * k + j0 + l] = acc[r][l];
-                    if (sym) out[(j0 + l) * k + i0 + r] = acc[r][l];
-                }
         }
     }
+    for (long i = 0; i < n; i++)
+        for (long j = sym ? (i / MA * MA / NC) * NC : 0; j < k; j++) {
+            double s = acc_all[i * ldb + j];
+            out[i * k + j] = s;
+            if (sym) out[j * k + i] = s;
+        }
+    free(acc_all);
+    return 0;
 }
 """
 
@@ -111,13 +128,24 @@ def _load_kernel():
                                        capture_output=True, timeout=120)
                     os.replace(built, lib)  # atomic: a concurrent process sees all or nothing
             fn = ctypes.CDLL(str(lib)).ifv_l1_cdist
-            fn.restype = None
+            fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                            ctypes.c_long, ctypes.c_long, ctypes.c_int]
-            _kernel = fn
+            _kernel = fn if _self_check(fn) else False
         except (OSError, subprocess.SubprocessError):
             _kernel = False
         return _kernel or None
+
+
+def _self_check(fn) -> bool:
+    """The built kernel must give torch.cdist's numbers exactly (a compiler that reorders sums fails)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(9, 133, generator=g), torch.randn(70, 133, generator=g)
+    bt = torch.zeros(133, 2 * _COLUMNS)
+    bt[:, :70] = b.T
+    out = torch.empty(9, 70, dtype=torch.float64)
+    ok = fn(a.data_ptr(), bt.data_ptr(), out.data_ptr(), 9, 70, 133, 2 * _COLUMNS, 0) == 0
+    return ok and torch.equal(out, torch.cdist(a, b, p=1).double())
 
 
 def l1_backend() -> str:
@@ -158,5 +186,6 @@ def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Ten
     bt[:, :k] = b.T
     a = a.contiguous()
     out = torch.empty(n, k, dtype=torch.float64)
-    kernel(a.data_ptr(), bt.data_ptr(), out.data_ptr(), n, k, d, ldb, int(sym))
+    if kernel(a.data_ptr(), bt.data_ptr(), out.data_ptr(), n, k, d, ldb, int(sym)) != 0:
+        return torch.cdist(a, b, p=1).double()  # the kernel could not allocate its buffer
     return out
