@@ -5,7 +5,8 @@ Trains (or loads, ``--checkpoint-dir``) VGG11-BN and ResNet18 on CIFAR-10, then 
 fine-tuning, and prints our default pruning / paper-normalised Intra-Fusion / barycentric Intra-Fusion
 beside the paper's numbers (only the cells we could verify are carried; the others print "n/a").
 The sweep is the one the authors' repository (alexandertheus/Intra-Fusion) runs: groups 1-3,
-sparsities 0.3-0.7, l1 and Taylor.
+sparsities 0.3-0.7, l1 and Taylor, with its settings (``ifv.OTConfig.paper()``: p = 1, weight-only cost,
+importance scored on the BatchNorm-folded weights; the barycentric column changes only the fusion rule).
 
 Runs as is on one GPU with internet (CIFAR-10 is downloaded into ``--data-root``) or on Colab:
 
@@ -166,7 +167,7 @@ def sweep(name, model, args, train_loader, test_loader, device, results: Path, d
                     if (name, paper, s, imp, label) in done:
                         continue
                     g = groups[paper]
-                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, ifv.OTConfig(fusion=fusion), args.seed))
+                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, ifv.OTConfig.paper(fusion=fusion), args.seed))
                     records.append(dict(model=name, group=paper, sparsity=s, importance=imp, method=label,
                                         group_name=g.name))
     if executor is not None:

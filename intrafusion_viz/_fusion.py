@@ -24,11 +24,13 @@ def _modules(model: nn.Module) -> Dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
-def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
+                   bn_eps: str = "exact") -> Tuple[torch.Tensor, torch.Tensor]:
     """The weight and bias of ``layer`` with ``bn`` (which follows it) folded in: the one fold formula.
 
     Torch's ``fuse_conv_bn_weights`` / ``fuse_linear_bn_weights``, evaluated in float64 (eps included),
     so ``bn(layer(x)) == x @ weight.T + bias`` in eval mode up to the final rounding.
+    ``bn_eps="authors"`` leaves eps out, as the Intra-Fusion paper's code does (then it is not exactly ``bn``).
 
     Returns
     -------
@@ -40,11 +42,12 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> Tup
     def f64(t):
         return None if t is None else t.detach().double()
 
-    stats = (f64(bn.running_mean), f64(bn.running_var), bn.eps, f64(bn.weight) if bn.affine else None,
+    eps = 0.0 if bn_eps == "authors" else bn.eps
+    stats = (f64(bn.running_mean), f64(bn.running_var), eps, f64(bn.weight) if bn.affine else None,
              f64(bn.bias) if bn.affine else None)
     if isinstance(layer, nn.Linear):
         ones = torch.ones_like(stats[0])
-        w, b = fuse_linear_bn_weights(f64(layer.weight), f64(layer.bias), stats[0], stats[1], bn.eps,
+        w, b = fuse_linear_bn_weights(f64(layer.weight), f64(layer.bias), stats[0], stats[1], eps,
                                       stats[3] if bn.affine else ones, stats[4] if bn.affine else 0 * ones)
     else:
         w, b = fuse_conv_bn_weights(f64(layer.weight), f64(layer.bias), *stats,
@@ -61,13 +64,15 @@ def _batchnorm_state(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_eps: str = "exact") -> torch.Tensor:
     """Fold ``bn`` into ``layer`` exactly (eps included) and leave ``bn`` as the identity in eval mode.
 
-    Returns ``bn``'s state before folding (see :func:`_batchnorm_state`).
+    ``bn_eps="authors"``: fold as the paper's code does, without eps, and leave ``bn`` with variance 1
+    (so it still divides by ``sqrt(1 + eps)``).  Returns ``bn``'s state before folding (see
+    :func:`_batchnorm_state`).
     """
     state = _batchnorm_state(bn)
-    weight, bias = folded_weights(layer, bn)
+    weight, bias = folded_weights(layer, bn, bn_eps)
     layer.weight.copy_(weight.to(layer.weight.dtype))
     if layer.bias is None:
         layer.bias = nn.Parameter(bias.to(layer.weight.device, layer.weight.dtype),
@@ -75,19 +80,19 @@ def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> torch.T
     else:
         layer.bias.copy_(bias.to(layer.bias.dtype))
     bn.running_mean.zero_()
-    bn.running_var.fill_(1.0 - bn.eps)  # sqrt(running_var + eps) == 1
+    bn.running_var.fill_(1.0 if bn_eps == "authors" else 1.0 - bn.eps)  # exact: sqrt(running_var + eps) == 1
     if bn.affine:
         bn.weight.fill_(1.0)
         bn.bias.zero_()
     return state
 
 
-def _fold_members(model: nn.Module, members: Iterable[Member]) -> Dict[str, torch.Tensor]:
+def _fold_members(model: nn.Module, members: Iterable[Member], bn_eps: str = "exact") -> Dict[str, torch.Tensor]:
     modules = _modules(model)
     folded = {}
     for m in members:
         if m.role == "norm" and m.fold_from is not None:
-            folded[m.name] = _fold_pair(modules[m.fold_from], modules[m.name])
+            folded[m.name] = _fold_pair(modules[m.fold_from], modules[m.name], bn_eps)
     return folded
 
 
@@ -172,7 +177,8 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
             bn.bias[pos] = beta[ok].to(bn.bias)
 
 
-def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False,
+                   bn_eps: str = "exact") -> nn.Module:
     """Fold every BatchNorm that directly follows a conv/linear into it.
 
     In eval mode the result computes the same function (up to rounding); each folded BatchNorm is
@@ -187,6 +193,10 @@ def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -
         Used once to trace which conv feeds which BatchNorm.
     inplace : bool
         Modify ``model`` itself instead of a copy.
+    bn_eps : {"exact", "authors"}
+        ``"authors"`` folds as the Intra-Fusion paper's code does: without eps, leaving each
+        BatchNorm with variance 1 and its eps (this changes the function by about eps / 2 relative
+        per BatchNorm; for comparing with that code only).
 
     Returns
     -------
@@ -201,8 +211,40 @@ def fold_batchnorm(model: nn.Module, example_inputs, *, inplace: bool = False) -
             if m.role == "norm" and m.fold_from is not None and m.name not in seen:
                 seen.add(m.name)
                 members.append(m)
-    _fold_members(target, members)
+    if bn_eps not in ("exact", "authors"):
+        raise ValueError(f"bn_eps must be 'exact' or 'authors', got {bn_eps!r}")
+    _fold_members(target, members, bn_eps)
     return target
+
+
+def folded_copy_of_groups(model: nn.Module, groups: Iterable[Group], bn_eps: str = "exact") -> nn.Module:
+    """A copy of ``model`` in which the layers of ``groups`` are BatchNorm-folded.
+
+    Only those layers get new (folded) weights; every other tensor is shared with ``model``, so this
+    is cheap on a large model.  For reading weights (importance scores) only: nothing may be written
+    into it.
+    """
+    pairs = {}
+    for g in groups:
+        for m in g.members:
+            if m.role in ("out", "in") and m.name in g.fold_pairs:
+                pairs[m.name] = g.fold_pairs[m.name]
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    copied = copy.deepcopy(model, memo)  # the module tree only; tensors shared
+    modules, new_modules = _modules(model), _modules(copied)
+    with torch.no_grad():
+        for layer, bn in pairs.items():
+            src, dst = modules[layer], new_modules[layer]
+            weight, bias = folded_weights(src, modules[bn], bn_eps)
+            dst.weight = nn.Parameter(weight.to(src.weight.dtype), requires_grad=src.weight.requires_grad)
+            dst.bias = nn.Parameter(bias.to(src.weight.dtype), requires_grad=False)
+            norm = new_modules[bn]  # the identity it becomes (importance may read its weight)
+            if norm.affine:
+                norm.weight = nn.Parameter(torch.ones_like(norm.weight), requires_grad=False)
+                norm.bias = nn.Parameter(torch.zeros_like(norm.bias), requires_grad=False)
+            norm.running_mean = torch.zeros_like(norm.running_mean)
+            norm.running_var = torch.full_like(norm.running_var, 1.0 if bn_eps == "authors" else 1.0 - norm.eps)
+    return copied
 
 
 class IndexTracker:
@@ -348,7 +390,7 @@ def _is_selection(mat: torch.Tensor, kept: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> torch.Tensor:
+def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias: bool = True) -> torch.Tensor:
     """One vector per channel: its producer rows and biases and its consumer columns, concatenated.
 
     Parameters
@@ -359,6 +401,8 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
     fold : bool
         Read every conv/linear as if its BatchNorm were folded into it (without changing the model),
         so the vectors describe what each channel computes.
+    bias : bool
+        Append each producer's (folded) bias; ``False`` gives weight vectors only (the paper's code).
 
     Returns
     -------
@@ -366,6 +410,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
         In the model's dtype, on CPU.
     """
     n = group.size
+    include_bias = bias
     modules = _modules(model)
     parts = []
     for m in group.members:
@@ -380,7 +425,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True) -> to
             weight, bias = (t.to(weight.dtype) for t in folded_weights(module, modules[bn_name]))
         w = weight.movedim(m.dim, 0)[slots]
         parts.append(w.reshape(n, -1).cpu())
-        if m.role == "out" and bias is not None:
+        if m.role == "out" and bias is not None and include_bias:
             parts.append(bias[slots].reshape(n, -1).cpu())
     if not parts:
         raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")

@@ -106,8 +106,9 @@ class Group:
     index : int
         Position in the list returned by :func:`find_groups` (forward order of the root layers).
     paper_index : int
-        The Intra-Fusion paper's numbering, counted from the output backwards (``G1`` of VGG11-BN
-        is the group of ``features.22``).
+        The Intra-Fusion paper's numbering, counted from the output backwards as its code walks the
+        modules (``G1`` of VGG11-BN is ``features.22``; of ResNet18, ``layer4.1.conv1``; ``G0`` is
+        the group feeding the classifier).  ``-1`` for output groups (``include_outputs=True``).
     name : str
         Name of the group's first producing layer (its root).
     size : int
@@ -231,6 +232,8 @@ class _GroupSpec:
     size: int
     members: Tuple[Member, ...]
     order: int
+    last_order: int = 0  # position of the group's last producer in named_modules()
+    paper_index: int = -1
 
 
 @dataclass
@@ -334,12 +337,14 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
             continue
         root = min(producers, key=lambda m: order.get(m.name, 1 << 30))
         size = len(set(producers[0].root_idxs))
-        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30))
+        last = max(order.get(m.name, -1) for m in producers)
+        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30), last)
         consumers = [m for m in members if m.role not in ("out", "norm")]
         (specs if consumers else output_specs).append(spec)
 
     specs.sort(key=lambda s: s.order)
     output_specs.sort(key=lambda s: s.order)
+    specs = _with_paper_numbering(specs)
     fold_pairs = {m.fold_from: m.name for s in specs + output_specs for m in s.members
                   if m.role == "norm" and m.fold_from is not None}
     trace = _Trace(sig, specs, output_specs, fold_pairs)
@@ -347,11 +352,25 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     return trace
 
 
+def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
+    """Number groups as the Intra-Fusion paper's code does (its ``get_all_groups_in_order``).
+
+    That code walks ``model.named_modules()`` backwards and opens a group at the first conv/linear
+    whose output channels no earlier group holds; the output classifier is left out.  A group's
+    number is therefore its rank by its *last* producer in module order: ResNet18's layer4 residual
+    stream (last producer ``layer4.1.conv2``) is 0 and ``layer4.1.conv1`` is G1.
+    """
+    from dataclasses import replace
+
+    ranked = sorted(range(len(specs)), key=lambda i: -specs[i].last_order)
+    rank = {i: r for r, i in enumerate(ranked)}
+    return [replace(s, paper_index=rank[i]) for i, s in enumerate(specs)]
+
+
 def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
                 fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
     """Bind traced group recipes to ``model`` (same structure as the traced one)."""
-    total = len(specs)
-    return [Group(i, total - 1 - i, s.name, s.size, s.members, model, fold_pairs)
+    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs)
             for i, s in enumerate(specs)]
 
 

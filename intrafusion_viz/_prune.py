@@ -12,8 +12,8 @@ import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_group_batchnorms,
-                      restore_folded_batchnorms)
+from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
+                      fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
@@ -221,13 +221,27 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         _check_mergeable(originals[i], is_selection=not fuse)
         for m in originals[i].members:
             _slots(m, originals[i].size)  # refuses layers that hold the channels unevenly
+    # bn_eps="authors": the paper's code folds every BatchNorm of the model (without eps) before it
+    # scores or merges anything, for both methods; vectors and scores are read from that folded copy.
+    authors_fold = config.bn_eps == "authors"
+    model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
+    read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
     if features is None:
         def features(m, g):
-            return channel_features(m, g, fold=config.fold_batchnorm)
+            return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
     # Channel vectors come from the untouched model, so a group's plan never depends on which other
     # groups are pruned with it or in what order.
-    vectors = {i: _checked_features(features, model, originals[i]) for i in pruned if fuse}
-    scores = _importances(model, [originals[i] for i in pruned], estimator, importance, batch, loss_fn)
+    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse}
+    scored = read
+    if config.score_folded and not authors_fold and pruned:
+        # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
+        # copy of their own; reading weights needs folded copies of the scored layers only.
+        needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+        folded = (fold_batchnorm(model, example_inputs) if needs_grad
+                  else folded_copy_of_groups(model, [originals[i] for i in pruned]))
+        scored = bind_groups(trace.specs, folded, trace.fold_pairs)
+    score_model = scored[0].model if scored else model
+    scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
 
     records, plans = [], []
     items = selected.items()
@@ -262,14 +276,22 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                                    out_map, in_map, members=list(g.members)))
 
     params_before = sum(p.numel() for p in model.parameters())
-    work = model if inplace else copy.deepcopy(model)
+    if authors_fold and not inplace:
+        work = model_read  # already the folded copy the authors' code prunes
+    else:
+        work = model if inplace else copy.deepcopy(model)
     bound = bind_groups(trace.specs, work, trace.fold_pairs)
     # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
-    snapshot = ModelSnapshot(work, {m.name for i in pruned for m in bound[i].members}) if inplace else None
+    touched = ({name for name, _ in work.named_modules()} if authors_fold
+               else {m.name for i in pruned for m in bound[i].members})
+    snapshot = ModelSnapshot(work, touched) if inplace else None
     frozen = {name: p.requires_grad for name, p in work.named_parameters()}
     try:
         with saved_modes(work):  # each module keeps its own train/eval mode
-            _merge(work, bound, plans, fold=fuse and config.fold_batchnorm)
+            if authors_fold and inplace:
+                fold_batchnorm(work, example_inputs, inplace=True, bn_eps="authors")
+            # the authors' code leaves its folded BatchNorms as identities: nothing to restore then
+            _merge(work, bound, plans, fold=fuse and config.fold_batchnorm and not authors_fold)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
