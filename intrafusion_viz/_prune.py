@@ -19,7 +19,8 @@ from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
-METHODS = ("intra-fusion", "default")
+METHODS = ("intra-fusion", "default", "fold")
+PRUNE_REPAIRS = ("auto", "none", "data-free")
 
 Sparsity = Union[float, Mapping[Union[int, str], float]]
 
@@ -146,11 +147,19 @@ def _select(groups: List[Group], selection, sparsity) -> Dict[int, float]:
     return {i: s for i in indices}
 
 
+def _check_vectors(vectors, originals) -> None:
+    for i, v in vectors.items():
+        if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
+            raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
+                             f"got {getattr(v, 'shape', type(v).__name__)}")
+
+
 def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
-          seed: int = 0, inplace: bool = False, progress: bool = False) -> PruneResult:
+          seed: int = 0, inplace: bool = False, progress: bool = False, repair: Optional[str] = "auto",
+          sequential: bool = False) -> PruneResult:
     """Prune ``model`` by merging channels along an optimal-transport plan (or by dropping them).
 
     Parameters
@@ -161,8 +170,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         A batch shaped like the model's inputs, on the model's device (used to trace groups once).
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
-    method : {"intra-fusion", "default"}
-        Merge every channel into the kept ones (Intra-Fusion), or drop the unkept ones.
+    method : {"intra-fusion", "default", "fold"}
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
+        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -184,6 +194,15 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Prune ``model`` itself.
     progress : bool
         Show a tqdm progress bar over groups.
+    repair : {"auto", "none", "data-free"} or None
+        Statistics repair after merging, without data: ``"data-free"`` predicts every merged
+        channel's mean and variance from the stored BatchNorm statistics and weight correlations of
+        the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
+        ``"data-free"`` for ``method="fold"`` (part of Model Folding), none otherwise.  Repairs that
+        need data: :func:`intrafusion_viz.repair` on the result.
+    sequential : bool
+        Plan and merge group by group, each plan made on the network with the previous groups
+        already merged (default: every plan from the untouched model).
 
     Returns
     -------
@@ -200,6 +219,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    repair = "none" if repair is None else repair
+    if repair not in PRUNE_REPAIRS:
+        raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
+                         "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
+    if repair == "auto":
+        repair = "data-free" if method == "fold" else "none"
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
@@ -208,18 +233,15 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     trace = _trace(model, example_inputs)
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
-    fuse = method == "intra-fusion"
+    fuse = method in ("intra-fusion", "fold")
     # Channel vectors are read from the untouched model, so a group's plan never depends on which
     # other groups are pruned with it or in what order.
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm)
     vectors = {i: features(model, originals[i]) for i, s in selected.items()
-               if fuse and num_kept(originals[i].size, s) < originals[i].size}
-    for i, v in vectors.items():
-        if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
-            raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
-                             f"got {getattr(v, 'shape', type(v).__name__)}")
+               if fuse and not sequential and num_kept(originals[i].size, s) < originals[i].size}
+    _check_vectors(vectors, originals)
 
     work = model if inplace else copy.deepcopy(model)
     was_training = work.training
@@ -239,8 +261,14 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 p.grad = saved[name][0] if inplace else None
                 p.requires_grad_(saved[name][1])
 
+    snapshot = None
+    if repair == "data-free":  # read the sources' statistics before anything is folded or merged
+        from ._data_free import snapshot_sources
+
+        snapshot = snapshot_sources(model, [originals[i] for i in selected])
     records = []
     planned = []
+    tracker = IndexTracker()
     items = selected.items()
     if progress:
         from tqdm.auto import tqdm
@@ -252,24 +280,37 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         kept = torch.sort(torch.topk(imp, k, sorted=True).indices).values
         cost = None
         if fuse and k < n:
+            if sequential:  # this group's channels as the network merged so far computes them
+                vectors[i] = features(work, g)
+                _check_vectors(vectors, originals)
             if config.fold_batchnorm:
                 fold_group_batchnorms(work, g)
-            cost = cost_matrix(vectors[i], kept, config)
-            a = masses(config.source_mass, imp, n)
-            b = masses(config.target_mass, imp[kept], k)
-            plan = transport_plan(cost, a, b, config, kept=kept)
-            out_map, in_map = merge_matrices(plan, config.fusion)
-            norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
+            if method == "fold":
+                from ._fold import cluster_plan
+
+                kept, plan = cluster_plan(vectors[i], imp, k, seed=seed)
+                cost = cost_matrix(vectors[i], kept, config)
+                out_map, in_map = merge_matrices(plan)
+                norm_map = out_map
+            else:
+                cost = cost_matrix(vectors[i], kept, config)
+                a = masses(config.source_mass, imp, n)
+                b = masses(config.target_mass, imp[kept], k)
+                plan = transport_plan(cost, a, b, config, kept=kept)
+                out_map, in_map = merge_matrices(plan, config.fusion)
+                norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
         else:
             plan = selection_plan(n, kept)
             out_map, in_map = merge_matrices(plan)
             norm_map = out_map
-        planned.append((g, kept, out_map, in_map, norm_map))
+        if sequential:
+            apply_merge(work, g, kept, out_map, in_map, norm_map, tracker)
+        else:
+            planned.append((g, kept, out_map, in_map, norm_map))
         records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, cost, plan,
                                    out_map, in_map, members=list(g.members)))
 
     # Merge after every plan is made: each plan then depends only on its own group's weights.
-    tracker = IndexTracker()
     frozen = {name: p.requires_grad for name, p in work.named_parameters()}
     for g, kept, out_map, in_map, norm_map in planned:
         apply_merge(work, g, kept, out_map, in_map, norm_map, tracker)
@@ -277,5 +318,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
         p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
     work.train(was_training)
-    params_after = sum(p.numel() for p in work.parameters())
-    return PruneResult(work, records, method, config, params_before, params_after)
+    result = PruneResult(work, records, method, config, params_before, 0)
+    if repair == "data-free":
+        from ._data_free import data_free_repair
+
+        data_free_repair(result, snapshot=snapshot, inplace=True)
+    result.params_after = sum(p.numel() for p in work.parameters())
+    return result
