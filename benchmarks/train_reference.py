@@ -1,6 +1,6 @@
 """Train the converged reference models (wide VGG11-BN, ResNet18 width 32) on the MNIST 8,000-image split.
 
-Checkpoints go to ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz/reference/<arch>_s<seed>.pt``
+Checkpoints go to ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference/<arch>_s<seed>.pt``
 (outside git); ``intrafusion_viz.reference_model(arch, seed)`` loads them (and trains when missing).
 
     python benchmarks/train_reference.py --arch vgg11_bn resnet18 --seeds 0 1 2

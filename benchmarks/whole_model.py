@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import RESULTS, header  # noqa: E402
 
 CACHE = RESULTS / "whole_model.json"
-METHODS = {  # label -> (prune method, OTConfig fusion)
-    "default": ("default", "barycentric"),
-    "IF-bary": ("intra-fusion", "barycentric"),
-    "IF-paper": ("intra-fusion", "paper"),
-    "fold": ("fold", "barycentric"),
+METHODS = {  # label -> (prune method, OTConfig settings)
+    "default": ("default", {}),
+    "IF-bary": ("intra-fusion", {}),
+    "IF-paper": ("intra-fusion", {"fusion": "paper"}),
+    "IF-free": ("intra-fusion", {"target_mass": "free"}),  # semi-relaxed OT: each channel to its nearest kept
+    "fold": ("fold", {}),
 }
 REPAIRS = ("none", "data-free", "bn", "repair")
 
@@ -71,10 +72,10 @@ def run(args):
                 todo = [r for r in repairs if _key(arch, seed, scope, s, label, gi, r) not in cache]
                 if not todo:
                     continue
-                method, fusion = METHODS[label]
+                method, settings = METHODS[label]
                 sparsity = s if gi is None else {gi: s}
                 res = ifv.prune(model, example, sparsity, method=method, importance="l1", repair="none",
-                                config=ifv.OTConfig(fusion=fusion), sequential=sequential)
+                                config=ifv.OTConfig(**settings), sequential=sequential)
                 for r in todo:
                     start = time.perf_counter()
                     if r == "none":
@@ -170,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--arch", nargs="+", default=["vgg11_bn"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--whole", nargs="+", type=float, default=[0.3, 0.5, 0.7])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repairs", nargs="+", default=list(REPAIRS))
     parser.add_argument("--one-group", type=float, default=0.7, help="sparsity of the one-group runs (0: skip)")
     parser.add_argument("--sequential", action="store_true", help="also IF-bary planned group by group")

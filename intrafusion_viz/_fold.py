@@ -7,8 +7,9 @@ Faithful to ``utils/weight_clustering.py`` of github marza96/ModelFolding (``Wei
   BatchNorm folded, and consumer columns: :func:`intrafusion_viz.channel_features`); Model Folding
   concatenates the same tensors but with only the BatchNorm's standardisation folded, its
   gamma/beta as extra columns.
-* Clustering: Lloyd's k-means with k-means++ seeding, best of ``n_init=10`` (in torch: scikit-learn's
-  OpenMP ``KMeans`` can stall beside torch's threads) after ``RobustScaler``, where the reference uses ``HKMeans`` (hierarchical k-means, ``n_init=10``, ``max_iter=20``) after the same
+* Clustering: Lloyd's k-means with k-means++ seeding, best of ``n_init=10`` (in torch, ``max_iter=20``)
+  after ``RobustScaler``, where the reference uses ``HKMeans`` (hierarchical k-means, ``n_init=10``,
+  ``max_iter=20``) after the same
   scaler and a full-rank PCA (a rotation, which does not change k-means' Euclidean clusters).
 * The merged channel sits at the position of its cluster's most important channel (the pruned
   layer needs a channel order; the reference appends clusters in label order).
@@ -69,7 +70,7 @@ def cluster_plan(features: torch.Tensor, importance: torch.Tensor, k: int, seed:
     return kept, plan
 
 
-def kmeans(x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 100, seed: int = 0) -> torch.Tensor:
+def kmeans(x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 20, seed: int = 0) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding, best inertia of ``n_init`` runs; returns labels (n,)."""
     gen = torch.Generator().manual_seed(seed)
     x = x.double()

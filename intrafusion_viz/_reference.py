@@ -2,7 +2,7 @@
 
 The accuracy evidence (``benchmarks/whole_model.py``), the notebooks' full mode and the dashboards use
 these instead of tiny under-trained nets. Checkpoints live outside git, in
-``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz/reference/<arch>_s<seed>.pt``, and are
+``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference/<arch>_s<seed>.pt``, and are
 trained (minutes on a CPU) when missing.
 
 Example
@@ -32,9 +32,9 @@ RECIPES = {
 
 
 def reference_dir() -> Path:
-    """Folder of the cached checkpoints: ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz/reference``."""
+    """Folder of the cached checkpoints: ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference``."""
     env = os.environ.get("INTRAFUSION_VIZ_REFERENCE")
-    return Path(env) if env else Path.home() / ".cache" / "intrafusion_viz" / "reference"
+    return Path(env) if env else Path.home() / ".cache" / "intrafusion_viz_reference"
 
 
 def build_reference(arch: str) -> nn.Module:
