@@ -190,3 +190,46 @@ def test_bn_repair_keeps_gamma_signs_without_folding():  # issue 8 (a)
     fixed = ifv.repair(res, model, x, mode="bn")
     assert torch.equal(fixed[1].weight, res.model[1].weight), "an unfolded BatchNorm keeps its merged gamma"
     assert bool((fixed[1].weight < 0).all())
+
+
+def test_layer_drift_is_zero_without_merging_and_positive_with_it():
+    model = _cnn_with_duplicates(seed=3)
+    x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.0)
+    rows = ifv.layer_drift(model, res, x)
+    assert [r["layer"] for r in rows][-1] == "logits"
+    assert all(r["rel_error"] < 1e-9 and abs(r["std_ratio"] - 1) < 1e-9 for r in rows)
+    assert rows[-1]["agreement"] == 100.0
+    res = ifv.prune(model, x[:1], 0.5, method="default")
+    rows = ifv.layer_drift(model, res, x)
+    assert rows[0]["rel_error"] < 1e-9, "channels kept by default pruning are unchanged in the first layer"
+    assert any(r["rel_error"] > 1e-3 for r in rows[1:])
+    from intrafusion_viz.figures._diagnostics import drift_figure
+
+    fig = drift_figure({"no repair": rows}, model_name="tiny CNN", method="default", importance="l1", sparsity=0.5)
+    assert "tiny CNN" in fig.layout.title.text and "default" in fig.layout.title.text and "50%" in fig.layout.title.text
+    with pytest.raises(ValueError, match="variants is empty"):
+        drift_figure({})
+
+
+def test_free_target_mass_sends_each_channel_whole_to_its_nearest_kept():
+    cost = torch.tensor([[0.0, 2.0], [0.5, 0.1], [0.3, 0.9], [2.0, 0.0]], dtype=torch.float64)
+    kept = torch.tensor([0, 3])
+    cfg = ifv.OTConfig(target_mass="free")
+    plan = ifv.transport_plan(cost, ifv.masses("uniform", None, 4), ifv.masses("free", None, 2), cfg, kept=kept)
+    expect = torch.tensor([[0.25, 0], [0, 0.25], [0.25, 0], [0, 0.25]], dtype=torch.float64)
+    assert torch.equal(plan, expect)
+    with pytest.raises(ValueError, match="source_mass"):
+        ifv.OTConfig(source_mass="free")
+    model = _cnn_with_duplicates()
+    x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], {0: 0.5}, importance=_keep_last, config=cfg)
+    assert _same_function(res.model, model, x)
+
+
+def test_reference_model_missing_checkpoint_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTRAFUSION_VIZ_REFERENCE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="train_reference.py"):
+        ifv.reference_model("vgg11_bn", seed=0, train_if_missing=False)
+    with pytest.raises(ValueError, match="Unknown reference"):
+        ifv.reference_model("vgg99")
