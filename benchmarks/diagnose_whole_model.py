@@ -31,14 +31,15 @@ def main(argv=None):
     torch.set_num_threads(1)
     methods = {"default": ("default", "barycentric", False), "IF-bary": ("intra-fusion", "barycentric", False),
                "IF-paper": ("intra-fusion", "paper", False), "fold": ("fold", "barycentric", False),
-               "IF-bary-seq": ("intra-fusion", "barycentric", True)}
+               "IF-bary-seq": ("intra-fusion", "barycentric", True), "IF-free": ("intra-fusion", "free", False)}
     (x_train, _), (x_test, y_test) = ifv.reference_data()
     model = ifv.reference_model(args.arch, args.seed, train_if_missing=False)
     batch, probe = x_train[:512], x_test[:256]
     for label in args.methods:
         method, fusion, seq = methods[label]
         res = ifv.prune(model, probe[:1], args.sparsity, method=method, repair="none",
-                        config=ifv.OTConfig(fusion=fusion), sequential=seq)
+                        config=ifv.OTConfig(target_mass="free") if fusion == "free" else ifv.OTConfig(fusion=fusion),
+                        sequential=seq)
         nets = {"no repair": res.model, "data-free": ifv.repair(res, model, mode="data-free"),
                 "bn (512 images)": ifv.repair(res, model, batch, mode="bn")}
         variants = {}

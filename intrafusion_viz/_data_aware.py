@@ -47,7 +47,7 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
 
     def hook_for(name):
         def hook(module, args, out):
-            outputs[name] = out.detach()
+            outputs[name] = out.detach().clone()  # a following ReLU(inplace=True) would overwrite it
         return hook
 
     try:

@@ -233,3 +233,19 @@ def test_reference_model_missing_checkpoint_says_how_to_train(tmp_path, monkeypa
         ifv.reference_model("vgg11_bn", seed=0, train_if_missing=False)
     with pytest.raises(ValueError, match="Unknown reference"):
         ifv.reference_model("vgg99")
+
+
+def test_repair_measures_batchnorm_outputs_before_an_inplace_relu():
+    """REPAIR reads BN outputs through hooks; a following ReLU(inplace=True) must not overwrite them."""
+    model = _mlp(n=8, d=6)
+    model[2] = nn.ReLU(inplace=True)
+    x = torch.randn(512, 6, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.5)
+    fixed = ifv.repair(res, model, x, mode="repair")
+    with torch.no_grad():
+        src = model[1](model[0](x))
+        got = fixed[1](fixed[0](x))
+    g = res.groups[0]
+    w = g.plan / g.plan.sum(0, keepdim=True)
+    assert torch.allclose(got.mean(0), w.T @ src.mean(0), atol=1e-6)
+    assert torch.allclose(got.std(0, unbiased=False), w.T @ src.std(0, unbiased=False), rtol=1e-4)
