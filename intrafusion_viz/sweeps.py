@@ -23,9 +23,9 @@ def _engine_method(method: str, config: OTConfig):
     """(prune method, config) behind a sweep method name."""
     if method == "intra-fusion (paper)":
         return "intra-fusion", dataclasses.replace(config, fusion="paper")
-    if method in ("default", "intra-fusion"):
+    if method in ("default", "intra-fusion", "fold"):
         return method, config
-    raise ValueError(f"method must be one of {SWEEP_METHODS}; got {method!r}")
+    raise ValueError(f"method must be one of {SWEEP_METHODS + ('fold',)}; got {method!r}")
 
 
 def _fingerprint(model) -> tuple:
