@@ -103,14 +103,17 @@ def tables(cache, args) -> str:
         base = [cache[_key(arch, s, "base")] for s in seeds]
         out.append(f"\n### {arch}, seeds {seeds}: base accuracy {np.mean(base):.2f} % "
                    f"({', '.join(f'{b:.2f}' for b in base)})\n")
-        out.append("Every group pruned at once (mean over seeds; accuracy %, 2,000 test images):\n")
+        out.append(f"Every group pruned at once (accuracy %, 2,000 test images; mean (seed {' / seed '.join(map(str, seeds))})):\n")
         out.append("| sparsity | method | " + " | ".join(args.repairs) + " |")
         out.append("|---|---|" + "---:|" * len(args.repairs))
 
         def cell(scope, s, label, gi, r):
             vals = [cache.get(_key(arch, seed, scope, s, label, gi, r)) for seed in seeds]
             vals = [v for v in vals if v is not None]
-            return f"{np.mean(vals):.1f}" if vals else "-"
+            if not vals:
+                return "-"
+            per_seed = " / ".join(f"{v:.1f}" for v in vals)
+            return f"{np.mean(vals):.1f} ({per_seed})" if len(vals) > 1 else f"{vals[0]:.1f}"
 
         for s in args.whole:
             for label in args.methods:
