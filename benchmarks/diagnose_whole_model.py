@@ -2,7 +2,7 @@
 
 Prints, per layer in forward order, the relative error and std ratio of the merged network's channels
 against what they stand for in the original (``ifv.layer_drift``), for several methods and repairs, and
-writes the figures to benchmarks/results/diagnose_<arch>_<method>_<sparsity>.html.
+writes the figures to benchmarks/results/diagnose_<arch>_s<seed>_<method>_<sparsity>.html.
 
     python benchmarks/diagnose_whole_model.py --arch vgg11_bn --seed 0 --sparsity 0.3
 """
@@ -55,7 +55,7 @@ def main(argv=None):
                       f"{r['corr']:.3f} |" + (f" top-1 agreement {r['agreement']:.1f} %" if "agreement" in r else ""))
         fig = drift_figure(variants, model_name=f"{args.arch} (MNIST, seed {args.seed})", method=label,
                            importance="l1", sparsity=args.sparsity)
-        fig.write_html(RESULTS / f"diagnose_{args.arch}_{label}_{int(100 * args.sparsity)}.html",
+        fig.write_html(RESULTS / f"diagnose_{args.arch}_s{args.seed}_{label}_{int(100 * args.sparsity)}.html",
                        include_plotlyjs="cdn")
 
 
