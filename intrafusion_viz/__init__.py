@@ -33,6 +33,9 @@ _LAZY_NAMES = {
     "load_checkpoint": "_train",
     "CheckpointError": "_train",
     "TrainHistory": "_train",
+    "reference_model": "_reference",
+    "reference_data": "_reference",
+    "layer_drift": "_diagnostics",
 }
 
 __all__ = [

@@ -21,7 +21,8 @@ from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
-METHODS = ("intra-fusion", "default")
+METHODS = ("intra-fusion", "default", "fold")
+PRUNE_REPAIRS = ("auto", "none", "data-free")
 
 Sparsity = Union[float, Mapping[Union[int, str], float]]
 
@@ -148,7 +149,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
-          seed: int = 0, inplace: bool = False, progress: bool = False) -> PruneResult:
+          seed: int = 0, inplace: bool = False, progress: bool = False, repair: Optional[str] = "auto",
+          sequential: bool = False) -> PruneResult:
     """Prune ``model`` by merging channels along an optimal-transport plan (or by dropping them).
 
     Parameters
@@ -159,8 +161,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         A batch shaped like the model's inputs, on the model's device (used to trace groups once).
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
-    method : {"intra-fusion", "default"}
-        Merge every channel into the kept ones (Intra-Fusion), or drop the unkept ones.
+    method : {"intra-fusion", "default", "fold"}
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
+        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -183,6 +186,15 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Prune ``model`` itself.
     progress : bool
         Show a tqdm progress bar over groups.
+    repair : {"auto", "none", "data-free"} or None
+        Statistics repair after merging, without data: ``"data-free"`` predicts every merged
+        channel's mean and variance from the stored BatchNorm statistics and weight correlations of
+        the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
+        ``"data-free"`` for ``method="fold"`` (part of Model Folding), none otherwise.  Repairs that
+        need data: :func:`intrafusion_viz.repair` on the result.
+    sequential : bool
+        Plan and merge group by group, each plan made on the network with the previous groups
+        already merged (default: every plan from the untouched model).
 
     Returns
     -------
@@ -199,6 +211,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    repair = "none" if repair is None else repair
+    if repair not in PRUNE_REPAIRS:
+        raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
+                         "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
+    if repair == "auto":
+        repair = "data-free" if method == "fold" else "none"
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
@@ -211,12 +229,13 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
-    fuse = method == "intra-fusion"
+    fuse = method in ("intra-fusion", "fold")
     sizes = {i: (originals[i].size, num_kept(originals[i].size, s)) for i, s in selected.items()}
     pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
 
     # Everything that can fail runs before the first change to a model (all-or-nothing for inplace=True):
-    # layer checks, channel vectors and importance are read from the caller's model, and every plan is made.
+    # layer checks, channel vectors and importance are read from the caller's model, and every plan is
+    # made (with sequential=True the plans are made during the surgery, which is undone on failure).
     for i in pruned:
         _check_mergeable(originals[i], is_selection=not fuse)
         for m in originals[i].members:
@@ -230,8 +249,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
     # Channel vectors come from the untouched model, so a group's plan never depends on which other
-    # groups are pruned with it or in what order.
-    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse}
+    # groups are pruned with it or in what order (unless sequential=True asks for exactly that).
+    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse and not sequential}
     scored = read
     if config.score_folded and not authors_fold and pruned:
         # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
@@ -242,6 +261,40 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         scored = bind_groups(trace.specs, folded, trace.fold_pairs)
     score_model = scored[0].model if scored else model
     scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
+    sources = None
+    if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
+        from ._data_free import snapshot_sources
+
+        sources = snapshot_sources(model, [originals[i] for i in pruned])
+
+    def plan_group(i, vec):
+        n, k = sizes[i]
+        imp = scores[i]
+        # ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order
+        kept = torch.sort(torch.sort(-imp, stable=True).indices[:k]).values
+        cost = None
+        if method == "fold":
+            from ._fold import cluster_plan
+
+            kept, plan = cluster_plan(vec, imp, k, seed=seed)
+            cost = cost_matrix(vec, kept, config)
+            out_map, in_map = merge_matrices(plan)
+            norm_map = out_map
+        elif fuse:
+            cost = cost_matrix(vec, kept, config)
+            a = masses(config.source_mass, imp, n)
+            b = masses(config.target_mass, imp[kept], k)
+            plan = transport_plan(cost, a, b, config, kept=kept)
+            out_map, in_map = merge_matrices(plan, config.fusion)
+            norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
+        else:
+            plan = selection_plan(n, kept)
+            out_map, in_map = merge_matrices(plan)
+            norm_map = out_map
+        g = originals[i]
+        record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
+                             out_map, in_map, members=list(g.members))
+        return record, (i, kept, out_map, in_map, norm_map)
 
     records, plans = [], []
     items = selected.items()
@@ -251,29 +304,16 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     for i, s in items:
         g = originals[i]
         n, k = sizes[i]
-        cost = None
         if k == n:  # nothing to remove: not scored, the model is not touched
             kept, imp = torch.arange(n), torch.full((n,), float("nan"), dtype=torch.float64)
             plan = selection_plan(n, kept)
             out_map, in_map = merge_matrices(plan)
-        else:
-            imp = scores[i]
-            # ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order
-            kept = torch.sort(torch.sort(-imp, stable=True).indices[:k]).values
-            if fuse:
-                cost = cost_matrix(vectors[i], kept, config)
-                a = masses(config.source_mass, imp, n)
-                b = masses(config.target_mass, imp[kept], k)
-                plan = transport_plan(cost, a, b, config, kept=kept)
-                out_map, in_map = merge_matrices(plan, config.fusion)
-                norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
-            else:
-                plan = selection_plan(n, kept)
-                out_map, in_map = merge_matrices(plan)
-                norm_map = out_map
-            plans.append((i, kept, out_map, in_map, norm_map))
-        records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, cost, plan,
-                                   out_map, in_map, members=list(g.members)))
+            records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, None, plan,
+                                       out_map, in_map, members=list(g.members)))
+        elif not sequential:
+            record, planned = plan_group(i, vectors.get(i))
+            records.append(record)
+            plans.append(planned)
 
     params_before = sum(p.numel() for p in model.parameters())
     if authors_fold and not inplace:
@@ -286,30 +326,44 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                else {m.name for i in pruned for m in bound[i].members})
     snapshot = ModelSnapshot(work, touched) if inplace else None
     frozen = {name: p.requires_grad for name, p in work.named_parameters()}
+    fold = fuse and config.fold_batchnorm and not authors_fold  # the authors leave folded BatchNorms as identities
     try:
         with saved_modes(work):  # each module keeps its own train/eval mode
             if authors_fold and inplace:
                 fold_batchnorm(work, example_inputs, inplace=True, bn_eps="authors")
-            # the authors' code leaves its folded BatchNorms as identities: nothing to restore then
-            _merge(work, bound, plans, fold=fuse and config.fold_batchnorm and not authors_fold)
+            if sequential:  # each group planned on the network as the groups before it left it
+                tracker = IndexTracker()
+                for i in pruned:
+                    vec = _checked_features(features, work, bound[i]) if fuse else None
+                    record, planned = plan_group(i, vec)
+                    records.append(record)
+                    _merge(work, bound, [planned], fold, tracker)
+                records.sort(key=lambda r: r.index)
+            else:
+                _merge(work, bound, plans, fold)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
+            result = PruneResult(work, records, method, config, params_before, 0)
+            if sources is not None:
+                from ._data_free import data_free_repair
+
+                data_free_repair(result, snapshot=sources, inplace=True)
     except BaseException:
         if snapshot is not None:
             snapshot.restore()
         raise
-    params_after = sum(p.numel() for p in work.parameters())
-    return PruneResult(work, records, method, config, params_before, params_after)
+    result.params_after = sum(p.numel() for p in work.parameters())
+    return result
 
 
-def _merge(work: nn.Module, bound: List[Group], plans, fold: bool) -> None:
+def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None) -> None:
     """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand)."""
     folded = {}
     if fold:
         for i, *_ in plans:
             folded.update(fold_group_batchnorms(work, bound[i]))
-    tracker = IndexTracker()
+    tracker = tracker if tracker is not None else IndexTracker()
     for i, kept, out_map, in_map, norm_map in plans:
         apply_merge(work, bound[i], kept, out_map, in_map, norm_map, tracker)
     if folded:

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 _TARGETS = ("most_important", "centroid")
-_MASSES = ("uniform", "importance")
+_MASSES = ("uniform", "importance", "free")
 _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
@@ -42,8 +42,11 @@ class OTConfig:
     target : {"most_important", "centroid"}
         Transport onto the kept (most important) channels themselves, or onto k-means centroids of
         all channels (each centroid is labelled with the kept channel nearest to it).
-    source_mass, target_mass : {"uniform", "importance"}
+    source_mass, target_mass : {"uniform", "importance"}; target_mass also "free"
         Mass of each source channel / each target, uniform or proportional to importance.
+        ``target_mass="free"``: semi-relaxed transport, targets take whatever mass reaches them, so
+        every channel goes whole to its nearest target (a kept channel to itself) instead of every
+        kept channel absorbing the same share.
     solver : {"emd", "sinkhorn"}
         Exact optimal transport, or entropic Sinkhorn with strength ``reg``.
     reg : float
@@ -125,7 +128,7 @@ class OTConfig:
         if self.target == "cluster_centroid":  # the paper's spelling
             object.__setattr__(self, "target", "centroid")
         _check_choice("target", self.target, _TARGETS)
-        _check_choice("source_mass", self.source_mass, _MASSES)
+        _check_choice("source_mass", self.source_mass, _MASSES[:2])
         _check_choice("target_mass", self.target_mass, _MASSES)
         _check_choice("solver", self.solver, _SOLVERS)
         _check_choice("fusion", self.fusion, _FUSIONS)
@@ -238,7 +241,7 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 def masses(kind: str, importance: Optional[torch.Tensor], n: int) -> torch.Tensor:
     """Probability vector of length ``n``: uniform, or proportional to (non-negative) importance."""
     _check_choice("mass", kind, _MASSES)
-    if kind == "uniform":
+    if kind in ("uniform", "free"):
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
     imp = torch.as_tensor(importance, dtype=torch.float64).flatten().clamp_min(0)
     imp = imp + 1e-12 * max(float(imp.max()), 1.0)  # a zero-importance channel still has to go somewhere
@@ -293,6 +296,14 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
     if not torch.isfinite(cost).all():
         raise ValueError("the cost matrix has NaN or infinite entries; check the layer weights for NaN")
     b = b * (a.sum() / b.sum())
+    if config.target_mass == "free":  # semi-relaxed: the optimum sends each source whole to its cheapest target
+        plan = torch.zeros(n, k, dtype=torch.float64)
+        plan[torch.arange(n), cost.argmin(1)] = a
+        if kept is not None and config.target == "most_important":
+            kept = torch.as_tensor(kept, dtype=torch.long)
+            plan[kept] = 0.0
+            plan[kept, torch.arange(k)] = a[kept]
+        return plan
     if config.solver == "sinkhorn":
         return _sinkhorn(cost, a, b, config)
     if kept is not None and config.target == "most_important" and config.p >= 1:

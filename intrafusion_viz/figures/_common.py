@@ -9,8 +9,9 @@ METHOD_COLORS = {
     "default": "#EF553B",
     "intra-fusion": "#636EFA",
     "intra-fusion (paper)": "#00CC96",
+    "fold": "#AB63FA",
 }
-METHOD_ORDER = ("default", "intra-fusion", "intra-fusion (paper)")
+METHOD_ORDER = ("default", "intra-fusion", "intra-fusion (paper)", "fold")
 
 
 def to_numpy(x) -> np.ndarray:
