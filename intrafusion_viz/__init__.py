@@ -26,7 +26,7 @@ from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection
 __version__ = "0.1.0"
 
 # Submodules and names that pull in heavier dependencies load on first use.
-_LAZY_MODULES = ("models", "data", "figures", "widgets", "sweeps", "cli")
+_LAZY_MODULES = ("models", "data", "figures", "widgets", "sweeps", "cli", "pipelines")
 _LAZY_NAMES = {
     "accuracy": "_train",
     "train": "_train",

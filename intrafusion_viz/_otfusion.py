@@ -27,6 +27,7 @@ __all__ = ["fuse", "FuseResult", "FusedGroup", "permute_neurons", "FUSE_METHODS"
 FUSE_METHODS = ("ot", "vanilla")
 FUSE_COSTS = ("weight", "activation")
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+_POOL = 4
 
 
 @dataclass
@@ -202,6 +203,36 @@ def _bn_eps(group: Group, name: str) -> float:
     return float(getattr(dict(group.model.named_modules())[name], "eps", 1e-5))
 
 
+def _activation_features(x: torch.Tensor, pool: int = _POOL):
+    """``features(model, group) -> (n, d)``: each channel's activations on ``x``, spatially pooled to at most pool x pool.
+
+    OTFusion compares whole activation maps; pooling to a small grid keeps where in the image a
+    channel fires (a plain spatial mean, as pruning's activation features use, does not) at a size
+    the transport cost can handle.  Read after the BatchNorm when one follows, before the ReLU.
+    """
+    import torch.nn.functional as F
+
+    from ._data_aware import _observed_module, _recording, _run
+
+    def features(model: nn.Module, group: Group) -> torch.Tensor:
+        producers = [m for m in group.members if m.role == "out"]
+        observed = [_observed_module(group.members, m.name) for m in producers]
+        with _recording(model, observed) as outputs:
+            _run(model, x)
+        parts = []
+        for m, name in zip(producers, observed):
+            out = outputs[name].double()
+            if out.dim() == 4:
+                out = F.adaptive_avg_pool2d(out, (min(pool, out.shape[2]), min(pool, out.shape[3])))
+            out = out.flatten(2) if out.dim() > 2 else out.unsqueeze(2)  # (B, C, positions)
+            slots = _slots(m, group.size)  # (n, r)
+            parts.append(out[:, slots.flatten()].reshape(out.shape[0], group.size, -1).transpose(0, 1)
+                         .reshape(group.size, -1).cpu())
+        return torch.cat(parts, 1)
+
+    return features
+
+
 def _input_groups(groups: Sequence[Group]) -> Dict[str, set]:
     """Layer name -> indices of the groups whose channels it consumes."""
     out: Dict[str, set] = {}
@@ -218,10 +249,7 @@ def _align(model_a: nn.Module, model_b: nn.Module, groups_a, groups_b, state_b, 
     state_a = _state(model_a)
     consumes = _input_groups(groups_a)
     records: List[FusedGroup] = []
-    act_features = None
-    if cost_kind == "activation" and method == "ot":
-        from ._data_aware import activation_features
-        act_features = activation_features(batch_x, max_samples=len(batch_x))
+    act_features = _activation_features(batch_x) if cost_kind == "activation" and method == "ot" else None
     done = set()
     for ga, gb in progress(list(zip(groups_a, groups_b))):
         n, k = gb.size, ga.size
@@ -295,7 +323,8 @@ def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cos
         (the baseline; equal widths only).
     cost : {"weight", "activation"}, optional
         Compare channels by their incoming weights (BatchNorm folded; previous alignment applied)
-        or by their activations on ``batch`` (after BatchNorm, spatial mean per sample).  Default
+        or by their activations on ``batch`` (after BatchNorm, before the ReLU; feature maps average-pooled
+        to at most 4 x 4 per sample).  Default
         ``"activation"`` when ``batch`` is given, else ``"weight"``.
     batch : Tensor or (inputs, targets), optional
         Inputs on the models' device (a couple of hundred samples is enough); labels are not used.
@@ -364,7 +393,10 @@ def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cos
     for i in range(1, len(models)):
         state_b = _state(models[i])
         if set(state_b) != set(state_a):
-            raise ValueError(f"model {i} has different tensors than model 0: fuse needs one architecture")
+            extra = sorted(set(state_b) ^ set(state_a))[:4]
+            raise ValueError(f"model {i} and model 0 differ in tensors {extra}: fuse needs one architecture. (A "
+                             "model pruned by ifv.prune has its BatchNorms folded, which gives bias-free convs a "
+                             "bias: fuse it with ifv.fold_batchnorm(other_model, example_inputs))")
         aligned.append(_align(models[0], models[i], groups[0], groups[i], state_b, method, cost, config,
                               batch_x, i, bar))
         aligned_states.append(state_b)
