@@ -204,7 +204,7 @@ def _bn_eps(group: Group, name: str) -> float:
 
 
 def _activation_features(x: torch.Tensor, pool: int = _POOL):
-    """``features(model, group) -> (n, d)``: each channel's activations on ``x``, spatially pooled to at most pool x pool.
+    """``features(model, group) -> (n, d)``: each channel's activations on ``x``, pooled to at most pool x pool.
 
     OTFusion compares whole activation maps; pooling to a small grid keeps where in the image a
     channel fires (a plain spatial mean, as pruning's activation features use, does not) at a size

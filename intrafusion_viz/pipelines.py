@@ -62,7 +62,8 @@ class PipelineRun:
         return pd.DataFrame(self.records)
 
 
-def split_data(data: Tuple[torch.Tensor, torch.Tensor], parts: int = 2, seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+def split_data(data: Tuple[torch.Tensor, torch.Tensor], parts: int = 2,
+               seed: int = 0) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Split a tensor pair ``(x: (N, ...), y: (N,))`` into ``parts`` disjoint random pieces of (nearly) equal size.
 
     Examples
@@ -195,9 +196,18 @@ def _has_bn(model: nn.Module) -> bool:
     return any(isinstance(m, _BN) for m in model.modules())
 
 
+def _on(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``model``'s device (models train on a GPU while the data stays on the CPU)."""
+    for p in model.parameters():
+        return x.to(p.device)
+    return x
+
+
 def _prune(model: nn.Module, example_inputs, sparsity: float, batch_x, prune_kwargs: dict) -> nn.Module:
     from ._data_aware import repair
     from ._prune import prune
+
+    example_inputs, batch_x = _on(model, example_inputs), _on(model, batch_x)
 
     res = prune(model, example_inputs, sparsity, **prune_kwargs)
     if _has_bn(res.model) and batch_x is not None:
@@ -298,7 +308,8 @@ def fuse_then_prune(build: Callable[[], nn.Module], train_data, test_data, *, sp
                     fused_finetune_epochs: int = 1, finetune_epochs: int = 1, example_inputs=None,
                     fuse_method: str = "ot", fuse_samples: int = 200, fuse_kwargs: Optional[dict] = None,
                     seed: int = 0, train_kwargs: Optional[dict] = None, prune_kwargs: Optional[dict] = None,
-                    finetune_kwargs: Optional[dict] = None, parallel: str = "max", model_name: str = "", progress: bool = True,
+                    finetune_kwargs: Optional[dict] = None, parallel: str = "max", model_name: str = "",
+                    progress: bool = True,
                     trained_halves=None) -> PipelineRun:
     """FaP: train two models on the halves (in parallel), fuse, fine-tune, prune (Intra-Fusion), fine-tune.
 
@@ -336,8 +347,8 @@ def fuse_then_prune(build: Callable[[], nn.Module], train_data, test_data, *, sp
     with _bar(5, name, progress) as bar:
         _, models = _halves(build, train_data, epochs, seed, train_kwargs, parallel, rec, trained_halves)
         bar.update()
-        fusion, t = _timed(fuse, models, example_inputs, method=fuse_method, batch=batch_x,
-                           reset_bn=_has_bn(models[0]), **(fuse_kwargs or {}))
+        fusion, t = _timed(fuse, models, _on(models[0], example_inputs), method=fuse_method,
+                           batch=_on(models[0], batch_x), reset_bn=_has_bn(models[0]), **(fuse_kwargs or {}))
         fused = fusion.model
         rec.add("fuse", [fused], wall=t)
         bar.update()
@@ -359,7 +370,8 @@ def prune_then_fuse(build: Callable[[], nn.Module], train_data, test_data, *, sp
                     pruned_finetune_epochs: int = 1, finetune_epochs: int = 1, example_inputs=None,
                     fuse_samples: int = 200, fuse_kwargs: Optional[dict] = None, seed: int = 0,
                     train_kwargs: Optional[dict] = None, prune_kwargs: Optional[dict] = None,
-                    finetune_kwargs: Optional[dict] = None, parallel: str = "max", model_name: str = "", progress: bool = True,
+                    finetune_kwargs: Optional[dict] = None, parallel: str = "max", model_name: str = "",
+                    progress: bool = True,
                     trained_halves=None) -> PipelineRun:
     """PaF: train two models on the halves, prune each (Intra-Fusion) and fine-tune each on its half, fuse, fine-tune.
 
@@ -396,8 +408,8 @@ def prune_then_fuse(build: Callable[[], nn.Module], train_data, test_data, *, sp
                 samples=pruned_finetune_epochs * max(len(h[1]) for h in halves), train_time=par,
                 train_time_sum=total, wall=par)
         bar.update()
-        fusion, t = _timed(fuse, pruned, example_inputs, batch=batch_x, reset_bn=_has_bn(pruned[0]),
-                           **(fuse_kwargs or {}))
+        fusion, t = _timed(fuse, pruned, _on(pruned[0], example_inputs), batch=_on(pruned[0], batch_x),
+                           reset_bn=_has_bn(pruned[0]), **(fuse_kwargs or {}))
         fused = fusion.model
         rec.add("fuse", [fused], wall=t)
         bar.update()
@@ -413,7 +425,7 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
                       finetune_epochs: int = 2, seed: int = 0, parallel: str = "max", model_name: str = "",
                       train_kwargs: Optional[dict] = None, prune_kwargs: Optional[dict] = None,
                       finetune_kwargs: Optional[dict] = None, fuse_samples: int = 200, warmup: bool = True,
-                      progress: bool = True) -> Tuple[Any, Dict[str, PipelineRun]]:
+                      trained_halves=None, progress: bool = True) -> Tuple[Any, Dict[str, PipelineRun]]:
     """Run baseline, PaF, FaP and FaP with unaligned averaging on the same data, the halves trained once.
 
     Budgets: the baseline trains ``epochs`` on all data and fine-tunes ``finetune_epochs``; each
@@ -421,6 +433,9 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
     ``finetune_epochs`` over their two fine-tuning stages (``finetune_epochs // 2`` then the rest),
     so no fusing pipeline fine-tunes more than the baseline (PaF's first fine-tuning runs on the halves).
 
+    trained_halves : (models, parallel_time_s, sum_time_s), optional
+        Two models already trained ``half_epochs`` epochs on ``split_data(train_data, 2, seed)`` (as
+        :func:`train_models` returns the times); used instead of training them again.
     warmup : bool
         Train a throw-away model for one epoch on 128 samples first: the first training in a process
         is several times slower (one-off set-up) and would be charged to the first pipeline.
@@ -443,8 +458,8 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
                   finetune_kwargs=finetune_kwargs,
                   model_name=model_name, progress=False)
     runs: Dict[str, PipelineRun] = {}
-    trained = None
-    if warmup:  # the first training in a process pays one-off costs (kernels, allocator): not the pipeline's
+    trained = trained_halves
+    if warmup and trained is None:  # the first training in a process pays one-off costs (kernels, allocator): not the pipeline's
         _train_timed(_build(build, seed), (train_data[0][:128], train_data[1][:128]), 1, seed, dict(train_kwargs or {}))
     from tqdm.auto import tqdm
 
