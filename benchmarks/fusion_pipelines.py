@@ -33,7 +33,8 @@ def report(df, command: str) -> str:
     import numpy as np
 
     out = [header(command)]
-    base_time = df[(df.pipeline == "baseline") & (df.stage == "fine-tune")].train_time_s.to_numpy()
+    base = df[(df.pipeline == "baseline") & (df.stage == "fine-tune")].sort_values("seed")
+    base_time, base_cpu = base.train_time_s.to_numpy(), base.train_cpu_s.to_numpy()
     rows = []
     for name in NAMES:
         part = df[df.pipeline == name]
@@ -43,18 +44,23 @@ def report(df, command: str) -> str:
         first = part[part.step == 0].sort_values("seed")
         fuse = part[part.stage == "fuse"].sort_values("seed")
         speedup = base_time / last.train_time_s.to_numpy() if len(base_time) == len(last) else [np.nan]
+        cpu_speedup = (base_cpu / last.train_cpu_s.to_numpy() if len(base_cpu) == len(last) and
+                       "train_cpu_s" in last else [np.nan])
         rows.append([NAMES[name], mean_spread(first.accuracy),
                      mean_spread(fuse.accuracy) if len(fuse) else "",
                      mean_spread(last.accuracy), f"{int(last.params.iloc[0]):,}",
                      int(last.epochs.iloc[0]), mean_spread(last.train_time_s), mean_spread(last.train_time_sum_s),
-                     mean_spread(speedup)])
+                     mean_spread(speedup), mean_spread(last.train_cpu_s), mean_spread(cpu_speedup)])
     model = df.model.iloc[0]
     out.append(f"\n{model}, sparsity {df.sparsity.iloc[0]:.0%}, {df.seed.nunique()} seeds (mean ± std); accuracy "
                "on the 2,000 held-out images; training time = wall clock of `ifv.train` calls, the two halves "
-               "counted once (the longer of the two); speed-up = baseline training time / pipeline's.\n")
+               "counted once (the longer of the two); speed-up = baseline training time / pipeline's; CPU time = "
+               "the process's CPU seconds in `ifv.train` (one thread; less sensitive to the shared machine's "
+               "load than wall clock), halves counted once.\n")
     out.append(markdown_table(
         ["pipeline", "after training (%)", "after fusing (%)", "final (%)", "final params", "epochs",
-         "training time (s)", "training time, halves added (s)", "speed-up vs baseline"], rows))
+         "training time (s)", "training time, halves added (s)", "speed-up vs baseline", "training CPU time (s)",
+         "CPU speed-up vs baseline"], rows))
     stages = []
     for (name, step, stage), cell in df.groupby(["pipeline", "step", "stage"], sort=False):
         stages.append([NAMES.get(name, name), stage, int(cell.stage_epochs.iloc[0]), mean_spread(cell.accuracy),

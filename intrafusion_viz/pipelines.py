@@ -10,7 +10,8 @@ and :func:`~intrafusion_viz.fuse`:
   fuse, fine-tune.
 
 Every stage appends a row to a tidy table: ``pipeline, stage, step, stage_epochs, epochs,
-samples_seen, train_time_s, train_time_sum_s, wall_time_s, accuracy, accuracy_models, params,
+samples_seen, train_time_s, train_time_sum_s, train_cpu_s, train_cpu_sum_s, wall_time_s, accuracy,
+accuracy_models, params,
 sparsity, seed, model, parallel``.  ``train_time_s`` counts the two halves' training once (they run
 in parallel); ``train_time_sum_s`` adds them up.  With ``parallel="max"`` the halves are trained one
 after the other here and the parallel time is the longer of the two; with ``parallel="processes"``
@@ -21,13 +22,13 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = ["split_data", "train_models", "baseline_pipeline", "fuse_then_prune", "prune_then_fuse",
-           "compare_pipelines", "PipelineRun", "PIPELINES", "PARALLEL_MODES"]
+           "compare_pipelines", "PipelineRun", "TrainTimes", "PIPELINES", "PARALLEL_MODES"]
 
 PIPELINES = ("baseline", "paf", "fap", "fap-vanilla")
 PARALLEL_MODES = ("max", "processes")
@@ -91,24 +92,35 @@ def _build(build: Callable[[], nn.Module], seed: int) -> nn.Module:
         return build()
 
 
-def _train_timed(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict) -> float:
+class TrainTimes(NamedTuple):
+    """Wall-clock and CPU seconds of training several models "in parallel"."""
+
+    parallel_s: float  # the halves counted once
+    sum_s: float  # added up
+    times_s: List[float]  # each model's own
+    cpu_parallel_s: float  # CPU time (this process or the worker) of the longest run
+    cpu_sum_s: float
+
+
+def _train_timed(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict) -> Tuple[float, float]:
+    """Train in place; (wall-clock s, CPU s of this process)."""
     from ._train import train
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if epochs > 0:
         train(model, data, epochs=epochs, seed=seed, progress=False, **train_kwargs)
     model.eval()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def _train_worker(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict, threads: int):
     torch.set_num_threads(threads)
-    elapsed = _train_timed(model, data, epochs, seed, train_kwargs)
-    return model.state_dict(), elapsed
+    wall, cpu = _train_timed(model, data, epochs, seed, train_kwargs)
+    return model.state_dict(), wall, cpu
 
 
 def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *, seeds: Sequence[int],
-                 train_kwargs: Optional[dict] = None, parallel: str = "max") -> Tuple[float, float, List[float]]:
+                 train_kwargs: Optional[dict] = None, parallel: str = "max") -> TrainTimes:
     """Train ``models[i]`` on ``datasets[i]`` in place, "in parallel".
 
     Parameters
@@ -122,16 +134,18 @@ def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *
 
     Returns
     -------
-    parallel_time_s, sum_time_s : float
-    times_s : list of float
-        Each model's own training time.
+    TrainTimes
+        ``parallel_s`` (the parallel time), ``sum_s`` (added up), ``times_s`` (each model's own wall
+        clock), ``cpu_parallel_s`` and ``cpu_sum_s`` (CPU seconds of the process that trained, less
+        sensitive to other load on a shared machine than wall clock).
     """
     if parallel not in PARALLEL_MODES:
         raise ValueError(f"parallel must be one of {', '.join(map(repr, PARALLEL_MODES))}; got {parallel!r}")
     train_kwargs = dict(train_kwargs or {})
     if parallel == "max" or len(models) == 1:
-        times = [_train_timed(m, d, epochs, s, train_kwargs) for m, d, s in zip(models, datasets, seeds)]
-        return max(times), sum(times), times
+        timed = [_train_timed(m, d, epochs, s, train_kwargs) for m, d, s in zip(models, datasets, seeds)]
+        times, cpus = [t for t, _ in timed], [c for _, c in timed]
+        return TrainTimes(max(times), sum(times), times, max(cpus), sum(cpus))
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -142,11 +156,11 @@ def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *
                    for m, d, s in zip(models, datasets, seeds)]
         results = [f.result() for f in futures]
     wall = time.perf_counter() - start
-    for m, (state, _) in zip(models, results):
+    for m, (state, _, _) in zip(models, results):
         m.load_state_dict(state)
         m.eval()
-    times = [t for _, t in results]
-    return wall, sum(times), times
+    times, cpus = [t for _, t, _ in results], [c for _, _, c in results]
+    return TrainTimes(wall, sum(times), times, max(cpus), sum(cpus))
 
 
 class _Recorder:
@@ -159,13 +173,20 @@ class _Recorder:
         self.samples = 0
         self.train_time = 0.0
         self.train_time_sum = 0.0
+        self.cpu = 0.0
+        self.cpu_sum = 0.0
         self.wall = 0.0
         self.n_train = n_train
 
     def add(self, stage: str, models: Sequence[nn.Module], *, epochs: int = 0, samples: int = 0,
-            train_time: float = 0.0, train_time_sum: float = 0.0, wall: float = 0.0) -> dict:
+            times: Optional[TrainTimes] = None, wall: float = 0.0) -> dict:
         from ._train import accuracy
 
+        times = times or TrainTimes(0.0, 0.0, [], 0.0, 0.0)
+        train_time, train_time_sum = times.parallel_s, times.sum_s
+        wall = wall + times.parallel_s
+        self.cpu += times.cpu_parallel_s
+        self.cpu_sum += times.cpu_sum_s
         self.epochs += epochs
         self.samples += samples
         self.train_time += train_time
@@ -174,7 +195,8 @@ class _Recorder:
         accs = [accuracy(m, self.test_data) for m in models]
         row = dict(self.base, pipeline=self.pipeline, stage=stage, step=len(self.records), stage_epochs=epochs,
                    epochs=self.epochs, samples_seen=self.samples, train_time_s=self.train_time,
-                   train_time_sum_s=self.train_time_sum, wall_time_s=self.wall,
+                   train_time_sum_s=self.train_time_sum, train_cpu_s=self.cpu, train_cpu_sum_s=self.cpu_sum,
+                   wall_time_s=self.wall,
                    accuracy=sum(accs) / len(accs), accuracy_models=" / ".join(f"{a:.2f}" for a in accs),
                    params=_params(models[0]))
         self.records.append(row)
@@ -190,6 +212,11 @@ def _finetune_kwargs(train_kwargs: dict, finetune_kwargs: Optional[dict]) -> dic
         base = out.get("lr") or (1e-3 if str(out.get("optimizer", "sgd")).lower() == "adam" else 0.05)
         out["lr"] = 0.1 * base
     return out
+
+
+def _one(timed: Tuple[float, float]) -> TrainTimes:
+    wall, cpu = timed
+    return TrainTimes(wall, wall, [wall], cpu, cpu)
 
 
 def _has_bn(model: nn.Module) -> bool:
@@ -277,15 +304,14 @@ def baseline_pipeline(build: Callable[[], nn.Module], train_data, test_data, *, 
     n = len(train_data[1])
     with _bar(3, "baseline", progress) as bar:
         model = _build(build, seed)
-        t = _train_timed(model, train_data, epochs, seed, train_kwargs)
-        rec.add("train", [model], epochs=epochs, samples=epochs * n, train_time=t, train_time_sum=t, wall=t)
+        t = _one(_train_timed(model, train_data, epochs, seed, train_kwargs))
+        rec.add("train", [model], epochs=epochs, samples=epochs * n, times=t)
         bar.update()
         pruned, t = _timed(_prune, model, example_inputs, sparsity, batch_x, prune_kwargs)
         rec.add("prune", [pruned], wall=t)
         bar.update()
-        t = _train_timed(pruned, train_data, finetune_epochs, seed + 100, tune_kwargs)
-        rec.add("fine-tune", [pruned], epochs=finetune_epochs, samples=finetune_epochs * n, train_time=t,
-                train_time_sum=t, wall=t)
+        t = _one(_train_timed(pruned, train_data, finetune_epochs, seed + 100, tune_kwargs))
+        rec.add("fine-tune", [pruned], epochs=finetune_epochs, samples=finetune_epochs * n, times=t)
         bar.update()
     return PipelineRun(rec.records, pruned)
 
@@ -295,12 +321,12 @@ def _halves(build, train_data, epochs, seed, train_kwargs, parallel, rec: _Recor
     halves = split_data(train_data, 2, seed)
     if trained is None:
         models = [_build(build, seed + i) for i in range(2)]
-        par, total, _ = train_models(models, halves, epochs, seeds=[seed + i for i in range(2)],
-                                     train_kwargs=train_kwargs, parallel=parallel)
+        times = train_models(models, halves, epochs, seeds=[seed + i for i in range(2)],
+                             train_kwargs=train_kwargs, parallel=parallel)
     else:
-        models, par, total = [copy.deepcopy(m) for m in trained[0]], trained[1], trained[2]
+        models, times = [copy.deepcopy(m) for m in trained[0]], trained[1]
     samples = epochs * max(len(h[1]) for h in halves)
-    rec.add("train halves", models, epochs=epochs, samples=samples, train_time=par, train_time_sum=total, wall=par)
+    rec.add("train halves", models, epochs=epochs, samples=samples, times=times)
     return halves, models
 
 
@@ -327,7 +353,7 @@ def fuse_then_prune(build: Callable[[], nn.Module], train_data, test_data, *, sp
         More arguments for :func:`~intrafusion_viz.fuse` (``config``, ``cost``, ...).
     parallel : {"max", "processes"}
         How the halves' parallel training time is obtained (see :func:`train_models`).
-    trained_halves : (models, parallel_time_s, sum_time_s), optional
+    trained_halves : (models, TrainTimes), optional
         Reuse two models already trained on ``split_data(train_data, 2, seed)`` (copied, not changed).
 
     Returns
@@ -352,16 +378,15 @@ def fuse_then_prune(build: Callable[[], nn.Module], train_data, test_data, *, sp
         fused = fusion.model
         rec.add("fuse", [fused], wall=t)
         bar.update()
-        t = _train_timed(fused, train_data, fused_finetune_epochs, seed + 100, tune_kwargs)
+        t = _one(_train_timed(fused, train_data, fused_finetune_epochs, seed + 100, tune_kwargs))
         rec.add("fine-tune fused", [fused], epochs=fused_finetune_epochs, samples=fused_finetune_epochs * n,
-                train_time=t, train_time_sum=t, wall=t)
+                times=t)
         bar.update()
         pruned, t = _timed(_prune, fused, example_inputs, sparsity, batch_x, prune_kwargs)
         rec.add("prune", [pruned], wall=t)
         bar.update()
-        t = _train_timed(pruned, train_data, finetune_epochs, seed + 200, tune_kwargs)
-        rec.add("fine-tune", [pruned], epochs=finetune_epochs, samples=finetune_epochs * n, train_time=t,
-                train_time_sum=t, wall=t)
+        t = _one(_train_timed(pruned, train_data, finetune_epochs, seed + 200, tune_kwargs))
+        rec.add("fine-tune", [pruned], epochs=finetune_epochs, samples=finetune_epochs * n, times=t)
         bar.update()
     return PipelineRun(rec.records, pruned, fusion, models)
 
@@ -402,20 +427,18 @@ def prune_then_fuse(build: Callable[[], nn.Module], train_data, test_data, *, sp
             times.append(t)
         rec.add("prune each", pruned, wall=max(times))
         bar.update()
-        par, total, _ = train_models(pruned, halves, pruned_finetune_epochs, seeds=[seed + 100, seed + 101],
-                                     train_kwargs=tune_kwargs, parallel=parallel)
+        times = train_models(pruned, halves, pruned_finetune_epochs, seeds=[seed + 100, seed + 101],
+                             train_kwargs=tune_kwargs, parallel=parallel)
         rec.add("fine-tune each", pruned, epochs=pruned_finetune_epochs,
-                samples=pruned_finetune_epochs * max(len(h[1]) for h in halves), train_time=par,
-                train_time_sum=total, wall=par)
+                samples=pruned_finetune_epochs * max(len(h[1]) for h in halves), times=times)
         bar.update()
         fusion, t = _timed(fuse, pruned, _on(pruned[0], example_inputs), batch=_on(pruned[0], batch_x),
                            reset_bn=_has_bn(pruned[0]), **(fuse_kwargs or {}))
         fused = fusion.model
         rec.add("fuse", [fused], wall=t)
         bar.update()
-        t = _train_timed(fused, train_data, finetune_epochs, seed + 200, tune_kwargs)
-        rec.add("fine-tune", [fused], epochs=finetune_epochs, samples=finetune_epochs * n, train_time=t,
-                train_time_sum=t, wall=t)
+        t = _one(_train_timed(fused, train_data, finetune_epochs, seed + 200, tune_kwargs))
+        rec.add("fine-tune", [fused], epochs=finetune_epochs, samples=finetune_epochs * n, times=t)
         bar.update()
     return PipelineRun(rec.records, fused, fusion, models)
 
@@ -433,7 +456,7 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
     ``finetune_epochs`` over their two fine-tuning stages (``finetune_epochs // 2`` then the rest),
     so no fusing pipeline fine-tunes more than the baseline (PaF's first fine-tuning runs on the halves).
 
-    trained_halves : (models, parallel_time_s, sum_time_s), optional
+    trained_halves : (models, TrainTimes), optional
         Two models already trained ``half_epochs`` epochs on ``split_data(train_data, 2, seed)`` (as
         :func:`train_models` returns the times); used instead of training them again.
     warmup : bool
@@ -470,9 +493,9 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
             continue
         if trained is None:
             models = [_build(build, seed + i) for i in range(2)]
-            par, total, _ = train_models(models, split_data(train_data, 2, seed), half_epochs,
-                                         seeds=[seed, seed + 1], train_kwargs=train_kwargs, parallel=parallel)
-            trained = (models, par, total)
+            times = train_models(models, split_data(train_data, 2, seed), half_epochs,
+                                 seeds=[seed, seed + 1], train_kwargs=train_kwargs, parallel=parallel)
+            trained = (models, times)
         kw = dict(common, epochs=half_epochs, parallel=parallel, fuse_samples=fuse_samples, trained_halves=trained)
         if name == "paf":
             runs[name] = prune_then_fuse(build, train_data, test_data, pruned_finetune_epochs=first,

@@ -48,10 +48,11 @@ def test_every_pipeline_records_its_stages_in_order(compared):
         assert list(part.stage) == stages
         assert part.train_time_s.is_monotonic_increasing and part.epochs.is_monotonic_increasing
         assert (part.train_time_s <= part.train_time_sum_s + 1e-9).all()
+        assert (part.train_cpu_s <= part.train_cpu_sum_s + 1e-9).all() and part.train_cpu_s.iloc[-1] > 0
         assert part.accuracy.between(0, 100).all()
         assert (part.sparsity == 0.5).all() and (part.model == "MLP-BN").all()
     need = {"pipeline", "stage", "step", "stage_epochs", "epochs", "samples_seen", "train_time_s",
-            "train_time_sum_s", "wall_time_s", "accuracy", "params", "sparsity", "seed"}
+            "train_time_sum_s", "train_cpu_s", "train_cpu_sum_s", "wall_time_s", "accuracy", "params", "sparsity", "seed"}
     assert need <= set(records.columns)
 
 
@@ -104,6 +105,7 @@ def test_halves_trained_in_two_processes(digits):
     train, _ = digits
     models = [ifv.models.MLP(hidden=(16,)) for _ in range(2)]
     before = [m.classifier.weight.detach().clone() for m in models]
-    wall, total, times = pl.train_models(models, pl.split_data(train), 1, seeds=[0, 1], parallel="processes")
-    assert len(times) == 2 and total == pytest.approx(sum(times)) and wall > 0
+    t = pl.train_models(models, pl.split_data(train), 1, seeds=[0, 1], parallel="processes")
+    assert len(t.times_s) == 2 and t.sum_s == pytest.approx(sum(t.times_s)) and t.parallel_s > 0
+    assert 0 < t.cpu_parallel_s <= t.cpu_sum_s
     assert all(not torch.equal(b, m.classifier.weight) for b, m in zip(before, models))
