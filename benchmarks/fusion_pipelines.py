@@ -117,7 +117,7 @@ def main(argv=None):
     text = report(df, command)
     print(text)
     save_text("fusion_pipelines.md", text, args.out)
-    for x in ("train_time_s", "epochs"):
+    for x in ("train_cpu_s", "train_time_s", "epochs"):
         save_figure(ifv.figures.pipeline_timeline(df, x=x), f"fusion_pipelines_{x}", args.out)
 
 

@@ -21,6 +21,7 @@ PIPELINE_LABELS = {
 }
 _X = {"train_time_s": "training time (s, parallel halves counted once)",
       "train_time_sum_s": "training time (s, halves added up)",
+      "train_cpu_s": "training CPU time (s, parallel halves counted once)",
       "wall_time_s": "wall-clock time (s, parallel halves counted once, fuse and prune included)",
       "epochs": "epochs (cumulative; parallel halves counted once)",
       "samples_seen": "training samples seen (parallel halves counted once)"}
@@ -47,7 +48,7 @@ def pipeline_timeline(records, x: str = "train_time_s", title: Optional[str] = N
         Rows of :func:`intrafusion_viz.pipelines.compare_pipelines` (columns ``pipeline``, ``stage``,
         ``step``, ``accuracy`` and ``x``; optional ``model``, ``data``, ``sparsity``, ``seed``).
         Several seeds are averaged per (pipeline, step).
-    x : {"train_time_s", "train_time_sum_s", "wall_time_s", "epochs", "samples_seen"}
+    x : {"train_time_s", "train_time_sum_s", "train_cpu_s", "wall_time_s", "epochs", "samples_seen"}
     title : str, optional
         Default names the model, the data and the sparsity found in ``records``.
 
@@ -88,7 +89,7 @@ def pipeline_timeline(records, x: str = "train_time_s", title: Optional[str] = N
                            "<extra>" + name + "</extra>")))
     what = _describe(df)
     fig.update_layout(
-        title=title or f"Fusion in the training loop: accuracy after every stage ({what})",
+        title=title or f"Fusion in the training loop: accuracy after every stage<br><sup>{what}</sup>",
         xaxis_title=_X[x], yaxis_title="test accuracy (%)", height=500, legend=dict(orientation="h", y=-0.2))
     return fig
 
