@@ -8,6 +8,7 @@ from ._merges import merge_gallery, producer_rows
 from ._plans import plan_heatmap, source_order
 from ._similarity import embed_features, neuron_embedding, similarity_matrix
 from ._size import cpu_latency_ms, model_size, size_comparison
+from ._training import fusion_embedding, pipeline_timeline
 
 __all__ = [
     "plan_heatmap", "source_order",
@@ -15,4 +16,5 @@ __all__ = [
     "merge_gallery", "producer_rows",
     "accuracy_vs_sparsity", "sweep_heatmap", "sweep_bars",
     "size_comparison", "model_size", "cpu_latency_ms",
+    "pipeline_timeline", "fusion_embedding",
 ]

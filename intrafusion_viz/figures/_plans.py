@@ -29,7 +29,8 @@ def source_order(group_result) -> np.ndarray:
     target = np.where(has, plan.argmax(1), k)
     mass = plan.max(1)
     is_kept = np.zeros(n, dtype=bool)
-    is_kept[to_numpy(group_result.kept).astype(int)] = True
+    kept = to_numpy(group_result.kept).astype(int)
+    is_kept[kept[kept < n]] = True  # fusion records: targets are another model's neurons, possibly more
     # lexsort: last key is primary
     return np.lexsort((np.arange(n), -mass, ~is_kept, target))
 
