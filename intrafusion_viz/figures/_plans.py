@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import row_layout, to_numpy
+from ._common import TITLE_MARGIN, group_title, row_layout, to_numpy
 
 
 def source_order(group_result) -> np.ndarray:
@@ -34,7 +34,15 @@ def source_order(group_result) -> np.ndarray:
     return np.lexsort((np.arange(n), -mass, ~is_kept, target))
 
 
-def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None):
+def target_axis_title(group_result, config=None) -> str:
+    """What a plan's columns are: kept neurons, or centroids labelled by their nearest kept neuron."""
+    if group_result.cost is not None and config is not None and config.target == "centroid":
+        return "target centroid (labelled by nearest kept neuron)"
+    return "kept neuron"
+
+
+def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None,
+                 model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
     """Heatmap of a transport plan: n source neurons (rows) x k kept neurons (columns).
 
     Rows are ordered by :func:`source_order`, so the neurons merged into one kept neuron form a
@@ -48,6 +56,11 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     show_cluster_lines : bool, optional
         Draw a thin line between clusters; default only when ``k <= 64`` (too many shapes slow
         the browser down).
+    model_name, importance : str, optional
+        Named in the default title (with the group, the method and the sparsity).
+    config : OTConfig, optional
+        The settings of the prune (``PruneResult.config``): names the solver and, with
+        ``target="centroid"``, labels the columns as centroids.
 
     Returns
     -------
@@ -60,13 +73,13 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     plan = to_numpy(group_result.plan)
     n, k = plan.shape
     kept = to_numpy(group_result.kept).astype(int)
-    importance = to_numpy(group_result.importance)
+    scores = to_numpy(group_result.importance)
     order = source_order(group_result)
     z = plan[order]
     custom = np.empty((n, k, 3))
     custom[..., 0] = order[:, None]
     custom[..., 1] = kept[None, :]
-    custom[..., 2] = importance[order][:, None]
+    custom[..., 2] = scores[order][:, None]
     zmax = float(z.max()) if z.size else 1.0
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(k), y=np.arange(n), customdata=custom,
@@ -84,16 +97,15 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
                                        line=dict(color="#999999", width=0.5)) for b in breaks])
     height, row_every = row_layout(n)
     tick_every = max(1, int(np.ceil(k / 32)))
-    kind = "no plan" if group_result.cost is None else "transport plan"
+    what = "Selection plan" if group_result.cost is None else "Transport plan"
     if title is None:
-        title = f"G{group_result.paper_index} {group_result.name}: {kind} ({n} -> {k} neurons)"
-        if group_result.cost is None:
-            title = f"G{group_result.paper_index} {group_result.name}: default pruning keeps {k} of {n}"
+        title = group_title(what, group_result, model_name, importance, config)
+    xtitle = target_axis_title(group_result, config)
     fig.update_layout(
-        title=title, height=height,
-        xaxis=dict(title="kept neuron", tickmode="array", tickvals=np.arange(0, k, tick_every),
+        title=title, height=height, margin=TITLE_MARGIN,
+        xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, k, tick_every),
                    ticktext=[str(v) for v in kept[::tick_every]]),
-        yaxis=dict(title="source neuron (grouped by merge cluster)", autorange="reversed",
+        yaxis=dict(title="source neuron (by cluster)", autorange="reversed",
                    tickmode="array", tickvals=np.arange(0, n, row_every),
                    ticktext=[str(v) for v in order[::row_every]]))
     return fig
