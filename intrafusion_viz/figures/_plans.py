@@ -109,3 +109,43 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
                    tickmode="array", tickvals=np.arange(0, n, row_every),
                    ticktext=[str(v) for v in order[::row_every]]))
     return fig
+
+
+def plan_comparison(group_results, titles=None, model_name: Optional[str] = None,
+                    importance: Optional[str] = None, config=None):
+    """Plans of the same group by several methods side by side (e.g. default | Intra-Fusion).
+
+    Parameters
+    ----------
+    group_results : list of GroupResult
+        Records of the same group and sparsity (e.g. one per method).
+    titles : list of str, optional
+        Subplot titles (default: each record's method).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Heatmap`` per record (rows in each record's own :func:`source_order`).
+    """
+    from plotly.subplots import make_subplots
+
+    from ._common import method_of
+
+    first = group_results[0]
+    titles = titles or [method_of(g) for g in group_results]
+    fig = make_subplots(rows=1, cols=len(group_results), subplot_titles=titles, horizontal_spacing=0.08)
+    for col, g in enumerate(group_results, start=1):
+        single = plan_heatmap(g, config=config)
+        trace = single.data[0]
+        trace.update(showscale=col == len(group_results))
+        fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title_text=target_axis_title(g, config), tickmode="array",
+                         tickvals=single.layout.xaxis.tickvals, ticktext=single.layout.xaxis.ticktext, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=single.layout.yaxis.tickvals,
+                         ticktext=single.layout.yaxis.ticktext, row=1, col=col)
+    fig.update_yaxes(title_text="source neuron (by cluster)", row=1, col=1)
+    height, _ = row_layout(first.n)
+    title = group_title("Plans side by side", first, model_name, importance, config)
+    title = title.replace(method_of(first, config) + " · ", "")
+    fig.update_layout(title=title, height=height + 30, margin=dict(TITLE_MARGIN, t=100))
+    return fig
