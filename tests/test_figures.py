@@ -96,7 +96,7 @@ def test_plan_heatmap_large_group_is_light():
     assert len(fig.layout.shapes) == 0            # no 256 cluster lines at this size
     assert fig.layout.height <= 900
     # readable tick labels: at least 12 px apart
-    assert (fig.layout.height - 120) / len(fig.layout.yaxis.tickvals) >= 12 - 1e-9
+    assert (fig.layout.height - 140) / len(fig.layout.yaxis.tickvals) >= 14 - 1e-9
     assert len(fig.layout.xaxis.tickvals) <= 32
 
 

@@ -67,11 +67,12 @@ def group_label(row) -> str:
 
 
 def row_layout(n: int):
-    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 350-900 px high."""
+    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 380-900 px high."""
     import math
 
-    height = int(min(900, max(350, 120 + 12 * n)))
-    return height, max(1, int(math.ceil(n * 12 / (height - 120))))
+    height = int(min(900, max(380, 140 + 12 * n)))
+    # 14 px per labelled row leaves a gap between 11-px tick labels (the plot area is height - ~140 px)
+    return height, max(1, int(math.ceil(n * 14 / (height - 140))))
 
 
 def chance_level(num_classes) -> float:
