@@ -361,10 +361,12 @@ def test_sweep_dashboard_in_jupyterlab(lab_server):
         try:
             _open_notebook(page, base, token, notebook, console)
             _show_file_browser(page)
-            heat = ".jp-OutputArea-output .js-plotly-plot .heatmaplayer image"
-            page.wait_for_selector(heat, timeout=RUN_ALL_S * 1000)
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .widget-html')]"
+                                   ".some(h => / results$/.test(h.textContent.trim()))", timeout=RUN_ALL_S * 1000)
             _wait_kernel_settled(page, 120)
             plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
+            plots.first.scroll_into_view_if_needed()
+            page.wait_for_selector(".jp-OutputArea-output .js-plotly-plot .heatmaplayer image", timeout=30_000)
             _screenshot(page, notebook, "laptop", plots.first)
             _screenshot(page, notebook, "laptop-bars", plots.nth(1))
             problems = page.evaluate(LAYOUT_JS)

@@ -278,3 +278,15 @@ def test_export_model_and_tables(setup, tmp_path):
     onnx_path = db.export_onnx()
     import onnx
     onnx.checker.check_model(onnx.load(str(onnx_path)))
+
+
+def test_readout_macs_count_conv_and_linear():
+    from intrafusion_viz.widgets._explore import conv_linear_macs, weight_positions
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 25, 4))
+    positions = weight_positions(model, torch.randn(2, 3, 5, 5))
+    assert conv_linear_macs(model, positions) == 8 * 3 * 9 * 25 + 8 * 25 * 4
+    half = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 25, 4))
+    assert conv_linear_macs(half, positions) == 4 * 3 * 9 * 25 + 4 * 25 * 4

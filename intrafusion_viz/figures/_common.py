@@ -89,8 +89,9 @@ def method_of(group_result, config=None) -> str:
         return "default"
     if config is None:
         return "intra-fusion"
-    extras = [f"{config.solver}" + (f" reg {config.reg:g}" if config.solver == "sinkhorn" else ""),
-              f"p={config.p:g}", f"target {config.target.replace('_', ' ')}"]
+    extras = [f"{config.solver}" + (f" reg {config.reg:g}" if config.solver == "sinkhorn" else ""), f"p={config.p:g}"]
+    if config.target != "most_important":
+        extras.append(f"{config.target} targets")
     if config.fusion != "barycentric":
         extras.append(f"{config.fusion} fusion")
     return "intra-fusion (" + ", ".join(extras) + ")"

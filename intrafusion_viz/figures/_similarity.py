@@ -211,7 +211,7 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
                        "merges into %{customdata[1]:.0f}<extra></extra>"))
     kept_trace = go.Scatter(
         x=coords[kept, 0], y=coords[kept, 1], mode="markers", name="kept", customdata=custom[kept],
-        marker=dict(size=12, symbol="star", color="#111111", line=dict(width=1, color="white")),
+        marker=dict(size=14, symbol="star", color=_cluster_colors(np.arange(k)), line=dict(width=1, color="#111111")),
         hovertemplate="kept neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<extra></extra>")
     how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
     fig = go.Figure([lines, neurons, kept_trace])

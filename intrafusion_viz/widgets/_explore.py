@@ -52,6 +52,39 @@ def num_classes_of(logits) -> int:
     return int(logits.shape[-1]) if logits.dim() > 1 else 1
 
 
+def weight_positions(model, example_inputs) -> dict:
+    """Per conv/linear layer, how many output positions each weight is applied at (one sample).
+
+    Pruning channels does not change spatial sizes, so ``sum(weight.numel() * positions)`` is the
+    multiply-accumulate count of the conv and linear layers of any model pruned from this one.
+    """
+    from torch import nn
+
+    from ._prefix import _eval_mode
+
+    positions, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            def hook(mod, inputs, output, name=name):
+                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                positions[name] = output[:1].numel() // max(channels, 1)
+            handles.append(module.register_forward_hook(hook))
+    x = example_inputs[:1] if torch.is_tensor(example_inputs) else example_inputs
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return positions
+
+
+def conv_linear_macs(model, positions: dict) -> int:
+    """Multiply-accumulates of the conv and linear layers for one sample (see :func:`weight_positions`)."""
+    modules = dict(model.named_modules())
+    return int(sum(modules[name].weight.numel() * count for name, count in positions.items() if name in modules))
+
+
 def fixed_eval_batch(data, max_samples: Optional[int] = 512):
     """A fixed (x, y) tensor pair from ``data`` (tensor pair or iterable of batches), at most ``max_samples``."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
@@ -119,6 +152,8 @@ class ExploreDashboard(ExportMixin):
         self.original_accuracy = self._evaluator.original_accuracy
         self.num_classes = num_classes_of(self._evaluator._logits[0])
         self.params_before = sum(p.numel() for p in model.parameters())
+        self._positions = weight_positions(model, example_inputs)
+        self.macs_before = conv_linear_macs(model, self._positions)
         self._base_config = config
         self.error = None
         self.timings = []
@@ -318,7 +353,7 @@ class ExploreDashboard(ExportMixin):
             res = self._prune(index, sparsity, method, importance, config)
             members = [m.name for m in self.groups[index].members]
             acc = self._evaluator.accuracy(res.model, index, members)
-            self._results[key] = (res.groups[0], acc, res.params_after)
+            self._results[key] = (res.groups[0], acc, (res.params_after, conv_linear_macs(res.model, self._positions)))
         return self._results[key]
 
     def _compute(self) -> bool:
@@ -341,8 +376,9 @@ class ExploreDashboard(ExportMixin):
         group = self.groups[index]
         self.readout = {"group": index, "sparsity": sparsity, "k": num_kept(group.size, sparsity), "n": group.size,
                         "original": self.original_accuracy, **accs,
-                        "params_before": self.params_before,
-                        **{f"params_{m}": params[m] for m in METHODS},
+                        "params_before": self.params_before, "macs_before": self.macs_before,
+                        **{f"params_{m}": params[m][0] for m in METHODS},
+                        **{f"macs_{m}": params[m][1] for m in METHODS},
                         "eval_samples": len(self.eval_data[1]), "chance": 100.0 / self.num_classes}
         return True
 
@@ -388,8 +424,8 @@ class ExploreDashboard(ExportMixin):
 
         r = self.readout
         group = self.groups[r["group"]]
-        rows = [dict(model="original", accuracy=r["original"], params=r["params_before"])]
-        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"]) for m in METHODS]
+        rows = [dict(model="original", accuracy=r["original"], params=r["params_before"], macs=r["macs_before"])]
+        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"], macs=r[f"macs_{m}"]) for m in METHODS]
         for row in rows:
             row.update(network=self.model_name, group=f"G{group.paper_index} {group.name}",
                        sparsity=r["sparsity"], kept=r["k"], channels=r["n"], importance=self.importance.value,
@@ -429,6 +465,9 @@ def readout_html(r: dict, methods) -> str:
     params = "".join([f"<td style='{cell}'>{r['params_before']:,}</td>"] + [
         f"<td style='{cell}'>{r[f'params_{m}']:,} ({r[f'params_{m}'] / r['params_before']:.0%})</td>"
         for m in methods])
+    macs = "".join([f"<td style='{cell}'>{r['macs_before'] / 1e6:,.2f} M</td>"] + [
+        f"<td style='{cell}'>{r[f'macs_{m}'] / 1e6:,.2f} M ({r[f'macs_{m}'] / max(r['macs_before'], 1):.0%})</td>"
+        for m in methods])
     gap = ""
     if "default" in methods and "intra-fusion" in methods:
         gap = (f"intra-fusion &minus; default: {delta(r['intra-fusion'], r['default'])} points &middot; ")
@@ -436,7 +475,8 @@ def readout_html(r: dict, methods) -> str:
     warn = (f" &middot; <span style='color:#b42318'>at chance level: {', '.join(at_chance)}</span>"
             if at_chance else "")
     return (f"<table style='border-collapse:collapse'><tr><th></th>{head}</tr>"
-            f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr></table>"
+            f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr>"
+            f"<tr><td title='multiply-accumulates of conv and linear layers, one sample'>MACs</td>{macs}</tr></table>"
             f"<div style='color:#444'>{gap}keeps {r['k']} of {r['n']} neurons &middot; chance level "
             f"{r['chance']:.1f}% &middot; eval on {r['eval_samples']} samples{warn}</div>")
 
