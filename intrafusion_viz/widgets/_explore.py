@@ -160,14 +160,14 @@ class ExploreDashboard(ExportMixin):
 
         style = dict(description_width=LABEL_WIDTH)
         box = W.Layout(width=CONTROL_WIDTH)
-        toggles = dict(description_width=LABEL_WIDTH, button_width="110px")
+        toggles = dict(button_width="108px")
         self.group = W.Dropdown(options=[(f"G{g.paper_index} {g.name} (n={g.size})", g.index) for g in all_groups],
                                 value=all_groups[-1].index, description="group", style=style, layout=box)
         self.sparsity = W.FloatSlider(value=sparsity, min=SPARSITY_RANGE[0], max=SPARSITY_RANGE[1], step=0.05,
                                       description="sparsity", continuous_update=False, readout_format=".2f",
                                       style=style, layout=box)
-        self.method = W.ToggleButtons(options=list(METHODS), value=method, description="plan of", style=toggles,
-                                      layout=box, tooltips=[f"draw the plan of {m} pruning" for m in METHODS])
+        self.method = W.ToggleButtons(options=list(METHODS), value=method, style=toggles,
+                                      tooltips=[f"draw the plan of {m} pruning" for m in METHODS])
         self.importance = W.Dropdown(options=list(IMPORTANCES), value=importance, description="importance",
                                      style=style, layout=box)
         self.p = W.BoundedFloatText(value=config.p, min=1.0, max=10.0, step=0.5, description="p (norm)",
@@ -178,13 +178,13 @@ class ExploreDashboard(ExportMixin):
                                       description="source mass", style=style, layout=box)
         self.target_mass = W.Dropdown(options=["uniform", "importance"], value=config.target_mass,
                                       description="target mass", style=style, layout=box)
-        self.solver = W.ToggleButtons(options=["emd", "sinkhorn"], value=config.solver, description="solver",
-                                      style=toggles, layout=box,
+        self.solver = W.ToggleButtons(options=["emd", "sinkhorn"], value=config.solver,
+                                      style=toggles,
                                       tooltips=["exact optimal transport", "entropic (soft) transport, uses reg"])
         self.reg = W.FloatLogSlider(value=config.reg, base=10, min=-3, max=0, step=0.1, description="Sinkhorn reg",
                                     continuous_update=False, readout_format=".3f", style=style, layout=box,
                                     disabled=config.solver != "sinkhorn")
-        self.compare = W.Checkbox(value=False, description="default | intra-fusion side by side", indent=False,
+        self.compare = W.Checkbox(value=False, description="side by side", indent=False,
                                   layout=W.Layout(width="auto"))
         self.readout_html = W.HTML()
         self.status = W.HTML()
@@ -208,8 +208,10 @@ class ExploreDashboard(ExportMixin):
         self.curve_button.on_click(lambda _: self.compute_curve())
         self.curve_progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
         self.widget = W.VBox([
-            W.HBox([W.VBox([self.group, self.sparsity, self.method, self.importance, self.compare]),
-                    W.VBox([self.p, self.target, self.source_mass, self.target_mass, self.solver, self.reg])],
+            W.HBox([W.VBox([self.group, self.sparsity, labelled(W, "plan of", self.method), self.importance,
+                            labelled(W, "plans", self.compare)]),
+                    W.VBox([self.p, self.target, self.source_mass, self.target_mass,
+                            labelled(W, "solver", self.solver), self.reg])],
                    layout=W.Layout(flex_flow="row wrap", grid_gap="4px 24px")),
             self.readout_html, self.status,
             _figure_row(W, [self._plan_slot.widget, self._embedding_slot.widget]),
@@ -446,9 +448,17 @@ class ExploreDashboard(ExportMixin):
 
 
 def _figure_row(W, widgets):
-    """Figures side by side when there is room, stacked when narrow (each at least 420 px wide)."""
-    return W.Box([W.Box([w], layout=W.Layout(flex="1 1 440px", min_width="0", max_width="100%"))
-                  for w in widgets], layout=W.Layout(display="flex", flex_flow="row wrap", width="100%"))
+    """Figures side by side when there is room, stacked (wrapped) when the output area is narrower."""
+    return W.Box([W.Box([w], layout=W.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
+                  for w in widgets], layout=W.Layout(display="flex", flex_flow="row wrap", width="100%",
+                                                     grid_gap="8px"))
+
+
+def labelled(W, text: str, control, width: str = LABEL_WIDTH):
+    """A control with its label on the same line, right-aligned like ipywidgets' own descriptions."""
+    label = W.HTML(f"<div style='text-align:right;padding-right:8px'>{text}</div>",
+                   layout=W.Layout(width=width, min_width=width))
+    return W.HBox([label, control], layout=W.Layout(width=CONTROL_WIDTH, align_items="center"))
 
 
 def readout_html(r: dict, methods) -> str:

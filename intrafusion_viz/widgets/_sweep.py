@@ -70,8 +70,8 @@ class SweepDashboard(ExportMixin):
         self.run_button.on_click(lambda _: self.run())
         empty = go.Figure().update_layout(title="press 'run sweep'", height=260, xaxis=dict(visible=False),
                                           yaxis=dict(visible=False))
-        self._heatmap_slot = FigureSlot(empty, self.renderer)
-        self._bars_slot = FigureSlot(go.Figure(empty), self.renderer)
+        self._heatmap_slot = FigureSlot(empty, self.renderer, width=880)
+        self._bars_slot = FigureSlot(go.Figure(empty), self.renderer, width=880)
         for control in (self.groups, self.sparsities, self.methods, self.importance):
             control.observe(self._on_change, names="value")
         self._show_chosen()
@@ -81,8 +81,8 @@ class SweepDashboard(ExportMixin):
             self.hint, self.chosen,
             W.HBox([self.run_button, self.progress, self.progress_text], layout=W.Layout(align_items="center")),
             self.status,
-            W.Box([self._heatmap_slot.widget], layout=W.Layout(width="100%")),
-            W.Box([self._bars_slot.widget], layout=W.Layout(width="100%")),
+            W.Box([self._heatmap_slot.widget], layout=W.Layout(max_width="100%", overflow="auto")),
+            W.Box([self._bars_slot.widget], layout=W.Layout(max_width="100%", overflow="auto")),
             self.export_row(W, export_dir)])
         if run:
             self.run()
