@@ -290,3 +290,30 @@ def test_readout_macs_count_conv_and_linear():
     half = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                torch.nn.Linear(4 * 25, 4))
     assert conv_linear_macs(half, positions) == 4 * 3 * 9 * 25 + 4 * 25 * 4
+
+
+def test_export_without_optional_packages_says_what_to_install(setup, tmp_path, monkeypatch):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", export_dir=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnx", None)     # import onnx -> ImportError
+    monkeypatch.setitem(sys.modules, "kaleido", None)
+    with pytest.raises(ImportError, match=r"pip install 'intrafusion_viz\[export\]'"):
+        db.export_onnx()
+    with pytest.raises(ImportError, match="kaleido"):
+        db.save_figures()
+    db._run_export(db.export_onnx)
+    assert "onnx" in db.export_status.value and "pip install" in db.export_status.value
+
+
+@pytest.mark.slow
+def test_save_figures_png(setup, tmp_path):
+    pytest.importorskip("kaleido")
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", export_dir=str(tmp_path))
+    try:
+        paths = db.save_figures()
+    except RuntimeError as error:  # kaleido without a Chrome: our message says what to install
+        assert "Chrome" in str(error)
+        pytest.skip(str(error))
+    assert [p.suffix for p in paths] == [".png", ".png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
