@@ -183,7 +183,7 @@ def _run_all_cells(page) -> None:
         _wait_kernel_settled(page)
         # not awaited: the command's promise only resolves once every cell has run
         page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 90  # a kernel starts slowly on a loaded 2-core machine
         while time.monotonic() < deadline:  # the setup cell finished: its prompt shows [1]
             if _accept_kernel_dialog(page):
                 break  # the kernel is being replaced; run everything again on the new one
