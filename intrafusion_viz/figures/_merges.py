@@ -123,11 +123,13 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
         fig = go.Figure([go.Image(z=canvas, hoverinfo="skip"),
                          go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=14, opacity=0),
                                     text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
-        headers = ["kept"] + [f"merged in #{i + 1}" for i in range(width - 2)] + ["merged result"]
+        headers = ["kept"] + [f"in #{i + 1}" for i in range(width - 2)] + ["result"]
         fig.update_layout(
             title=title or group_title("Which filters merge", group_result, model_name, importance, config),
-            height=int(150 + 72 * len(clusters)), margin=TITLE_MARGIN,
-            xaxis=dict(title="filters merged into each kept neuron, largest mass first", side="bottom",
+            height=int(190 + 72 * len(clusters)), margin=dict(TITLE_MARGIN, t=140),
+            plot_bgcolor="white",
+            xaxis=dict(title="kept filter | filters merged into it (largest mass first) | merged result", side="top",
+                       tickangle=0,
                        tickmode="array", tickvals=[col * (kw + gap) + kw / 2 - 0.5 for col in range(width)],
                        ticktext=headers, showgrid=False),
             yaxis=dict(title="kept neuron", tickmode="array",
