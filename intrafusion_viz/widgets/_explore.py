@@ -194,6 +194,7 @@ class ExploreDashboard(ExportMixin):
         self._busy = False
         self._dirty = False
         self._curve = None  # tidy records of the current group's curve, or None
+        self._curve_shown = False
         self._compute()
         self._plan_slot = FigureSlot(self._plan_figure(), self.renderer)
         self._embedding_slot = FigureSlot(self._embedding_figure(), self.renderer)
@@ -299,6 +300,7 @@ class ExploreDashboard(ExportMixin):
             self.curve_progress.layout.visibility = "hidden"
         self._curve = dict(key=(index, importance, config), rows=rows)
         self._curve_slot.update(self._curve_figure())
+        self._curve_shown = True
         return rows
 
     def _ipython_display_(self):
@@ -315,7 +317,11 @@ class ExploreDashboard(ExportMixin):
     def _redraw(self) -> None:
         self._plan_slot.update(self._plan_figure())
         self._embedding_slot.update(self._embedding_figure())
-        self._curve_slot.update(self._curve_figure())
+        showing = self._curve is not None and self._curve["key"] == (self.group.value, self.importance.value,
+                                                                      self.config)
+        if showing or self._curve_shown:  # the placeholder needs no redraw on every move
+            self._curve_slot.update(self._curve_figure())
+        self._curve_shown = showing
 
     def _importance_of(self, index: int, name: str):
         key = (index, name)

@@ -53,8 +53,6 @@ class FigureSlot:
             self._draw()
             return
         fig = self.figure
-        if new_figure.layout.width is None:
-            new_figure = new_figure.update_layout(width=self.width)
         same = len(fig.data) == len(new_figure.data) and all(
             a.type == b.type for a, b in zip(fig.data, new_figure.data))
         if not same:
@@ -66,6 +64,7 @@ class FigureSlot:
                 for old, new in zip(fig.data, new_figure.data):
                     old.update(new.to_plotly_json(), overwrite=True)
             layout = new_figure.layout.to_plotly_json()
+            layout.setdefault("width", self.width)
             # The template is large and the same every time: re-validating it costs more than the data.
             if layout.get("template") == fig.layout.template.to_plotly_json():
                 layout.pop("template")
