@@ -27,7 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
 from _bench_common import RESULTS, add_executor_options, executor_from_args, markdown_table  # noqa: E402
+from intrafusion_viz.paper import PAPER, PAPER_TABLE  # noqa: E402,F401  (the paper's cells live in the package)
 
-# (model, importance, paper group, sparsity) -> (default accuracy, Intra-Fusion accuracy) from the paper
-# (CIFAR-10, no fine-tuning).  Only cells we could check are filled in; never add a number you have
-# not read in the paper.  Everything else prints "n/a".
-PAPER: Dict[Tuple[str, str, int, float], Tuple[Optional[float], Optional[float]]] = {
-    ("vgg11_bn", "l1", 2, 0.7): (37.89, 80.11),   # Table 10
-    ("resnet18", "l1", 3, 0.5): (81.91, 91.25),   # Table 12
-}
-PAPER_TABLE = {"vgg11_bn": "Table 10", "resnet18": "Table 12"}
 METHODS = (("default", "default", "barycentric"), ("IF (paper)", "intra-fusion", "paper"),
            ("IF (barycentric)", "intra-fusion", "barycentric"))
 
