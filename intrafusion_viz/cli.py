@@ -33,7 +33,10 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     """
     from . import IMPORTANCES, models, prune, train
     from .data import load_digits_tensors
-    from .sweeps import SWEEP_METHODS, sparsity_sweep
+    from .sweeps import PAPER_FUSION, sparsity_sweep
+
+    # the demo's comparison: dropping, Intra-Fusion, and the paper's normalisation (names from ifv.METHODS)
+    demo_methods = ("default", "intra-fusion", PAPER_FUSION)
 
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {', '.join(map(repr, IMPORTANCES))}; got {importance!r}")
@@ -46,7 +49,7 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     test = (data.x_test, data.y_test)
     example = data.x_train[:1]
     batch = (data.x_train[:256], data.y_train[:256])
-    table = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=SWEEP_METHODS,
+    table = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=demo_methods,
                            importance=importance, batch=batch, cache=False, progress=progress)
     params = {0.0: sum(p.numel() for p in model.parameters())}
     for s in sparsities:  # parameters depend on the sparsity only (every method keeps as many channels)
