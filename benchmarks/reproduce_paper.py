@@ -5,7 +5,8 @@ Trains (or loads, ``--checkpoint-dir``) VGG11-BN and ResNet18 on CIFAR-10, then 
 fine-tuning, and prints our default pruning / paper-normalised Intra-Fusion / barycentric Intra-Fusion
 beside the paper's numbers (only the cells we could verify are carried; the others print "n/a").
 The sweep is the one the authors' repository (alexandertheus/Intra-Fusion) runs: groups 1-3,
-sparsities 0.3-0.7, l1 and Taylor.
+sparsities 0.3-0.7, l1 and Taylor, with its settings (``ifv.OTConfig.paper()``: p = 1, weight-only cost,
+importance scored on the BatchNorm-folded weights; the barycentric column changes only the fusion rule).
 
 Runs as is on one GPU with internet (CIFAR-10 is downloaded into ``--data-root``) or on Colab:
 
@@ -26,7 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
 from _bench_common import RESULTS, add_executor_options, executor_from_args, markdown_table  # noqa: E402
+from intrafusion_viz.paper import PAPER, PAPER_TABLE  # noqa: E402,F401  (the paper's cells live in the package)
 
-# (model, importance, paper group, sparsity) -> (default accuracy, Intra-Fusion accuracy) from the paper
-# (CIFAR-10, no fine-tuning).  Only cells we could check are filled in; never add a number you have
-# not read in the paper.  Everything else prints "n/a".
-PAPER: Dict[Tuple[str, str, int, float], Tuple[Optional[float], Optional[float]]] = {
-    ("vgg11_bn", "l1", 2, 0.7): (37.89, 80.11),   # Table 10
-    ("resnet18", "l1", 3, 0.5): (81.91, 91.25),   # Table 12
-}
-PAPER_TABLE = {"vgg11_bn": "Table 10", "resnet18": "Table 12"}
 METHODS = (("default", "default", "barycentric"), ("IF (paper)", "intra-fusion", "paper"),
            ("IF (barycentric)", "intra-fusion", "barycentric"))
 
@@ -166,7 +160,7 @@ def sweep(name, model, args, train_loader, test_loader, device, results: Path, d
                     if (name, paper, s, imp, label) in done:
                         continue
                     g = groups[paper]
-                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, ifv.OTConfig(fusion=fusion), args.seed))
+                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, ifv.OTConfig.paper(fusion=fusion), args.seed))
                     records.append(dict(model=name, group=paper, sparsity=s, importance=imp, method=label,
                                         group_name=g.name))
     if executor is not None:

@@ -19,13 +19,14 @@ from ._data_aware import REPAIR_MODES, activation_features, repair
 from ._fusion import apply_merge, channel_features, fold_batchnorm
 from ._groups import Group, Member, UnsupportedLayerError, find_groups
 from ._importance import IMPORTANCES, group_importance, resolve_importance
+from ._otfusion import FUSE_METHODS, FusedGroup, FuseResult, fuse, permute_neurons
 from ._prune import METHODS, GroupResult, PruneResult, num_kept, prune
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
 
 __version__ = "0.1.0"
 
 # Submodules and names that pull in heavier dependencies load on first use.
-_LAZY_MODULES = ("models", "data", "figures", "widgets", "sweeps", "cli")
+_LAZY_MODULES = ("models", "data", "figures", "widgets", "sweeps", "cli", "pipelines")
 _LAZY_NAMES = {
     "accuracy": "_train",
     "train": "_train",
@@ -33,6 +34,9 @@ _LAZY_NAMES = {
     "load_checkpoint": "_train",
     "CheckpointError": "_train",
     "TrainHistory": "_train",
+    "reference_model": "_reference",
+    "reference_data": "_reference",
+    "layer_drift": "_diagnostics",
 }
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "IMPORTANCES", "resolve_importance", "group_importance",
     "fold_batchnorm", "channel_features", "apply_merge",
     "activation_features", "repair", "REPAIR_MODES",
+    "fuse", "FuseResult", "FusedGroup", "FUSE_METHODS", "permute_neurons",
     *_LAZY_NAMES, *_LAZY_MODULES,
 ]
 

@@ -22,10 +22,11 @@ import torch.nn as nn
 
 from ._fusion import _slots
 from ._groups import Group, find_groups
+from ._state import saved_modes
 
 __all__ = ["activation_features", "repair", "REPAIR_MODES"]
 
-REPAIR_MODES = ("bn", "repair")
+REPAIR_MODES = ("bn", "repair", "data-free")
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -47,7 +48,7 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
 
     def hook_for(name):
         def hook(module, args, out):
-            outputs[name] = out.detach()
+            outputs[name] = out.detach().clone()  # a following ReLU(inplace=True) would overwrite it
         return hook
 
     try:
@@ -61,14 +62,9 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
 
 def _run(model: nn.Module, x: torch.Tensor, train: bool = False) -> None:
     """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with saved_modes(model), torch.no_grad():
+        model.train(train)
+        model(x)
 
 
 def _per_channel(out: torch.Tensor) -> torch.Tensor:
@@ -184,9 +180,7 @@ def _restore_folded_affine(pruned: nn.Module, original: nn.Module, records) -> N
     of the channels it merged (the producer's output keeps its sign).
     """
     pruned_modules, original_modules = dict(pruned.named_modules()), dict(original.named_modules())
-    for g in records:
-        if g.cost is None:  # default pruning or nothing merged: BatchNorms were not folded
-            continue
+    for g in records:  # only groups whose BatchNorms prune folded (see _data_free._folded)
         weights = _source_weights(g.plan)
         for m in g.members:
             if m.role != "norm" or m.fold_from is None:
@@ -262,7 +256,57 @@ def _apply_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -
     module.bias.mul_(scale.to(module.bias.dtype)).add_(shift.to(module.bias.dtype))
 
 
-def repair(pruned, original_model: nn.Module, batch, mode: str = "bn", *, max_samples: int = 512,
+def _check_original(records, model: nn.Module, original: nn.Module, params_before=None) -> None:
+    """Refuse an ``original_model`` that is not the model the records were made from (structure and sizes)."""
+    hint = ("pass the unpruned model you gave to prune (unchanged; with prune(..., inplace=True) keep a "
+            "copy before pruning)")
+    if not isinstance(original, nn.Module):
+        raise TypeError(f"original_model must be an nn.Module, got {type(original).__name__}; {hint}")
+    if original is model:
+        raise ValueError(f"original_model is the pruned model itself; {hint}")
+    modules = dict(original.named_modules())
+    for g in records:
+        for m in g.members:
+            module = modules.get(m.name)
+            if module is None:
+                raise ValueError(f"original_model has no layer {m.name!r} (group {g.index}, {g.name!r}): it is not "
+                                 f"the model that was pruned; {hint}")
+            if m.role in ("out", "in"):
+                size = module.weight.shape[m.dim]
+            elif m.role == "norm":
+                size = getattr(module, "num_features", None)
+            else:
+                continue
+            needed = max(m.local_idxs) + 1 if m.local_idxs else 0
+            if size is None or size < needed:
+                raise ValueError(f"original_model's layer {m.name!r} has {size} channels where the pruned group "
+                                 f"{g.index} ({g.name!r}) needs {needed}: it is not the model that was pruned; {hint}")
+    if params_before is not None:
+        count = sum(p.numel() for p in original.parameters())
+        if count != params_before:
+            raise ValueError(f"original_model has {count} parameters, the model that was pruned had {params_before}: "
+                             f"it is not the model that was pruned; {hint}")
+    # Layers no pruned group touches are identical in the pruned model and its original, and so are
+    # the biases of layers that only consume pruned channels.
+    touched = {m.name for g in records for m in g.members}
+    only_in = touched - {m.name for g in records for m in g.members if m.role != "in"}
+    pruned_modules = dict(model.named_modules())
+    for name, module in modules.items():
+        other = pruned_modules.get(name)
+        if other is None or next(module.children(), None) is not None or (name in touched and name not in only_in):
+            continue
+        items = module.state_dict().items() if name not in touched else [("bias", getattr(module, "bias", None))]
+        for key, a in items:
+            b = other.state_dict().get(key) if name not in touched else getattr(other, "bias", None)
+            if a is None or b is None:
+                continue
+            if torch.is_tensor(a) and (a.shape != b.shape or not torch.equal(a.detach().cpu(), b.detach().cpu())):
+                raise ValueError(f"original_model's {name}.{key} differs from the pruned model's, although no "
+                                 f"pruned group touches it: it is not the model that was pruned (or the pruned "
+                                 f"model was changed after prune; repair right after pruning); {hint}")
+
+
+def repair(pruned, original_model: nn.Module, batch=None, mode: str = "bn", *, max_samples: int = 512,
            eps: float = 1e-5) -> nn.Module:
     """Give merged channels back the statistics of the channels they replaced; returns a NEW model.
 
@@ -274,9 +318,10 @@ def repair(pruned, original_model: nn.Module, batch, mode: str = "bn", *, max_sa
         every BatchNorm's statistics are re-estimated as they are).
     original_model : nn.Module
         The unpruned model; read only.
-    batch : Tensor or (inputs, targets)
-        A small unlabeled batch on the models' device; labels are not used.
-    mode : {"bn", "repair"}
+    batch : Tensor or (inputs, targets), optional
+        A small unlabeled batch on the models' device; labels are not used.  Not needed (ignored)
+        for ``mode="data-free"``.
+    mode : {"bn", "repair", "data-free"}
         ``"bn"``: reset every BatchNorm's running statistics and re-estimate them on ``batch``
         (momentum ``None``, train mode, ``no_grad``); BatchNorms folded by prune first get the
         original ``|gamma|`` and ``beta`` of the channels they merged.  ``"repair"``: for every
@@ -284,6 +329,10 @@ def repair(pruned, original_model: nn.Module, batch, mode: str = "bn", *, max_sa
         ``batch`` (after its BatchNorm when one follows) and rescale it to the plan-weighted mean and
         std of its source channels in ``original_model`` (BatchNorm affine when there is one,
         otherwise the producer's weights and bias, so BN-free networks are repaired too).
+        ``"data-free"``: no data; predict each merged channel's mean and variance from the stored
+        BatchNorm statistics of the channels it merged and their correlation estimated from their
+        weights (Model Folding's approximate REPAIR, for any plan) and give its BatchNorm those
+        statistics and the plan-weighted affine of its sources (see :mod:`intrafusion_viz._data_free`).
     max_samples : int
         Use at most this many samples of ``batch``.
     eps : float
@@ -311,13 +360,23 @@ def repair(pruned, original_model: nn.Module, batch, mode: str = "bn", *, max_sa
     model = getattr(pruned, "model", pruned)
     if not isinstance(model, nn.Module):
         raise TypeError(f"pruned must be a PruneResult or an nn.Module, got {type(pruned).__name__}")
-    if mode == "repair" and records is None:
-        raise ValueError("mode='repair' needs the PruneResult (it holds which channels were merged into which)")
+    if mode in ("repair", "data-free") and records is None:
+        raise ValueError(f"mode={mode!r} needs the PruneResult (it holds which channels were merged into which)")
+    if records is not None:
+        _check_original(records, model, original_model, getattr(pruned, "params_before", None))
+    if mode == "data-free":
+        from ._data_free import data_free_repair
+
+        return data_free_repair(pruned, original_model)
+    if batch is None:
+        raise ValueError(f"mode={mode!r} needs a batch of inputs (unlabeled); mode='data-free' needs none")
     x = _inputs_of(batch, max_samples)
     fixed = copy.deepcopy(model)
     if mode == "bn":
         if records is not None:
-            _restore_folded_affine(fixed, original_model, records)
+            from ._data_free import _folded
+
+            _restore_folded_affine(fixed, original_model, [g for g in records if _folded(pruned, g)])
         _reset_bn_statistics(fixed, x)
     else:
         _repair_statistics(fixed, original_model, records, x, eps)

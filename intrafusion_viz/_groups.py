@@ -16,7 +16,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torch_pruning._helpers import GroupItem
 from torch_pruning.pruner import function as tpf
+
+from ._state import as_tuple, dtype_problem, model_device
 
 __all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError"]
 
@@ -68,19 +71,44 @@ class Member:
     pruning_dim: int = -1
 
 
-class Group(tp.dependency.Group):
+class _DependencyView:
+    """What Torch-Pruning's importance objects read from a dependency, without its pruning ``__call__``."""
+
+    __slots__ = ("trigger", "handler", "source", "target", "index_mapping")
+
+    def __init__(self, handler, node):
+        self.trigger = self.handler = handler
+        self.source = self.target = node
+        self.index_mapping = [None, None]
+
+    @property
+    def layer(self):
+        return self.target.module
+
+    @property
+    def pruning_fn(self):
+        return self.handler
+
+    def __repr__(self) -> str:
+        return f"[{self.target.name}] ({getattr(self.handler, '__name__', self.handler)})"
+
+
+class Group:
     """A set of coupled layers whose ``size`` channels are removed (or merged) together.
 
-    It is a Torch-Pruning ``Group`` bound to a model, so Torch-Pruning's importance objects accept it
-    directly, with the recipe it was built from in ``members``.
+    It reads like a Torch-Pruning ``Group`` (a sequence of ``(dep, idxs)`` items with ``root_idxs``),
+    so Torch-Pruning's importance objects accept it directly, but it has none of its pruning methods:
+    it holds the caller's modules, and only :func:`intrafusion_viz.prune` changes a model.  The recipe
+    it was built from is in ``members``.
 
     Attributes
     ----------
     index : int
         Position in the list returned by :func:`find_groups` (forward order of the root layers).
     paper_index : int
-        The Intra-Fusion paper's numbering, counted from the output backwards (``G1`` of VGG11-BN
-        is the group of ``features.22``).
+        The Intra-Fusion paper's numbering, counted from the output backwards as its code walks the
+        modules (``G1`` of VGG11-BN is ``features.22``; of ResNet18, ``layer4.1.conv1``; ``G0`` is
+        the group feeding the classifier).  ``-1`` for output groups (``include_outputs=True``).
     name : str
         Name of the group's first producing layer (its root).
     size : int
@@ -91,7 +119,6 @@ class Group(tp.dependency.Group):
 
     def __init__(self, index: int, paper_index: int, name: str, size: int,
                  members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None):
-        super().__init__()
         self.fold_pairs = dict(fold_pairs or {})  # conv/linear name -> BatchNorm folded into it
         self.index = index
         self.paper_index = paper_index
@@ -101,14 +128,27 @@ class Group(tp.dependency.Group):
         self.model = model
         modules = dict(model.named_modules())
         modules.update(model.named_parameters())  # bare nn.Parameters are members too
+        items = []
         for m in self.members:
-            module = modules[m.name]
-            handler = _handler(m.handler_name)
-            node = tp.dependency.Node(module, None, m.name)
+            node = tp.dependency.Node(modules[m.name], None, m.name)
             node.pruning_dim = m.pruning_dim
-            dep = tp.dependency.Dependency(handler, handler, source=node, target=node)
-            self.add_dep(dep, list(m.local_idxs))
-            self._group[-1].root_idxs = list(m.root_idxs)
+            item = GroupItem(_DependencyView(_handler(m.handler_name), node), list(m.local_idxs))
+            item.root_idxs = list(m.root_idxs)
+            items.append(item)
+        self._items = tuple(items)
+
+    def __getitem__(self, k):
+        return self._items[k]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    @property
+    def items(self) -> tuple:
+        return self._items
 
     @property
     def layers(self) -> List[Tuple[str, str, nn.Module]]:
@@ -192,6 +232,8 @@ class _GroupSpec:
     size: int
     members: Tuple[Member, ...]
     order: int
+    last_order: int = 0  # position of the group's last producer in named_modules()
+    paper_index: int = -1
 
 
 @dataclass
@@ -205,33 +247,54 @@ class _Trace:
 _TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Trace]" = weakref.WeakKeyDictionary()
 
 
-def _as_tuple(example_inputs):
-    return example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
 def _signature(model: nn.Module, example_inputs) -> tuple:
     params = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters())
     mods = tuple((n, type(m).__name__) for n, m in model.named_modules())
-    shapes = tuple(tuple(x.shape) if torch.is_tensor(x) else repr(x) for x in _as_tuple(example_inputs))
+    shapes = tuple(tuple(x.shape) if torch.is_tensor(x) else repr(x) for x in as_tuple(example_inputs))
     return params, mods, shapes
 
 
-def _model_device(model: nn.Module) -> Optional[torch.device]:
-    for p in model.parameters():
-        return p.device
-    return None
-
-
 def check_inputs(model: nn.Module, example_inputs) -> None:
-    """Raise a clear error when ``example_inputs`` cannot be fed to ``model``."""
-    device = _model_device(model)
-    for x in _as_tuple(example_inputs):
+    """Raise a clear error when ``model`` is not something we can trace or ``example_inputs`` cannot be fed to it."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    scripted = [name or "the model" for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        raise TypeError(
+            f"{scripted[0]} is a TorchScript module (torch.jit.script or torch.jit.trace), whose layers "
+            "Torch-Pruning cannot trace; prune the original nn.Module and script or trace the pruned model "
+            "afterwards")
+    if torch.is_inference_mode_enabled():  # the tracer needs autograd: it would find no groups at all
+        raise RuntimeError("find_groups and prune trace the model with autograd, which torch.inference_mode() "
+                           "turns off; call them outside the inference_mode block (torch.no_grad() is fine)")
+    device = model_device(model)
+    for x in as_tuple(example_inputs):
         if not torch.is_tensor(x):
             raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(x).__name__}")
         if device is not None and x.device != device:
             raise ValueError(
                 f"example_inputs are on {x.device} but the model is on {device}; "
                 f"move them with example_inputs.to({str(device)!r})")
+
+
+def _trace_error(model: nn.Module, example_inputs, err: Exception) -> Exception:
+    """Say why tracing failed: the inputs' dtype, their shape, or Torch-Pruning's tracer itself."""
+    inputs = as_tuple(example_inputs)
+    shapes = [tuple(x.shape) for x in inputs if torch.is_tensor(x)]
+    try:  # a plain forward pass tells the inputs' fault from the tracer's
+        with torch.no_grad():
+            model.eval()(*inputs)
+    except Exception as plain:
+        problem = dtype_problem(model, inputs)
+        if problem is not None:
+            return TypeError(f"example_inputs do not fit the model: {problem}")
+        return ValueError(
+            f"could not run the model on example_inputs of shape {shapes} ({type(plain).__name__}: {plain}). "
+            "Pass a batch shaped like the model's real inputs (e.g. torch.randn(1, 3, 32, 32)).")
+    return RuntimeError(
+        f"Torch-Pruning's dependency tracer failed on this model ({type(err).__name__}: {err}), although the "
+        f"model runs on example_inputs of shape {shapes}; the model uses an operation the tracer does not "
+        "support: prune a model built from standard layers, or report it to Torch-Pruning")
 
 
 def _trace(model: nn.Module, example_inputs) -> _Trace:
@@ -247,11 +310,8 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     try:
         with torch.enable_grad():
             DG = tp.DependencyGraph().build_dependency(template, example_inputs=example_inputs, verbose=False)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        shapes = [tuple(x.shape) for x in _as_tuple(example_inputs) if torch.is_tensor(x)]
-        raise ValueError(
-            f"could not run the model on example_inputs of shape {shapes}: {err}. "
-            "Pass a batch shaped like the model's real inputs (e.g. torch.randn(1, 3, 32, 32)).") from err
+    except Exception as err:
+        raise _trace_error(template, example_inputs, err) from err
 
     names = {m: n for n, m in template.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
@@ -277,12 +337,14 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
             continue
         root = min(producers, key=lambda m: order.get(m.name, 1 << 30))
         size = len(set(producers[0].root_idxs))
-        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30))
+        last = max(order.get(m.name, -1) for m in producers)
+        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30), last)
         consumers = [m for m in members if m.role not in ("out", "norm")]
         (specs if consumers else output_specs).append(spec)
 
     specs.sort(key=lambda s: s.order)
     output_specs.sort(key=lambda s: s.order)
+    specs = _with_paper_numbering(specs)
     fold_pairs = {m.fold_from: m.name for s in specs + output_specs for m in s.members
                   if m.role == "norm" and m.fold_from is not None}
     trace = _Trace(sig, specs, output_specs, fold_pairs)
@@ -290,11 +352,25 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     return trace
 
 
+def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
+    """Number groups as the Intra-Fusion paper's code does (its ``get_all_groups_in_order``).
+
+    That code walks ``model.named_modules()`` backwards and opens a group at the first conv/linear
+    whose output channels no earlier group holds; the output classifier is left out.  A group's
+    number is therefore its rank by its *last* producer in module order: ResNet18's layer4 residual
+    stream (last producer ``layer4.1.conv2``) is 0 and ``layer4.1.conv1`` is G1.
+    """
+    from dataclasses import replace
+
+    ranked = sorted(range(len(specs)), key=lambda i: -specs[i].last_order)
+    rank = {i: r for r, i in enumerate(ranked)}
+    return [replace(s, paper_index=rank[i]) for i, s in enumerate(specs)]
+
+
 def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
                 fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
     """Bind traced group recipes to ``model`` (same structure as the traced one)."""
-    total = len(specs)
-    return [Group(i, total - 1 - i, s.name, s.size, s.members, model, fold_pairs)
+    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs)
             for i, s in enumerate(specs)]
 
 

@@ -12,14 +12,17 @@ import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import IndexTracker, _check_mergeable, apply_merge, channel_features, fold_group_batchnorms
-from ._groups import Group, _trace, bind_groups, check_inputs, resolve_group_keys
-from ._importance import accumulate_gradients, group_importance, resolve_importance
+from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
+                      fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
+from ._groups import Group, _trace, bind_groups, resolve_group_keys
+from ._importance import group_importance, resolve_importance, taylor_gradients
+from ._state import ModelSnapshot, saved_modes
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
-METHODS = ("intra-fusion", "default")
+METHODS = ("intra-fusion", "default", "fold")
+PRUNE_REPAIRS = ("auto", "none", "data-free")
 
 Sparsity = Union[float, Mapping[Union[int, str], float]]
 
@@ -39,6 +42,7 @@ class GroupResult:
     kept : Tensor, shape (k,)
         Kept channel indices (ascending): position j of the pruned layer is channel ``kept[j]``.
     importance : Tensor, shape (n,)
+        float64 scores (higher = keep); NaN for a group that keeps every channel (it is not scored).
     cost : Tensor, shape (n, k) or None
         Transport cost (``None`` for default pruning).
     plan : Tensor, shape (n, k)
@@ -108,8 +112,12 @@ class PruneResult:
 def num_kept(n: int, sparsity: float) -> int:
     """Channels kept out of ``n`` at ``sparsity``: ``floor(n * (1 - sparsity))``, at least 1.
 
-    The same rule as Torch-Pruning's pruners and the Intra-Fusion paper's code, so layer sizes match
-    theirs (512 channels at 30 % keep 358).
+    The floor of the exact product, as the Intra-Fusion paper's code and Torch-Pruning's pruners intend
+    (512 channels at 30 % keep 358).  Torch-Pruning computes ``int(n * (1 - sparsity))`` in floating
+    point, which keeps one channel fewer whenever the exact product is a whole number that the float
+    product lands just below (``n=10, sparsity=0.8``: ``10 * 0.19999999999999996`` gives 1 there, 2
+    here).  Keeping 2 of 10 channels is what 80 % sparsity means, so this rule adds ``1e-9`` before the
+    floor; the two agree everywhere else.
     """
     return max(1, int(math.floor(n * (1.0 - sparsity) + 1e-9)))
 
@@ -141,7 +149,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
-          seed: int = 0, inplace: bool = False, progress: bool = False) -> PruneResult:
+          seed: int = 0, inplace: bool = False, progress: bool = False, repair: Optional[str] = "auto",
+          sequential: bool = False) -> PruneResult:
     """Prune ``model`` by merging channels along an optimal-transport plan (or by dropping them).
 
     Parameters
@@ -152,8 +161,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         A batch shaped like the model's inputs, on the model's device (used to trace groups once).
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
-    method : {"intra-fusion", "default"}
-        Merge every channel into the kept ones (Intra-Fusion), or drop the unkept ones.
+    method : {"intra-fusion", "default", "fold"}
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
+        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -176,6 +186,15 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Prune ``model`` itself.
     progress : bool
         Show a tqdm progress bar over groups.
+    repair : {"auto", "none", "data-free"} or None
+        Statistics repair after merging, without data: ``"data-free"`` predicts every merged
+        channel's mean and variance from the stored BatchNorm statistics and weight correlations of
+        the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
+        ``"data-free"`` for ``method="fold"`` (part of Model Folding), none otherwise.  Repairs that
+        need data: :func:`intrafusion_viz.repair` on the result.
+    sequential : bool
+        Plan and merge group by group, each plan made on the network with the previous groups
+        already merged (default: every plan from the untouched model).
 
     Returns
     -------
@@ -192,61 +211,77 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    repair = "none" if repair is None else repair
+    if repair not in PRUNE_REPAIRS:
+        raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
+                         "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
+    if repair == "auto":
+        repair = "data-free" if method == "fold" else "none"
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
+    for name, value in (("inplace", inplace), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     estimator = resolve_importance(importance, seed)
-    check_inputs(model, example_inputs)
-    trace = _trace(model, example_inputs)
+    trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
-    fuse = method == "intra-fusion"
-    # Channel vectors are read from the untouched model, so a group's plan never depends on which
-    # other groups are pruned with it or in what order.
+    fuse = method in ("intra-fusion", "fold")
+    sizes = {i: (originals[i].size, num_kept(originals[i].size, s)) for i, s in selected.items()}
+    pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
+
+    # Everything that can fail runs before the first change to a model (all-or-nothing for inplace=True):
+    # layer checks, channel vectors and importance are read from the caller's model, and every plan is
+    # made (with sequential=True the plans are made during the surgery, which is undone on failure).
+    for i in pruned:
+        _check_mergeable(originals[i], is_selection=not fuse)
+        for m in originals[i].members:
+            _slots(m, originals[i].size)  # refuses layers that hold the channels unevenly
+    # bn_eps="authors": the paper's code folds every BatchNorm of the model (without eps) before it
+    # scores or merges anything, for both methods; vectors and scores are read from that folded copy.
+    authors_fold = config.bn_eps == "authors"
+    model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
+    read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
     if features is None:
         def features(m, g):
-            return channel_features(m, g, fold=config.fold_batchnorm)
-    vectors = {i: features(model, originals[i]) for i, s in selected.items()
-               if fuse and num_kept(originals[i].size, s) < originals[i].size}
-    for i, v in vectors.items():
-        if not (torch.is_tensor(v) and v.dim() == 2 and v.shape[0] == originals[i].size):
-            raise ValueError(f"features for group {i} must be a tensor of shape ({originals[i].size}, d), "
-                             f"got {getattr(v, 'shape', type(v).__name__)}")
+            return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
+    # Channel vectors come from the untouched model, so a group's plan never depends on which other
+    # groups are pruned with it or in what order (unless sequential=True asks for exactly that).
+    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse and not sequential}
+    scored = read
+    if config.score_folded and not authors_fold and pruned:
+        # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
+        # copy of their own; reading weights needs folded copies of the scored layers only.
+        needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+        folded = (fold_batchnorm(model, example_inputs) if needs_grad
+                  else folded_copy_of_groups(model, [originals[i] for i in pruned]))
+        scored = bind_groups(trace.specs, folded, trace.fold_pairs)
+    score_model = scored[0].model if scored else model
+    scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
+    sources = None
+    if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
+        from ._data_free import snapshot_sources
 
-    work = model if inplace else copy.deepcopy(model)
-    was_training = work.training
-    bound = bind_groups(trace.specs, work, trace.fold_pairs)
-    params_before = sum(p.numel() for p in model.parameters())
-    for i in selected:  # refuse unmergeable layers before anything is changed (matters for inplace)
-        _check_mergeable(bound[i], is_selection=not fuse)
-    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
-    if needs_grad:
-        saved = {name: (p.grad, p.requires_grad) for name, p in work.named_parameters()}
-        accumulate_gradients(work, batch, loss_fn)
-    try:
-        scores = {i: group_importance(bound[i], estimator) for i in selected}
-    finally:
-        if needs_grad:
-            for name, p in work.named_parameters():
-                p.grad = saved[name][0] if inplace else None
-                p.requires_grad_(saved[name][1])
+        sources = snapshot_sources(model, [originals[i] for i in pruned])
 
-    records = []
-    planned = []
-    items = selected.items()
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(list(items), desc=f"{method} ({len(selected)} groups)", leave=False)
-    for i, s in items:
-        g = bound[i]
-        n, k = g.size, num_kept(g.size, s)
+    def plan_group(i, vec):
+        n, k = sizes[i]
         imp = scores[i]
-        kept = torch.sort(torch.topk(imp, k, sorted=True).indices).values
+        # ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order
+        kept = torch.sort(torch.sort(-imp, stable=True).indices[:k]).values
         cost = None
-        if fuse and k < n:
-            if config.fold_batchnorm:
-                fold_group_batchnorms(work, g)
-            cost = cost_matrix(vectors[i], kept, config)
+        if method == "fold":
+            from ._fold import cluster_plan
+
+            kept, plan = cluster_plan(vec, imp, k, seed=seed)
+            cost = cost_matrix(vec, kept, config)
+            out_map, in_map = merge_matrices(plan)
+            norm_map = out_map
+        elif fuse:
+            cost = cost_matrix(vec, kept, config)
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
             plan = transport_plan(cost, a, b, config, kept=kept)
@@ -256,18 +291,110 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             plan = selection_plan(n, kept)
             out_map, in_map = merge_matrices(plan)
             norm_map = out_map
-        planned.append((g, kept, out_map, in_map, norm_map))
-        records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, cost, plan,
-                                   out_map, in_map, members=list(g.members)))
+        g = originals[i]
+        record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
+                             out_map, in_map, members=list(g.members))
+        return record, (i, kept, out_map, in_map, norm_map)
 
-    # Merge after every plan is made: each plan then depends only on its own group's weights.
-    tracker = IndexTracker()
+    records, plans = [], []
+    items = selected.items()
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(list(items), desc=f"{method} ({len(selected)} groups)", leave=False)
+    for i, s in items:
+        g = originals[i]
+        n, k = sizes[i]
+        if k == n:  # nothing to remove: not scored, the model is not touched
+            kept, imp = torch.arange(n), torch.full((n,), float("nan"), dtype=torch.float64)
+            plan = selection_plan(n, kept)
+            out_map, in_map = merge_matrices(plan)
+            records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, None, plan,
+                                       out_map, in_map, members=list(g.members)))
+        elif not sequential:
+            record, planned = plan_group(i, vectors.get(i))
+            records.append(record)
+            plans.append(planned)
+
+    params_before = sum(p.numel() for p in model.parameters())
+    if authors_fold and not inplace:
+        work = model_read  # already the folded copy the authors' code prunes
+    else:
+        work = model if inplace else copy.deepcopy(model)
+    bound = bind_groups(trace.specs, work, trace.fold_pairs)
+    # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
+    touched = ({name for name, _ in work.named_modules()} if authors_fold
+               else {m.name for i in pruned for m in bound[i].members})
+    snapshot = ModelSnapshot(work, touched) if inplace else None
     frozen = {name: p.requires_grad for name, p in work.named_parameters()}
-    for g, kept, out_map, in_map, norm_map in planned:
-        apply_merge(work, g, kept, out_map, in_map, norm_map, tracker)
-    for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
-        sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
-        p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
-    work.train(was_training)
-    params_after = sum(p.numel() for p in work.parameters())
-    return PruneResult(work, records, method, config, params_before, params_after)
+    fold = fuse and config.fold_batchnorm and not authors_fold  # the authors leave folded BatchNorms as identities
+    try:
+        with saved_modes(work):  # each module keeps its own train/eval mode
+            if authors_fold and inplace:
+                fold_batchnorm(work, example_inputs, inplace=True, bn_eps="authors")
+            if sequential:  # each group planned on the network as the groups before it left it
+                tracker = IndexTracker()
+                for i in pruned:
+                    vec = _checked_features(features, work, bound[i]) if fuse else None
+                    record, planned = plan_group(i, vec)
+                    records.append(record)
+                    _merge(work, bound, [planned], fold, tracker)
+                records.sort(key=lambda r: r.index)
+            else:
+                _merge(work, bound, plans, fold)
+            for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
+                sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
+                p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
+            result = PruneResult(work, records, method, config, params_before, 0)
+            if sources is not None:
+                from ._data_free import data_free_repair
+
+                data_free_repair(result, snapshot=sources, inplace=True)
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise
+    result.params_after = sum(p.numel() for p in work.parameters())
+    return result
+
+
+def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None) -> None:
+    """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand)."""
+    folded = {}
+    if fold:
+        for i, *_ in plans:
+            folded.update(fold_group_batchnorms(work, bound[i]))
+    tracker = tracker if tracker is not None else IndexTracker()
+    for i, kept, out_map, in_map, norm_map in plans:
+        apply_merge(work, bound[i], kept, out_map, in_map, norm_map, tracker)
+    if folded:
+        for i, kept, _, _, norm_map in plans:
+            restore_folded_batchnorms(work, bound[i], kept, norm_map, folded, tracker)
+
+
+def _checked_features(features: Callable, model: nn.Module, group: Group) -> torch.Tensor:
+    """``features(model, group)``, refused unless it is a finite float tensor of shape (group.size, d)."""
+    v = features(model, group)
+    what = f"features(model, group) for group {group.index} ({group.name!r})"
+    if not torch.is_tensor(v):
+        raise TypeError(f"{what} must return a tensor of shape ({group.size}, d), got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{what} must return a floating-point tensor (one vector per channel), got {v.dtype}; "
+                        "convert it with .float()")
+    if v.dim() != 2 or v.shape[0] != group.size or v.shape[1] == 0:
+        raise ValueError(f"{what} must return a tensor of shape ({group.size}, d): one row per channel, "
+                         f"got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{what} has NaN or infinite entries; check the weights or the data for NaN")
+    return v
+
+
+def _importances(model: nn.Module, groups: List[Group], estimator, importance, batch,
+                 loss_fn) -> Dict[int, torch.Tensor]:
+    """Scores of the groups that lose channels, read from ``model``; Taylor gradients are put back after."""
+    needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
+    if not groups:
+        return {}
+    if not needs_grad:
+        return {g.index: group_importance(g, estimator) for g in groups}
+    with taylor_gradients(model, batch, loss_fn):
+        return {g.index: group_importance(g, estimator) for g in groups}

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._state import model_device, saved_modes
+
 __all__ = [
     "CheckpointError",
     "TrainHistory",
@@ -70,12 +72,6 @@ class TrainHistory:
     @property
     def epochs(self) -> int:
         return len(self.loss)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _is_tensor_pair(data: Any) -> bool:
@@ -134,22 +130,17 @@ def accuracy(
     >>> accuracy(MLP(), (torch.randn(10, 64), torch.zeros(10, dtype=torch.long))) <= 100
     True
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    modes = [(module, module.training) for module in model.modules()]
+    device = (model_device(model) or torch.device("cpu")) if device is None else torch.device(device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index, (x, y) in enumerate(_iter_batches(data, _EVAL_CHUNK)):
-                if max_batches is not None and index >= max_batches:
-                    break
-                logits = model(x.to(device))
-                correct += (logits.argmax(dim=1) == y.to(device)).sum()
-                total += y.numel()
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with saved_modes(model), torch.no_grad():
+        model.eval()
+        for index, (x, y) in enumerate(_iter_batches(data, _EVAL_CHUNK)):
+            if max_batches is not None and index >= max_batches:
+                break
+            logits = model(x.to(device))
+            correct += (logits.argmax(dim=1) == y.to(device)).sum()
+            total += y.numel()
     if total == 0:
         raise ValueError("accuracy() got no samples to evaluate.")
     return 100.0 * float(correct) / total
@@ -237,7 +228,7 @@ def train(
     if scheduler not in ("cosine", None):
         raise ValueError(f"scheduler must be 'cosine' or None, got {scheduler!r}.")
     if device is None:
-        device = _model_device(model)
+        device = (model_device(model) or torch.device("cpu"))
     else:
         device = torch.device(device)
         model.to(device)
@@ -370,8 +361,14 @@ def _read_payload(path: Path) -> tuple[dict, dict]:
     except Exception as err:
         detail = (str(err).strip().splitlines() or [""])[0][:200]
         raise _invalid(path, f"torch.load failed ({type(err).__name__}: {detail})") from err
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise _invalid(path, f"expected a dict with 'state_dict' and 'meta', found {type(payload).__name__}")
+    if not isinstance(payload, dict) or "state_dict" not in payload or payload.get("format") != _FORMAT:
+        found = type(payload).__name__
+        if isinstance(payload, dict):
+            keys = [str(k) for k in list(payload)[:5]]
+            found += f" with keys {keys}{' ...' if len(payload) > 5 else ''}"
+        raise _invalid(path, f"expected the dict save_checkpoint writes (format {_FORMAT!r}, 'state_dict', 'meta'), "
+                             f"found a {found}; a bare state dict or another tool's checkpoint can be loaded with "
+                             "model.load_state_dict(...) yourself")
     state, meta = payload["state_dict"], payload.get("meta", {})
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -426,6 +423,8 @@ def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None) -> tuple[
         A ``ValueError``: the file is unreadable or not a checkpoint, or it does not
         fit ``model`` (the message lists missing/unexpected keys and shape mismatches).
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module to load the weights into (or None), got {type(model).__name__}")
     path = Path(path)
     state, meta = _read_payload(path)
     if model is None:

@@ -219,9 +219,32 @@ def _missing_mnist_error(root: Path, names: list[str]) -> FileNotFoundError:
 
 
 def _load_mnist_split(root: PathLike, train: bool, download: bool, transform):
-    from ._mnist import MNIST_FILES, SplitMNIST
+    """Read one MNIST split; files that are truncated or not MNIST are reported as such, with what to do."""
+    from ._mnist import MNIST_FILES
 
     root = Path(root).expanduser()
+    present = all(_find_file(root, name) is not None for name in MNIST_FILES[train])
+    try:
+        dataset = _read_mnist_split(root, train, download, transform)
+    except (OSError, EOFError, RuntimeError, ValueError, AssertionError, IndexError, TypeError) as err:
+        if not present:  # missing files (our message) or a failed download: not a corrupt file
+            raise
+        raise RuntimeError(
+            f"torchvision could not read the MNIST {'training' if train else 'test'} files "
+            f"({', '.join(MNIST_FILES[train])}) under '{root}' ({type(err).__name__}: {err}); they are probably "
+            "corrupted or partly downloaded. Delete them and copy or download them again.") from err
+    images, labels = dataset.data, dataset.targets
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or len(images) != len(labels) or len(images) == 0:
+        raise RuntimeError(
+            f"the MNIST {'training' if train else 'test'} files under '{root}' hold {tuple(images.shape)} images "
+            f"and {len(labels)} labels, not N 28x28 images with N labels; they are probably corrupted or "
+            "mismatched. Delete them and copy or download them again.")
+    return dataset
+
+
+def _read_mnist_split(root: Path, train: bool, download: bool, transform):
+    from ._mnist import MNIST_FILES, SplitMNIST
+
     names = MNIST_FILES[train]
     found = {name: _find_file(root, name) for name in names}
     standard = all(path is not None and path.parent == root / "MNIST" / "raw" and path.name == name

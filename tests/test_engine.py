@@ -128,13 +128,19 @@ def test_merging_exact_duplicates_keeps_outputs(case, solver_target):
     assert torch.equal(g.assignment, torch.arange(g.n) % (g.n // 2))
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_paper_fusion_changes_outputs_of_duplicates(case):
+@pytest.mark.parametrize("case,consumer", [("mlp", 3), ("conv_bn", 4)])
+def test_paper_fusion_doubles_the_next_layer_input_of_duplicates(case, consumer):
+    """The paper's map sums both the producer rows and the consumer columns of two copies, so the
+    merged group feeds the next layer twice what it did: z' = 2 (z - bias) + bias (ReLU is 1-homogeneous)."""
     model, x = _duplicated(case)
     res = ifv.prune(model, x[:1], 0.5, groups=[0], importance=keep_first_half,
                     config=ifv.OTConfig(fusion="paper"))
+    bias = model[consumer - 1].bias
+    bias = 0.0 if bias is None else bias.view(1, -1, *[1] * (x.dim() - 2))
     with torch.no_grad():
-        assert rel_err(res.model(x), model(x)) > 1e-2
+        z, z_paper = model[:consumer](x), res.model[:consumer](x)
+        assert rel_err(z_paper, 2 * (z - bias) + bias) <= 1e-5
+        assert rel_err(res.model(x), model(x)) > 1e-2  # so the network's output changes
 
 
 def test_default_pruning_is_plain_selection():
@@ -208,9 +214,13 @@ def test_named_importances(imp):
 def test_random_importance_is_seeded():
     model = models.SmallCNN()
     x = torch.randn(1, 1, 8, 8)
-    a = ifv.prune(model, x, 0.5, importance="random", seed=1).groups[0].kept
-    b = ifv.prune(model, x, 0.5, importance="random", seed=1).groups[0].kept
-    assert torch.equal(a, b)
+    rng = torch.get_rng_state()
+    a = [g.kept for g in ifv.prune(model, x, 0.5, importance="random", seed=1).groups]
+    b = [g.kept for g in ifv.prune(model, x, 0.5, importance="random", seed=1).groups]
+    c = [g.kept for g in ifv.prune(model, x, 0.5, importance="random", seed=2).groups]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert any(not torch.equal(u, w) for u, w in zip(a, c))  # another seed, other channels
+    assert torch.equal(torch.get_rng_state(), rng)  # and the global RNG is not used
 
 
 def test_torch_pruning_taylor_object_and_frozen_parameters():
@@ -359,19 +369,54 @@ def test_config_validation():
     dict(target="centroid"), dict(fusion="paper"), dict(fold_batchnorm=False),
 ])
 def test_every_option_prunes(cfg):
+    """Each option prunes, and changes what it controls compared with the default settings."""
+    torch.manual_seed(0)
     model = randomize_bn(TinyResNet()).eval()
     x = torch.randn(2, 3, 16, 16)
+    base = ifv.prune(model, x[:1], 0.4)
     res = ifv.prune(model, x[:1], 0.4, config=ifv.OTConfig(**cfg))
     out = res.model(x)
     assert out.shape == (2, 5) and torch.isfinite(out).all()
-    for g in res.groups:
+    assert res.params_after < res.params_before and all(g.k < g.n for g in res.groups)
+    for g, b in zip(res.groups, base.groups):
         expected = ifv.masses(cfg.get("source_mass", "uniform"), g.importance, g.n)
         assert torch.allclose(g.plan.sum(1), expected, atol=1e-6)
+        assert torch.equal(g.kept, b.kept)  # options change the merge, not which channels are kept
+    changed = [g for g, b in zip(res.groups, base.groups)
+               if not (torch.equal(g.plan, b.plan) and torch.equal(g.cost, b.cost)
+                       and torch.equal(g.out_map, b.out_map))]
+    assert changed, "the option changed nothing"
+    if cfg.get("solver") == "sinkhorn":  # soft: some channel splits its mass
+        assert any(((g.plan > 1e-9).sum(1) > 1).any() for g in res.groups)
+    if "p" in cfg or "target" in cfg or "fold_batchnorm" in cfg:
+        assert all(not torch.allclose(g.cost, b.cost) for g, b in zip(res.groups, base.groups))
+    if cfg.get("target") == "centroid":  # centroids are not the kept channels themselves
+        assert any((g.cost[g.kept, torch.arange(g.k)] > 1e-6).any() for g in res.groups)
+    if cfg.get("source_mass") == "importance":
+        assert not torch.allclose(res.groups[0].plan.sum(1), base.groups[0].plan.sum(1))
+    if cfg.get("fusion") == "paper":
+        assert all(torch.equal(g.out_map, g.in_map) for g in res.groups)
+    with torch.no_grad():
+        assert rel_err(res.model(x), base.model(x)) > 1e-4
 
 
-def test_num_kept_matches_torch_pruning():
+def test_num_kept_is_the_exact_floor_and_differs_from_torch_pruning_only_by_float_rounding():
+    """num_kept = max(1, floor(n (1 - s))) of the exact product; Torch-Pruning's int(n * (1 - s)) in
+    floating point keeps one fewer exactly where the product is whole and the float lands below."""
+    from fractions import Fraction
     assert ifv.num_kept(512, 0.3) == 358 and ifv.num_kept(512, 0.7) == 153 and ifv.num_kept(10, 0.7) == 3
-    assert ifv.num_kept(7, 0.0) == 7 and ifv.num_kept(3, 0.99) == 1
+    assert ifv.num_kept(7, 0.0) == 7 and ifv.num_kept(3, 0.99) == 1 and ifv.num_kept(10, 0.8) == 2
+    disagree = []
+    for n in range(1, 257):
+        for step in range(100):
+            s = step / 100
+            exact = Fraction(n) * (1 - Fraction(step, 100))
+            assert ifv.num_kept(n, s) == max(1, exact.numerator // exact.denominator), (n, s)
+            torch_pruning = max(1, int(n * (1 - s)))
+            if torch_pruning != ifv.num_kept(n, s):
+                disagree.append((n, step))
+                assert exact.denominator == 1 and torch_pruning == ifv.num_kept(n, s) - 1
+    assert (10, 80) in disagree
 
 
 class WithConcat(nn.Module):

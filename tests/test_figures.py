@@ -96,7 +96,7 @@ def test_plan_heatmap_large_group_is_light():
     assert len(fig.layout.shapes) == 0            # no 256 cluster lines at this size
     assert fig.layout.height <= 900
     # readable tick labels: at least 12 px apart
-    assert (fig.layout.height - 120) / len(fig.layout.yaxis.tickvals) >= 12 - 1e-9
+    assert (fig.layout.height - 140) / len(fig.layout.yaxis.tickvals) >= 14 - 1e-9
     assert len(fig.layout.xaxis.tickvals) <= 32
 
 
@@ -112,10 +112,12 @@ def test_similarity_matrix(small):
     full = np.asarray(ifv.figures.similarity_matrix(g, kind="cosine", features=feats).data[0].z)
     assert full.shape == (g.n, g.n)
     np.testing.assert_allclose(np.diag(full), 1.0, atol=1e-6)
-    # without features the cosine is read off the p=2 cost and matches the full matrix's kept columns
-    to_kept = np.asarray(ifv.figures.similarity_matrix(g, kind="cosine").data[0].z)
-    col_of = {int(n): c for c, n in enumerate(order)}
-    np.testing.assert_allclose(to_kept, full[:, [col_of[int(k)] for k in g.kept]], atol=1e-5)
+    # the cosine of the vectors themselves (unit rows, in cluster order)
+    unit = feats.double() / feats.double().norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(full, (unit @ unit.T).numpy()[np.ix_(order, order)], atol=1e-6)
+    # the recorded cost is not a cosine in general (p=1 here): refused, not derived
+    with pytest.raises(ValueError, match="features="):
+        ifv.figures.similarity_matrix(ifv.prune(model, x, 0.5, config=ifv.OTConfig(p=1)).groups[0], kind="cosine")
     with pytest.raises(ValueError):
         ifv.figures.similarity_matrix(ifv.prune(model, x, 0.5, method="default").groups[0])
 
@@ -215,3 +217,76 @@ def test_size_comparison(small):
     fig = ifv.figures.size_comparison(model, res.model, x, sizes=(before, after))
     assert all(isinstance(t, go.Bar) for t in fig.data) and len(fig.data) == 6
     assert fig.layout.yaxis.title.text == "parameters" and fig.layout.yaxis3.title.text == "CPU latency (ms)"
+
+
+# --- figures say what they show ------------------------------------------------------------------
+@pytest.mark.parametrize("method,config", _configs() + [("intra-fusion", ifv.OTConfig(target="centroid"))])
+def test_group_figure_titles_name_model_group_method_importance_sparsity(small, method, config):
+    model, x = small
+    res = ifv.prune(model, x, {1: 0.75}, groups=[1], method=method, config=config, importance="l2")
+    g = res.groups[0]
+    feats = ifv.channel_features(model, ifv.find_groups(model, x)[1])
+    figs = [ifv.figures.plan_heatmap(g, model_name="SmallCNN", importance="l2", config=res.config),
+            ifv.figures.neuron_embedding(g, features=feats, model_name="SmallCNN", importance="l2",
+                                         config=res.config),
+            ifv.figures.similarity_matrix(g, kind="cosine", features=feats, model_name="SmallCNN",
+                                          importance="l2", config=res.config),
+            ifv.figures.merge_gallery(g, model, model_name="SmallCNN", importance="l2", config=res.config)]
+    for fig in figs:
+        title = fig.layout.title.text
+        for phrase in ("SmallCNN", f"G{g.paper_index} {g.name}", method, "importance l2", "sparsity 0.75",
+                       f"keeps {g.k} of {g.n}"):
+            assert phrase in title, (phrase, title)
+        if method == "intra-fusion" and config.solver == "sinkhorn":
+            assert "sinkhorn reg 0.1" in title
+    x_title = figs[0].layout.xaxis.title.text
+    if method == "intra-fusion" and config.target == "centroid":
+        assert "centroid" in x_title and "centroid" in figs[0].layout.title.text
+    else:
+        assert x_title == "kept neuron"
+    # the embedding explains its colours: one colour per merge cluster, grey for dropped neurons
+    neurons = figs[1].data[1]
+    colors = list(neurons.marker.color)
+    assignment = g.assignment.numpy()
+    if method == "default":
+        assert "grey" in neurons.name
+        assert all(c == "#bbbbbb" for c, a in zip(colors, assignment) if a < 0)
+    else:
+        assert "merge cluster" in neurons.name
+        by_cluster = {}
+        for c, a in zip(colors, assignment):
+            by_cluster.setdefault(int(a), set()).add(c)
+        assert all(len(v) == 1 for v in by_cluster.values())
+        assert len({next(iter(v)) for v in by_cluster.values()}) == len(by_cluster)
+
+
+def test_accuracy_plots_show_original_and_chance():
+    records = [dict(r, model="SmallCNN") for r in _records()]
+    fig = ifv.figures.accuracy_vs_sparsity(records, num_classes=10, marker_at=0.5)
+    by = {t.name: t for t in fig.data}
+    np.testing.assert_allclose(by["chance"].y, [10.0, 10.0])
+    np.testing.assert_allclose(by["original"].y, [95.0, 95.0])
+    texts = [a.text for a in fig.layout.annotations]
+    assert "original 95.0%" in texts and "chance 10.0%" in texts and "slider 0.50" in texts
+    assert [s.x0 for s in fig.layout.shapes] == [0.5]
+    title = fig.layout.title.text
+    assert "SmallCNN" in title and "importance l1" in title and "every group pruned at once" in title
+    # chance from a num_classes column; absent without one
+    assert "chance" in [t.name for t in ifv.figures.accuracy_vs_sparsity(
+        [dict(r, num_classes=4) for r in _records()]).data]
+    assert "chance" not in [t.name for t in ifv.figures.accuracy_vs_sparsity(_records()).data]
+
+
+def test_sweep_figure_titles_and_chance_line():
+    rows = [dict(group=-1, group_name="all", paper_group="", sparsity=0.0, method="original",
+                 importance="lamp", accuracy=90.0)]
+    for m, a in (("default", 40.0), ("intra-fusion", 70.0)):
+        rows.append(dict(group=0, group_name="conv1", paper_group="G1", sparsity=0.5, method=m,
+                         importance="lamp", accuracy=a))
+    bars = ifv.figures.sweep_bars(rows, sparsity=0.5, num_classes=10, model_name="VGG11-BN")
+    title = bars.layout.title.text
+    assert "VGG11-BN" in title and "importance lamp" in title and "sparsity 0.50" in title
+    assert "original 90.00%" in title
+    assert bars.layout.shapes[0].y0 == pytest.approx(80.0)  # drop that leaves the model at chance
+    heat = ifv.figures.sweep_heatmap(rows, model_name="VGG11-BN")
+    assert "VGG11-BN" in heat.layout.title.text and "importance lamp" in heat.layout.title.text

@@ -1,4 +1,6 @@
 """Property tests: random small MLPs and CNNs, random sparsities, both methods."""
+import copy
+
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
@@ -6,7 +8,7 @@ from hypothesis import strategies as st
 
 import intrafusion_viz as ifv
 
-from helpers import assert_state_equal, randomize_bn, state_copy
+from helpers import assert_state_equal, duplicate_group, keep_first_half, randomize_bn, rel_err, state_copy
 
 
 def build_mlp(widths, bn):
@@ -60,3 +62,38 @@ def test_random_architectures_prune_to_expected_shapes(arch, sparsity, method, s
     assert out.shape == (4, 3) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in res.model.parameters())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures, method=st.sampled_from(["default", "intra-fusion"]), seed=st.integers(0, 3))
+def test_random_architectures_sparsity_zero_is_the_same_function(arch, method, seed):
+    kind, model = arch
+    torch.manual_seed(seed)
+    randomize_bn(model, seed)
+    x = torch.randn(6, 5) if kind == "mlp" else torch.randn(6, 2, 4, 4)
+    res = ifv.prune(model.eval(), x[:1], 0.0, method=method)
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-6
+        # train mode too (batch statistics), on copies so running statistics stay put
+        assert rel_err(copy.deepcopy(res.model).train()(x), copy.deepcopy(model).train()(x)) <= 1e-5
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=architectures, solver=st.sampled_from(["emd", "sinkhorn"]), seed=st.integers(0, 3))
+def test_random_architectures_merging_duplicates_is_exact(arch, solver, seed):
+    """Merging exact copies (channel i + n/2 duplicates channel i) onto one of each pair keeps the function."""
+    kind, model = arch
+    torch.manual_seed(seed)
+    randomize_bn(model, seed)
+    x = torch.randn(6, 5) if kind == "mlp" else torch.randn(6, 2, 4, 4)
+    model.eval()
+    groups = ifv.find_groups(model, x[:1])
+    index = next((g.index for g in groups if g.size % 2 == 0), None)
+    if index is None:
+        return  # every hidden layer has an odd width: no pairs to merge
+    duplicate_group(model, groups[index])
+    # exact for the exact solver; Sinkhorn with a small reg is within its marginal tolerance
+    cfg = ifv.OTConfig(solver=solver, reg=0.01)
+    res = ifv.prune(model, x[:1], {index: 0.5}, importance=keep_first_half, config=cfg)
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= (1e-5 if solver == "emd" else 1e-2)

@@ -51,8 +51,9 @@ def test_sinkhorn_marginals_and_softness():
     exact = ifv.transport_plan(cost, a, b, kept=kept)
     entropy = lambda P: float(-(P[P > 0] * P[P > 0].log()).sum())
     assert entropy(soft) > entropy(sharp) > entropy(exact) - 1e-9
-    # a small reg approaches the exact optimum
-    assert float((sharp * cost).sum()) <= float((exact * cost).sum()) * 1.05
+    # a small reg approaches the exact optimum from above (measured gap: 0.29 %)
+    ratio = float((sharp * cost).sum()) / float((exact * cost).sum())
+    assert 1.0 - 1e-6 <= ratio <= 1.005
 
 
 def test_sinkhorn_failure_is_reported():
@@ -104,7 +105,22 @@ def test_merge_matrices():
     assert torch.equal(o, i) and o[1, 0] == 1 and o[3, 1] == 1 and o.sum() == 2
 
 
-def test_centroid_target_cost_shape():
+def test_centroid_targets_are_kmeans_centroids_labelled_by_kept_channels():
+    from scipy.optimize import linear_sum_assignment
+
+    from intrafusion_viz._transport import _centroids, _unit_rows
     features, importance, kept = _problem(20, 5)
     cost = ifv.cost_matrix(features, kept, ifv.OTConfig(target="centroid"))
     assert cost.shape == (20, 5) and (cost >= 0).all()
+    x = _unit_rows(features)
+    centers = _centroids(x, kept)
+    # a k-means fixed point: every centroid is the mean of the unit vectors nearest to it
+    labels = torch.cdist(x, centers).argmin(1)
+    for j in range(5):
+        assert torch.allclose(centers[j], x[labels == j].mean(0), atol=1e-10)
+    # centroid j is the one matched to kept[j] (a minimum-cost matching) ...
+    d = torch.cdist(x[kept], centers).numpy()
+    rows, cols = linear_sum_assignment(d)
+    assert d[range(5), range(5)].sum() == pytest.approx(d[rows, cols].sum(), abs=1e-12)
+    # ... and the cost is the distance to the unit-normalised centroids
+    assert torch.allclose(cost, torch.cdist(x, _unit_rows(centers)), atol=1e-10)

@@ -128,3 +128,192 @@ def test_sweep_dashboard(setup):
     assert row.accuracy == pytest.approx(acc)
     static = ifv.widgets.sweep_dashboard(model, data, example, sparsities=(0.5,), renderer="static", run=True)
     assert "plotly" in static._heatmap_slot.widget.outputs[0]["data"]["text/html"]
+
+
+# --- bad input is refused clearly -------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,error,phrase", [
+    (dict(importance="l3"), ValueError, "importance must be one of"),
+    (dict(importance=lambda g: g), ValueError, "call ifv.prune directly"),
+    (dict(sparsity=0.97), ValueError, "slider range"),
+    (dict(sparsity=-0.1), ValueError, "slider range"),
+    (dict(sparsity=True), ValueError, "slider range"),
+    (dict(method="fuse"), ValueError, "method must be one of"),
+    (dict(groups=["nope"]), (KeyError, ValueError), "nope"),
+    (dict(groups=[7]), (IndexError, KeyError, ValueError), "7"),
+    (dict(groups="G9"), (KeyError, ValueError), "G9"),
+])
+def test_explore_refuses_bad_input(setup, kwargs, error, phrase):
+    model, data, example = setup
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=phrase):
+        ifv.widgets.explore(model, data, example, renderer="widget", **kwargs)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs,phrase", [
+    (dict(importance="L7"), "importance must be one of"), (dict(sparsities=(0.5, 1.0)), "slider range"),
+    (dict(methods=("fold-ish",)), "methods must be"), (dict(groups=[0, "G9"]), "G9")])
+def test_sweep_dashboard_refuses_bad_input(setup, kwargs, phrase):
+    model, data, example = setup
+    with pytest.raises((ValueError, KeyError, IndexError), match=phrase):
+        ifv.widgets.sweep_dashboard(model, data, example, renderer="widget", **kwargs)
+
+
+def test_group_keys_mean_the_same_as_in_prune(setup):
+    model, data, example = setup
+    groups = ifv.find_groups(model, example)
+    g = groups[0]
+    for key in (g.index, g.name, f"G{g.paper_index}"):
+        db = ifv.widgets.explore(model, data, example, renderer="widget", groups=[key])
+        assert list(db.groups) == [g.index]
+    sd = ifv.widgets.sweep_dashboard(model, data, example, renderer="widget", groups=f"G{g.paper_index}")
+    assert sd.groups.value == (g.index,)
+
+
+def test_explore_lists_the_packages_importances_and_methods(setup):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget")
+    assert tuple(db.importance.options) == tuple(ifv.IMPORTANCES)
+    assert tuple(db.method.options) == tuple(ifv.METHODS)
+    assert all(m in db.readout for m in ifv.METHODS)
+
+
+# --- read-out, reg slider, figures say what they show -----------------------------------------
+def test_readout_differences_params_and_titles(setup):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", model_name="TinyCNN", importance="l2")
+    assert db.reg.disabled  # exact solver: reg does nothing
+    db.solver.value = "sinkhorn"
+    assert not db.reg.disabled
+    db.solver.value = "emd"
+    assert db.reg.disabled
+    db.sparsity.value = 0.5
+    r = db.readout
+    res = ifv.prune(model, example, {db.group.value: 0.5}, groups=[db.group.value], importance="l2")
+    assert r["params_intra-fusion"] == res.params_after and r["params_before"] == res.params_before
+    html = db.readout_html.value
+    diff = r["intra-fusion"] - r["original"]
+    assert f"{diff:+.2f}" in html and f"{res.params_after:,}" in html and "chance level 10.0%" in html
+    title = db.plan_fig.layout.title.text
+    g = db.groups[db.group.value]
+    for phrase in ("TinyCNN", f"G{g.paper_index} {g.name}", "intra-fusion", "importance l2", "sparsity 0.50"):
+        assert phrase in title and phrase in db.embedding_fig.layout.title.text
+    db.target.value = "centroid"
+    assert "centroid" in db.plan_fig.layout.xaxis.title.text
+    db.compare.value = True  # default and Intra-Fusion side by side
+    assert [type(t) for t in db.plan_fig.data] == [go.Heatmap, go.Heatmap]
+    table = db.readout_table()
+    assert list(table.model) == ["original", *ifv.METHODS]
+
+
+def test_curve_of_the_group_with_marker_at_slider(setup):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget")
+    rows = db.compute_curve(sparsities=(0.25, 0.5, 0.75))
+    fused = {r["sparsity"]: r["accuracy"] for r in rows if r["method"] == "intra-fusion"}
+    _, acc = _direct(model, data, example, db.group.value, 0.75, "intra-fusion")
+    assert fused[0.75] == pytest.approx(acc)
+    assert [s.x0 for s in db.curve_fig.layout.shapes] == [pytest.approx(db.sparsity.value)]
+    assert "chance" in [t.name for t in db.curve_fig.data]
+    db.sparsity.value = 0.25
+    assert [s.x0 for s in db.curve_fig.layout.shapes] == [pytest.approx(0.25)]
+    db.importance.value = "l2"  # another curve: the old one is not shown under new settings
+    assert len(db.curve_fig.data) == 0
+
+
+def test_prefix_evaluator_equals_full_evaluation():
+    from intrafusion_viz.widgets._prefix import PrefixEvaluator
+
+    torch.manual_seed(0)
+    for model, shape in ((ifv.models.vgg11_bn(width_mult=0.25).eval(), (3, 32, 32)),
+                         (ifv.models.resnet18(width=8).train(), (3, 16, 16))):
+        x, y = torch.randn(70, *shape), torch.randint(0, 10, (70,))
+        evaluator = PrefixEvaluator(model, x, y, chunk=32)  # three chunks, the last one short
+        assert evaluator.original_accuracy == pytest.approx(ifv.accuracy(model, (x, y)))
+        for g in ifv.find_groups(model, x[:2]):
+            for method in ("default", "intra-fusion"):
+                pruned = ifv.prune(model, x[:2], {g.index: 0.6}, groups=[g.index], method=method).model
+                fast = evaluator.accuracy(pruned, g.index, [m.name for m in g.members])
+                assert fast == ifv.accuracy(pruned, (x, y)), (g.name, method)
+        assert any(evaluator.shortcut.values())  # the shortcut is used where it applies
+        assert model.training == isinstance(model, type(ifv.models.resnet18()))  # modes restored
+
+
+# --- stale state and progress in the sweep dashboard ------------------------------------------
+def test_sweep_dashboard_marks_stale_and_resets_progress(setup):
+    model, data, example = setup
+    sd = ifv.widgets.sweep_dashboard(model, data, example, sparsities=(0.5,), renderer="widget")
+    assert sd.progress.value == 0 and not sd.stale  # nothing has run: not 100 %
+    sd.run()
+    assert sd.progress.value == sd.progress.max and not sd.stale
+    assert "SmallCNN" in sd.heatmap_fig.layout.title.text and "importance l1" in sd.bars_fig.layout.title.text
+    assert "chance" in " ".join(a.text for a in sd.bars_fig.layout.annotations)
+    sd.importance.value = "l2"
+    assert sd.stale and sd.progress.value == 0
+    assert "press 'run sweep'" in sd.status.value
+    assert sd.heatmap_fig.layout.title.text.startswith("OUT OF DATE")
+    assert sd.bars_fig.layout.title.text.startswith("OUT OF DATE")
+    sd.run()
+    assert not sd.stale and not sd.heatmap_fig.layout.title.text.startswith("OUT OF DATE")
+    assert set(sd.table.importance) == {"l2"}
+
+
+# --- export -------------------------------------------------------------------------------------
+def test_export_model_and_tables(setup, tmp_path):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", export_dir=str(tmp_path))
+    db.sparsity.value = 0.5
+    path = db.save_model()
+    loaded = torch.load(path, weights_only=False).eval()
+    direct = ifv.prune(model, example, {db.group.value: 0.5}, groups=[db.group.value]).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(data[0]), direct(data[0]))
+    assert ifv.accuracy(loaded, data) == pytest.approx(db.readout["intra-fusion"])
+    csv = db.save_tables()
+    import pandas as pd
+    assert pd.read_csv(csv[0]).accuracy.round(6).tolist() == db.readout_table().accuracy.round(6).tolist()
+    db._run_export(db.save_tables)
+    assert "wrote" in db.export_status.value
+    pytest.importorskip("onnx")
+    onnx_path = db.export_onnx()
+    import onnx
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+
+
+def test_readout_macs_count_conv_and_linear():
+    from intrafusion_viz.widgets._explore import conv_linear_macs, weight_positions
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 25, 4))
+    positions = weight_positions(model, torch.randn(2, 3, 5, 5))
+    assert conv_linear_macs(model, positions) == 8 * 3 * 9 * 25 + 8 * 25 * 4
+    half = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 25, 4))
+    assert conv_linear_macs(half, positions) == 4 * 3 * 9 * 25 + 4 * 25 * 4
+
+
+def test_export_without_optional_packages_says_what_to_install(setup, tmp_path, monkeypatch):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", export_dir=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "onnx", None)     # import onnx -> ImportError
+    monkeypatch.setitem(sys.modules, "kaleido", None)
+    with pytest.raises(ImportError, match=r"pip install 'intrafusion_viz\[export\]'"):
+        db.export_onnx()
+    with pytest.raises(ImportError, match="kaleido"):
+        db.save_figures()
+    db._run_export(db.export_onnx)
+    assert "onnx" in db.export_status.value and "pip install" in db.export_status.value
+
+
+@pytest.mark.slow
+def test_save_figures_png(setup, tmp_path):
+    pytest.importorskip("kaleido")
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", export_dir=str(tmp_path))
+    try:
+        paths = db.save_figures()
+    except RuntimeError as error:  # kaleido without a Chrome: our message says what to install
+        assert "Chrome" in str(error)
+        pytest.skip(str(error))
+    assert [p.suffix for p in paths] == [".png", ".png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

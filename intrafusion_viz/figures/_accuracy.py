@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from ._common import METHOD_COLORS, group_label, method_order, tidy_frame
+from ._common import (METHOD_COLORS, TITLE_MARGIN, chance_from, group_label, method_order, records_title,
+                      tidy_frame)
 
 
 def _select_group(df, group):
@@ -19,7 +20,29 @@ def _select_group(df, group):
     return out
 
 
-def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title: Optional[str] = None):
+def _reference_lines(fig, level_original, chance, x0, x1):
+    """Dashed line at the original's accuracy and dotted line at chance level (if known)."""
+    import plotly.graph_objects as go
+
+    if level_original is not None:
+        fig.add_trace(go.Scatter(
+            x=[x0, x1], y=[level_original, level_original], mode="lines",
+            name="original", line=dict(color=METHOD_COLORS["original"], dash="dash"),
+            hovertemplate=f"original<br>accuracy {level_original:.2f}%<extra></extra>"))
+    if chance is not None:
+        fig.add_trace(go.Scatter(
+            x=[x0, x1], y=[chance, chance], mode="lines", name="chance",
+            line=dict(color="#999999", dash="dot"),
+            hovertemplate=f"chance level<br>accuracy {chance:.2f}%<extra></extra>"))
+    for level, text in ((level_original, "original"), (chance, "chance")):
+        if level is not None:
+            fig.add_annotation(x=x1, y=level, text=f"{text} {level:.1f}%", showarrow=False, xanchor="right",
+                               yanchor="bottom", font=dict(size=11, color="#555555"))
+
+
+def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title: Optional[str] = None,
+                         num_classes: Optional[int] = None, model_name: Optional[str] = None,
+                         marker_at: Optional[float] = None):
     """Accuracy (%) against sparsity, one line per method.
 
     Parameters
@@ -31,11 +54,20 @@ def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title
         Keep only this group (index, name or paper label such as ``"G1"``).  Default: the
         whole-model rows (``group == -1``) when there are any, else every row, averaged per sparsity.
     title : str, optional
+        Default: names the model, the group, the importance and the evaluation.
+    num_classes : int, optional
+        Draw chance level (``100 / num_classes`` %) as a dotted line; also read from a
+        ``num_classes`` column of the records.
+    model_name : str, optional
+        Named in the title (default: the records' ``model`` column, if any).
+    marker_at : float, optional
+        A vertical line at this sparsity (dashboards mark the slider's position).
 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Scatter`` (lines+markers) per method, plus a dashed line for the original.
+        One ``Scatter`` (lines+markers) per method, then a dashed ``"original"`` line and a dotted
+        ``"chance"`` line where known, each labelled with its accuracy.
 
     Examples
     --------
@@ -56,18 +88,19 @@ def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title
             line=dict(color=METHOD_COLORS.get(method)),
             hovertemplate=f"{method}<br>sparsity %{{x:.2f}}<br>accuracy %{{y:.2f}}%<extra></extra>"))
     original = df[df["method"] == "original"]
-    if not original.empty:
-        level = float(original["accuracy"].mean())
-        xs = df.loc[df["method"] != "original", "sparsity"]
-        lo, hi = (float(xs.min()), float(xs.max())) if len(xs) else (0.0, 1.0)
-        fig.add_trace(go.Scatter(
-            x=[lo, hi], y=[level, level], mode="lines", name="original",
-            line=dict(color=METHOD_COLORS["original"], dash="dash"),
-            hovertemplate=f"original<br>accuracy {level:.2f}%<extra></extra>"))
+    level = None if original.empty else float(original["accuracy"].mean())
+    xs = df.loc[df["method"] != "original", "sparsity"]
+    lo, hi = (float(xs.min()), float(xs.max())) if len(xs) else (0.0, 1.0)
+    _reference_lines(fig, level, chance_from(df, num_classes), lo, hi)
+    if marker_at is not None:
+        fig.add_vline(x=float(marker_at), line=dict(color="#111111", width=1, dash="dot"),
+                      annotation_text=f"slider {float(marker_at):.2f}", annotation_position="top")
     if title is None:
-        title = "Accuracy vs sparsity" + ("" if group is None else f" ({group_label(df.iloc[0])})")
+        scope = "every group pruned at once" if group is None else f"only {group_label(df.iloc[0])} pruned"
+        title = records_title("Accuracy vs sparsity", df, model_name, f"{scope}, no fine-tuning")
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of channels removed)",
-                      yaxis_title="accuracy (%)", legend_title="method")
+                      yaxis_title="accuracy (%)", legend_title="method", margin=TITLE_MARGIN,
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     return fig
 
 
@@ -87,7 +120,7 @@ def _drops(records):
     return rows, order, base
 
 
-def sweep_heatmap(records, title: Optional[str] = None):
+def sweep_heatmap(records, title: Optional[str] = None, model_name: Optional[str] = None):
     """Accuracy drop per group (rows) and sparsity (columns), one heatmap per method.
 
     Parameters
@@ -123,12 +156,16 @@ def sweep_heatmap(records, title: Optional[str] = None):
             row=1, col=col)
         fig.update_xaxes(title_text="sparsity", row=1, col=col)
     fig.update_yaxes(title_text="group", autorange="reversed", row=1, col=1)
-    fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)",
-height=int(200 + 28 * len(order)))
+    df = tidy_frame(records)
+    fig.update_layout(title=title or records_title(
+        "Accuracy drop per layer group", df, model_name,
+        f"one group pruned at a time, no fine-tuning · original {base:.2f}%"),
+        height=int(220 + 28 * len(order)), margin=dict(TITLE_MARGIN, l=140))
     return fig
 
 
-def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] = None):
+def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] = None,
+               num_classes: Optional[int] = None, model_name: Optional[str] = None):
     """Grouped bars of the accuracy drop: one bar per method for every (group, sparsity).
 
     Parameters
@@ -137,11 +174,15 @@ def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] =
         Tidy records with an ``"original"`` row.
     sparsity : float, optional
         Draw only this sparsity (default: all, on a two-level group / sparsity axis).
+    num_classes : int, optional
+        Draw the drop that leaves the model at chance level (original minus ``100 / num_classes``)
+        as a dotted line; also read from a ``num_classes`` column.
+    model_name : str, optional
 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Bar`` per method.
+        One ``Bar`` per method (plus the chance-level line, when known).
     """
     import plotly.graph_objects as go
 
@@ -159,7 +200,15 @@ def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] =
              else [part["label"].tolist(), [f"{s:.2f}" for s in part["sparsity"]]])
         fig.add_trace(go.Bar(x=x, y=part["drop"].to_numpy(), name=method, marker_color=METHOD_COLORS.get(method),
                              hovertemplate=f"{method}<br>%{{x}}<br>drop %{{y:.2f}} pts<extra></extra>"))
-    fig.update_layout(title=title or f"Accuracy drop per layer group (original {base:.2f}%)", barmode="group",
-xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
-                      yaxis_title="accuracy drop (points)", legend_title="method")
+    chance = chance_from(tidy_frame(records), num_classes)
+    if chance is not None:
+        fig.add_hline(y=base - chance, line=dict(color="#999999", dash="dot"),
+                      annotation_text=f"drop to chance ({chance:.0f}%)", annotation_position="top left")
+    at = "every sparsity" if sparsity is None else f"sparsity {sparsity:.2f}"
+    fig.update_layout(title=title or records_title(
+        "Accuracy drop per layer group", tidy_frame(records), model_name,
+        f"one group pruned at a time at {at} · original {base:.2f}%"), barmode="group",
+        xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
+        yaxis_title="accuracy drop (points)", legend_title="method", margin=TITLE_MARGIN,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig

@@ -9,8 +9,9 @@ METHOD_COLORS = {
     "default": "#EF553B",
     "intra-fusion": "#636EFA",
     "intra-fusion (paper)": "#00CC96",
+    "fold": "#AB63FA",
 }
-METHOD_ORDER = ("default", "intra-fusion", "intra-fusion (paper)")
+METHOD_ORDER = ("default", "intra-fusion", "intra-fusion (paper)", "fold")
 
 
 def to_numpy(x) -> np.ndarray:
@@ -67,8 +68,71 @@ def group_label(row) -> str:
 
 
 def row_layout(n: int):
-    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 350-900 px high."""
+    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 380-900 px high."""
     import math
 
-    height = int(min(900, max(350, 120 + 12 * n)))
-    return height, max(1, int(math.ceil(n * 12 / (height - 120))))
+    height = int(min(900, max(380, 140 + 12 * n)))
+    # 14 px per labelled row leaves a gap between 11-px tick labels (the plot area is height - ~140 px)
+    return height, max(1, int(math.ceil(n * 14 / (height - 140))))
+
+
+def chance_level(num_classes) -> float:
+    """Accuracy (%) of guessing uniformly among ``num_classes`` classes."""
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return 100.0 / num_classes
+
+
+def method_of(group_result, config=None) -> str:
+    """``"default"`` or ``"intra-fusion"`` (with the OT settings that change the picture) of a record."""
+    if group_result.cost is None:
+        return "default"
+    if config is None:
+        return "intra-fusion"
+    extras = [f"{config.solver}" + (f" reg {config.reg:g}" if config.solver == "sinkhorn" else ""), f"p={config.p:g}"]
+    if config.target != "most_important":
+        extras.append(f"{config.target} targets")
+    if config.fusion != "barycentric":
+        extras.append(f"{config.fusion} fusion")
+    return "intra-fusion (" + ", ".join(extras) + ")"
+
+
+def group_title(what: str, group_result, model_name=None, importance=None, config=None) -> str:
+    """A two-line figure title naming the model, group, method, importance and sparsity.
+
+    ``"<what> · <model> · G1 conv2 (n=32)"`` over
+    ``"<method> · importance <importance> · sparsity 0.50: keeps 16 of 32"``.
+    """
+    head = " · ".join(x for x in (what, model_name, f"G{group_result.paper_index} {group_result.name}") if x)
+    details = [method_of(group_result, config)]
+    if importance:
+        details.append(f"importance {importance}")
+    details.append(f"sparsity {group_result.sparsity:.2f}: keeps {group_result.k} of {group_result.n}")
+    return f"{head}<br><sup>{' · '.join(details)}</sup>"
+
+
+def records_title(what: str, df, model_name=None, extra=None) -> str:
+    """A two-line title for a figure of tidy records: what, model; importance(s), extra."""
+    importances = [i for i in dict.fromkeys(df["importance"].astype(str)) if i]
+    if model_name is None and "model" in df.columns:
+        names = [m for m in dict.fromkeys(df["model"].astype(str)) if m and m != "nan"]
+        model_name = ", ".join(names) or None
+    head = " · ".join(x for x in (what, model_name) if x)
+    details = []
+    if importances:
+        details.append("importance " + ", ".join(importances))
+    if extra:
+        details.append(extra)
+    return head + (f"<br><sup>{' · '.join(details)}</sup>" if details else "")
+
+
+def chance_from(df, num_classes=None):
+    """Chance level (%) from ``num_classes`` or a ``num_classes`` column of the records (else None)."""
+    if num_classes is None and "num_classes" in df.columns and df["num_classes"].notna().any():
+        num_classes = int(df["num_classes"].dropna().iloc[0])
+    return None if num_classes is None else chance_level(num_classes)
+
+
+# Figures with a two-line title need room above the plot; a compact margin elsewhere.
+TITLE_MARGIN = dict(t=80, l=60, r=20, b=50)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import to_numpy
+from ._common import TITLE_MARGIN, group_title, to_numpy
 
 
 def _producer(group_result, model):
@@ -64,7 +64,8 @@ def _tile(filt: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sources: int = 6,
-                  title: Optional[str] = None):
+                  title: Optional[str] = None, model_name: Optional[str] = None,
+                  importance: Optional[str] = None, config=None):
     """Each kept neuron beside the neurons merged into it, and the merged result.
 
     For convs whose input has 1 or 3 channels the filters are image tiles (one ``Image`` mosaic:
@@ -81,6 +82,11 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
         Draw the kept neurons with the most merged sources, at most this many.
     max_sources : int
         At most this many merged sources per kept neuron (largest mass first).
+    title : str, optional
+    model_name, importance : str, optional
+        Named in the default title.
+    config : OTConfig, optional
+        The prune's settings (named in the title).
 
     Returns
     -------
@@ -93,12 +99,11 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
     rows = producer_rows(group_result, original_model)
     clusters, out_map = _clusters(group_result, max_clusters, max_sources)
     merged = {j: out_map[:, j] @ rows.reshape(len(rows), -1) for j, _, _, _ in clusters}
-    label = f"G{group_result.paper_index} {group_result.name}"
     is_image = rows.ndim == 4 and rows.shape[1] in (1, 3)
     if is_image:
         c, kh, kw = rows.shape[1:]
         lo, hi = float(rows.min()), float(rows.max())
-        width = max_sources + 2
+        width = max([len(sources) for _, _, sources, _ in clusters] + [0]) + 2  # no empty band before "result"
         gap = 1
         canvas = np.full((len(clusters) * (kh + gap), width * (kw + gap), 3), 255, dtype=np.uint8)
         hx, hy, htext = [], [], []
@@ -118,10 +123,15 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
         fig = go.Figure([go.Image(z=canvas, hoverinfo="skip"),
                          go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=14, opacity=0),
                                     text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
+        headers = ["kept"] + [f"in #{i + 1}" for i in range(width - 2)] + ["result"]
         fig.update_layout(
-            title=title or f"{label}: kept filter | filters merged into it | merged result",
-            height=int(120 + 60 * len(clusters)),
-            xaxis=dict(title="kept | merged in ... | result", showticklabels=False, showgrid=False),
+            title=title or group_title("Which filters merge", group_result, model_name, importance, config),
+            height=int(190 + 72 * len(clusters)), margin=dict(TITLE_MARGIN, t=140),
+            plot_bgcolor="white",
+            xaxis=dict(title="kept filter | filters merged into it (largest mass first) | merged result", side="top",
+                       tickangle=0,
+                       tickmode="array", tickvals=[col * (kw + gap) + kw / 2 - 0.5 for col in range(width)],
+                       ticktext=headers, showgrid=False),
             yaxis=dict(title="kept neuron", tickmode="array",
                        tickvals=[r * (kh + gap) + kh / 2 - 0.5 for r in range(len(clusters))],
                        ticktext=[str(kept_i) for _, kept_i, _, _ in clusters], showgrid=False))
@@ -144,7 +154,8 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
     fig = go.Figure([go.Bar(x=[outer, inner], y=ys, name=what, marker_color=colors[what],
                             hovertemplate=f"{what} %{{x}}<br>weight norm %{{y:.3g}}<extra></extra>")
                      for what, (outer, inner, ys) in traces.items()])
-    fig.update_layout(title=title or f"{label}: weight norms of each kept neuron, what merges into it, the result",
-                      barmode="group", xaxis_title="kept neuron / neuron",
+    fig.update_layout(title=title or group_title("Weight norms: kept, merged in, result", group_result,
+                                                 model_name, importance, config),
+                      barmode="group", margin=TITLE_MARGIN, xaxis_title="kept neuron / neuron",
                       yaxis_title="weight norm (BatchNorm folded)", height=420)
     return fig

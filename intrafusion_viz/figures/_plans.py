@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import row_layout, to_numpy
+from ._common import TITLE_MARGIN, group_title, row_layout, to_numpy
 
 
 def source_order(group_result) -> np.ndarray:
@@ -29,12 +29,21 @@ def source_order(group_result) -> np.ndarray:
     target = np.where(has, plan.argmax(1), k)
     mass = plan.max(1)
     is_kept = np.zeros(n, dtype=bool)
-    is_kept[to_numpy(group_result.kept).astype(int)] = True
+    kept = to_numpy(group_result.kept).astype(int)
+    is_kept[kept[kept < n]] = True  # fusion records: targets are another model's neurons, possibly more
     # lexsort: last key is primary
     return np.lexsort((np.arange(n), -mass, ~is_kept, target))
 
 
-def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None):
+def target_axis_title(group_result, config=None) -> str:
+    """What a plan's columns are: kept neurons, or centroids labelled by their nearest kept neuron."""
+    if group_result.cost is not None and config is not None and config.target == "centroid":
+        return "target centroid (labelled by nearest kept neuron)"
+    return "kept neuron"
+
+
+def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None,
+                 model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
     """Heatmap of a transport plan: n source neurons (rows) x k kept neurons (columns).
 
     Rows are ordered by :func:`source_order`, so the neurons merged into one kept neuron form a
@@ -48,6 +57,11 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     show_cluster_lines : bool, optional
         Draw a thin line between clusters; default only when ``k <= 64`` (too many shapes slow
         the browser down).
+    model_name, importance : str, optional
+        Named in the default title (with the group, the method and the sparsity).
+    config : OTConfig, optional
+        The settings of the prune (``PruneResult.config``): names the solver and, with
+        ``target="centroid"``, labels the columns as centroids.
 
     Returns
     -------
@@ -60,13 +74,13 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     plan = to_numpy(group_result.plan)
     n, k = plan.shape
     kept = to_numpy(group_result.kept).astype(int)
-    importance = to_numpy(group_result.importance)
+    scores = to_numpy(group_result.importance)
     order = source_order(group_result)
     z = plan[order]
     custom = np.empty((n, k, 3))
     custom[..., 0] = order[:, None]
     custom[..., 1] = kept[None, :]
-    custom[..., 2] = importance[order][:, None]
+    custom[..., 2] = scores[order][:, None]
     zmax = float(z.max()) if z.size else 1.0
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(k), y=np.arange(n), customdata=custom,
@@ -84,16 +98,55 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
                                        line=dict(color="#999999", width=0.5)) for b in breaks])
     height, row_every = row_layout(n)
     tick_every = max(1, int(np.ceil(k / 32)))
-    kind = "no plan" if group_result.cost is None else "transport plan"
+    what = "Selection plan" if group_result.cost is None else "Transport plan"
     if title is None:
-        title = f"G{group_result.paper_index} {group_result.name}: {kind} ({n} -> {k} neurons)"
-        if group_result.cost is None:
-            title = f"G{group_result.paper_index} {group_result.name}: default pruning keeps {k} of {n}"
+        title = group_title(what, group_result, model_name, importance, config)
+    xtitle = target_axis_title(group_result, config)
     fig.update_layout(
-        title=title, height=height,
-        xaxis=dict(title="kept neuron", tickmode="array", tickvals=np.arange(0, k, tick_every),
+        title=title, height=height, margin=TITLE_MARGIN,
+        xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, k, tick_every),
                    ticktext=[str(v) for v in kept[::tick_every]]),
-        yaxis=dict(title="source neuron (grouped by merge cluster)", autorange="reversed",
+        yaxis=dict(title="source neuron (by cluster)", autorange="reversed",
                    tickmode="array", tickvals=np.arange(0, n, row_every),
                    ticktext=[str(v) for v in order[::row_every]]))
+    return fig
+
+
+def plan_comparison(group_results, titles=None, model_name: Optional[str] = None,
+                    importance: Optional[str] = None, config=None):
+    """Plans of the same group by several methods side by side (e.g. default | Intra-Fusion).
+
+    Parameters
+    ----------
+    group_results : list of GroupResult
+        Records of the same group and sparsity (e.g. one per method).
+    titles : list of str, optional
+        Subplot titles (default: each record's method).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Heatmap`` per record (rows in each record's own :func:`source_order`).
+    """
+    from plotly.subplots import make_subplots
+
+    from ._common import method_of
+
+    first = group_results[0]
+    titles = titles or [method_of(g) for g in group_results]
+    fig = make_subplots(rows=1, cols=len(group_results), subplot_titles=titles, horizontal_spacing=0.08)
+    for col, g in enumerate(group_results, start=1):
+        single = plan_heatmap(g, config=config)
+        trace = single.data[0]
+        trace.update(showscale=col == len(group_results))
+        fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title_text=target_axis_title(g, config), tickmode="array",
+                         tickvals=single.layout.xaxis.tickvals, ticktext=single.layout.xaxis.ticktext, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=single.layout.yaxis.tickvals,
+                         ticktext=single.layout.yaxis.ticktext, row=1, col=col)
+    fig.update_yaxes(title_text="source neuron (by cluster)", row=1, col=1)
+    height, _ = row_layout(first.n)
+    title = group_title("Plans side by side", first, model_name, importance, config)
+    title = title.replace(method_of(first, config) + " · ", "")
+    fig.update_layout(title=title, height=height + 30, margin=dict(TITLE_MARGIN, t=100))
     return fig

@@ -5,33 +5,37 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import row_layout, to_numpy
-from ._plans import source_order
+from ._common import TITLE_MARGIN, group_title, row_layout, to_numpy
+from ._plans import source_order, target_axis_title
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def similarity_matrix(group_result, kind: str = "cost", features=None, title: Optional[str] = None):
+def similarity_matrix(group_result, kind: str = "cost", features=None, title: Optional[str] = None,
+                      model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
     """The recorded cost (or the cosine similarity) matrix, rows reordered by merge cluster.
 
     Parameters
     ----------
     group_result : GroupResult
     kind : {"cost", "cosine"}
-        ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: with ``features`` the full
-        (n, n) cosine similarity between neurons (rows and columns in cluster order); without, the
-        (n, k) cosine similarity to the kept neurons read off the recorded cost (needs ``p = 2`` and
-        kept-neuron targets, where ``cos = 1 - cost**2 / 2``).
+        ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: the full (n, n) cosine
+        similarity between the neurons' ``features`` (rows and columns in cluster order).
     features : Tensor, shape (n, d), optional
-        Channel vectors (:func:`intrafusion_viz.channel_features`).
+        Channel vectors (:func:`intrafusion_viz.channel_features`); required for ``"cosine"`` (the
+        recorded cost is a p-norm distance, possibly to centroids, and does not determine the cosine).
     title : str, optional
+    model_name, importance : str, optional
+        Named in the default title.
+    config : OTConfig, optional
+        The prune's settings (names a centroid target on the columns).
 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Heatmap``.
+        One ``Heatmap`` (square, ``scaleanchor``-locked cells for the full (n, n) matrix).
     """
     import plotly.graph_objects as go
 
@@ -40,8 +44,10 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
     order = source_order(group_result)
     kept = to_numpy(group_result.kept).astype(int)
     n = group_result.n
-    label = f"G{group_result.paper_index} {group_result.name}"
-    if kind == "cosine" and features is not None:
+    if kind == "cosine" and features is None:
+        raise ValueError("kind='cosine' needs the neurons' vectors: pass features=ifv.channel_features(model, "
+                         "group) (the recorded cost gives the cosine only for p=2 with kept-neuron targets)")
+    if kind == "cosine":
         x = _unit(to_numpy(features))
         if x.shape[0] != n:
             raise ValueError(f"features must have {n} rows (one per neuron), got shape {x.shape}")
@@ -53,13 +59,9 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
             raise ValueError("this group was pruned with method='default', which records no cost; "
                              "pass features= (ifv.channel_features(model, group)) with kind='cosine'")
         cost = to_numpy(group_result.cost)
-        cols, xtitle = kept, "kept neuron"
-        if kind == "cost":
-            z = cost[order]
-            zmin, zmax, scale, bar = 0.0, float(cost.max()) or 1.0, "Viridis_r", "cost"
-        else:
-            z = 1.0 - cost[order] ** 2 / 2.0
-            zmin, zmax, scale, bar = -1.0, 1.0, "RdBu", "cosine"
+        cols, xtitle = kept, target_axis_title(group_result, config)
+        z = cost[order]
+        zmin, zmax, scale, bar = 0.0, float(cost.max()) or 1.0, "Viridis_r", "cost"
     ncols = z.shape[1]
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(ncols), y=np.arange(n), colorscale=scale, zmin=zmin, zmax=zmax,
@@ -67,13 +69,18 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
         hovertemplate=f"neuron %{{customdata[0]}} vs %{{customdata[1]}}<br>{bar} %{{z:.3f}}<extra></extra>"))
     col_every = max(1, int(np.ceil(ncols / 32)))
     height, row_every = row_layout(n)
+    what = f"{'Cosine similarity' if bar == 'cosine' else 'Transport cost'} " + (
+        "between neurons" if ncols == n and kind == "cosine" and features is not None else "to targets")
     fig.update_layout(
-        title=title or f"{label}: {bar} {'matrix' if ncols == n else 'to kept neurons'} (cluster order)",
-        height=height,
+        title=title or group_title(what, group_result, model_name, importance, config),
+        height=height, margin=TITLE_MARGIN,
         xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, ncols, col_every),
                    ticktext=[str(v) for v in cols[::col_every]]),
         yaxis=dict(title="neuron (cluster order)", autorange="reversed", tickmode="array",
                    tickvals=np.arange(0, n, row_every), ticktext=[str(v) for v in order[::row_every]]))
+    if ncols == n:  # a square matrix: square cells, whatever the output width
+        fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+        fig.update_xaxes(constrain="domain")
     return fig
 
 
@@ -133,8 +140,17 @@ def embed_features(features, method: str = "pca") -> np.ndarray:
     raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
 
 
+def _cluster_colors(assignment: np.ndarray) -> list:
+    """One colour per merge cluster (cycling a qualitative palette); grey for dropped neurons."""
+    import plotly.colors
+
+    palette = plotly.colors.qualitative.Dark24
+    return [palette[j % len(palette)] if j >= 0 else "#bbbbbb" for j in assignment]
+
+
 def neuron_embedding(group_result, features=None, method: str = "pca", coords=None,
-                     title: Optional[str] = None):
+                     title: Optional[str] = None, model_name: Optional[str] = None,
+                     importance: Optional[str] = None, config=None):
     """Neurons in 2-D, kept ones marked, with a line from every neuron to the kept neuron it merges into.
 
     Parameters
@@ -147,11 +163,16 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
     coords : array, shape (n, 2), optional
         Precomputed coordinates (dashboards cache :func:`embed_features`); overrides the above.
     title : str, optional
+    model_name, importance : str, optional
+        Named in the default title.
+    config : OTConfig, optional
+        The prune's settings (named in the title).
 
     Returns
     -------
     plotly.graph_objects.Figure
-        Three ``Scatter`` traces: merge lines, all neurons (coloured by cluster), kept neurons.
+        Three ``Scatter`` traces: merge lines, all neurons (one colour per merge cluster, i.e. per
+        kept neuron they merge into; grey: dropped by default pruning), kept neurons (stars).
     """
     import plotly.graph_objects as go
 
@@ -168,7 +189,7 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
     if coords.shape != (n, 2):
         raise ValueError(f"coords must have shape ({n}, 2), got {coords.shape}")
     assignment = to_numpy(group_result.assignment).astype(int)
-    importance = to_numpy(group_result.importance)
+    scores = to_numpy(group_result.importance)
     xs, ys = [], []
     for i, j in enumerate(assignment):
         if j < 0 or kept[j] == i:
@@ -176,22 +197,23 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
         t = kept[j]
         xs += [coords[i, 0], coords[t, 0], None]
         ys += [coords[i, 1], coords[t, 1], None]
-    custom = np.stack([np.arange(n), np.where(assignment >= 0, kept[np.maximum(assignment, 0)], -1), importance], 1)
+    custom = np.stack([np.arange(n), np.where(assignment >= 0, kept[np.maximum(assignment, 0)], -1), scores], 1)
     lines = go.Scatter(x=xs, y=ys, mode="lines", name="merges into", hoverinfo="skip",
                        line=dict(color="rgba(120,120,120,0.5)", width=1))
     neurons = go.Scatter(
-        x=coords[:, 0], y=coords[:, 1], mode="markers", name="neuron", customdata=custom,
-        marker=dict(size=7, color=np.where(assignment >= 0, assignment, -1), colorscale="Turbo",
-                    cmin=-1, cmax=max(k - 1, 0), line=dict(width=0.5, color="white")),
+        x=coords[:, 0], y=coords[:, 1], mode="markers",
+        name="neuron (colour: its merge cluster)" if group_result.cost is not None else "neuron (grey: dropped)",
+        customdata=custom,
+        marker=dict(size=8, color=_cluster_colors(assignment), line=dict(width=0.5, color="white")),
         hovertemplate=("neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<br>"
                        "merges into %{customdata[1]:.0f}<extra></extra>"))
     kept_trace = go.Scatter(
         x=coords[kept, 0], y=coords[kept, 1], mode="markers", name="kept", customdata=custom[kept],
-        marker=dict(size=12, symbol="star", color="#111111", line=dict(width=1, color="white")),
+        marker=dict(size=14, symbol="star", color=_cluster_colors(np.arange(k)), line=dict(width=1, color="#111111")),
         hovertemplate="kept neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<extra></extra>")
     how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
     fig = go.Figure([lines, neurons, kept_trace])
-    fig.update_layout(title=title or f"G{group_result.paper_index} {group_result.name}: neurons ({how})",
-xaxis_title="component 1", yaxis_title="component 2",
-                      height=450)
+    fig.update_layout(title=title or group_title(f"Neurons ({how})", group_result, model_name, importance, config),
+                      xaxis_title="component 1", yaxis_title="component 2", height=450, margin=TITLE_MARGIN,
+                      legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
     return fig

@@ -7,9 +7,7 @@ import time
 
 import torch
 
-
-def _as_tuple(example_inputs):
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+from .._state import as_tuple as _as_tuple
 
 
 @torch.no_grad()
@@ -43,7 +41,8 @@ def model_size(model, example_inputs, repeats: int = 20) -> dict:
     return dict(params=int(params), macs=int(macs), latency_ms=cpu_latency_ms(work, inputs, repeats))
 
 
-def size_comparison(original_model, pruned_model, example_inputs, repeats: int = 20, sizes=None):
+def size_comparison(original_model, pruned_model, example_inputs, repeats: int = 20, sizes=None,
+                    title=None, model_name=None):
     """Bars of parameters, MACs and CPU latency before and after pruning.
 
     Parameters
@@ -55,6 +54,8 @@ def size_comparison(original_model, pruned_model, example_inputs, repeats: int =
         Forward passes per latency measurement (the median is reported).
     sizes : (dict, dict), optional
         Precomputed :func:`model_size` results (before, after); skips measuring.
+    title, model_name : str, optional
+        Default title: "Model size before and after pruning · <model_name>".
 
     Returns
     -------
@@ -75,6 +76,6 @@ def size_comparison(original_model, pruned_model, example_inputs, repeats: int =
                                  legendgroup=name, hovertemplate=f"{name}<br>{title} %{{y:,.4g}}<extra></extra>"),
                           row=1, col=col)
             fig.update_yaxes(title_text=title, row=1, col=col)
-    fig.update_layout(title="Model size before and after pruning",height=380,
-                      barmode="group")
+    default = "Model size before and after pruning" + (f" · {model_name}" if model_name else "")
+    fig.update_layout(title=title or default, height=380, barmode="group", margin=dict(t=90, l=60, r=20, b=40))
     return fig

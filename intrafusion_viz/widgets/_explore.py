@@ -8,13 +8,81 @@ from typing import Optional
 import torch
 
 from .._fusion import channel_features
-from .._groups import find_groups
-from .._importance import group_importance, resolve_importance
-from .._prune import num_kept, prune
+from .._groups import find_groups, resolve_group_keys
+from .._importance import IMPORTANCES, group_importance, resolve_importance
+from .._prune import METHODS, num_kept, prune
 from .._transport import OTConfig
+from ._export import ExportMixin
+from ._prefix import PrefixEvaluator
 from ._render import FigureSlot, pick_renderer
 
-IMPORTANCE_CHOICES = ("l1", "l2", "lamp", "random", "taylor")
+SPARSITY_RANGE = (0.0, 0.95)  # the slider's range: at 1.0 nothing would be left
+CURVE_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+LABEL_WIDTH = "120px"
+CONTROL_WIDTH = "360px"
+
+
+def check_importance(importance) -> str:
+    """The importance name, or a clear error: dashboards list names (``ifv.IMPORTANCES``) only."""
+    if not isinstance(importance, str) or importance.lower() not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {', '.join(map(repr, IMPORTANCES))} in a dashboard; "
+                         f"got {importance!r} (for a custom importance callable call ifv.prune directly)")
+    return importance.lower()
+
+
+def check_sparsity(sparsity, name: str = "sparsity") -> float:
+    """A sparsity inside the slider's range, or a clear error (the slider would clamp it silently)."""
+    lo, hi = SPARSITY_RANGE
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not lo <= float(sparsity) <= hi:
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}] (the dashboard's slider range); "
+                         f"got {sparsity!r}")
+    return float(sparsity)
+
+
+def pick_groups(all_groups, keys):
+    """The groups named by ``keys`` (indices, root names or ``"G1"`` labels), in model order."""
+    wanted = set(resolve_group_keys(all_groups, keys))
+    chosen = [g for g in all_groups if g.index in wanted]
+    if not chosen:
+        raise ValueError("no prunable groups to explore; pass groups=None for all of them")
+    return chosen
+
+
+def num_classes_of(logits) -> int:
+    return int(logits.shape[-1]) if logits.dim() > 1 else 1
+
+
+def weight_positions(model, example_inputs) -> dict:
+    """Per conv/linear layer, how many output positions each weight is applied at (one sample).
+
+    Pruning channels does not change spatial sizes, so ``sum(weight.numel() * positions)`` is the
+    multiply-accumulate count of the conv and linear layers of any model pruned from this one.
+    """
+    from torch import nn
+
+    from ._prefix import _eval_mode
+
+    positions, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            def hook(mod, inputs, output, name=name):
+                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
+                positions[name] = output[:1].numel() // max(channels, 1)
+            handles.append(module.register_forward_hook(hook))
+    x = example_inputs[:1] if torch.is_tensor(example_inputs) else example_inputs
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return positions
+
+
+def conv_linear_macs(model, positions: dict) -> int:
+    """Multiply-accumulates of the conv and linear layers for one sample (see :func:`weight_positions`)."""
+    modules = dict(model.named_modules())
+    return int(sum(modules[name].weight.numel() * count for name, count in positions.items() if name in modules))
 
 
 def fixed_eval_batch(data, max_samples: Optional[int] = 512):
@@ -35,70 +103,89 @@ def fixed_eval_batch(data, max_samples: Optional[int] = 512):
     return x, y
 
 
-class ExploreDashboard:
+class ExploreDashboard(ExportMixin):
     """Sliders over one group's pruning, with the plan heatmap, the neuron embedding and accuracies.
 
     Controls (ipywidgets, set them from code too): ``group``, ``sparsity``, ``method``, ``importance``,
-    ``p``, ``target``, ``source_mass``, ``target_mass``, ``solver``, ``reg``.  Figures: ``plan_fig``,
-    ``embedding_fig`` (``go.FigureWidget`` updated in place, or ``go.Figure`` with the static
-    renderer).  ``readout``: accuracies (%) of the original model and of default and Intra-Fusion
-    pruning of the chosen group; ``result``: the ``GroupResult`` drawn; ``error``: the last error or None.
+    ``p``, ``target``, ``source_mass``, ``target_mass``, ``solver``, ``reg`` (disabled under the exact
+    solver), ``compare`` (default and Intra-Fusion plans side by side).  Figures: ``plan_fig``,
+    ``embedding_fig``, ``curve_fig`` (the group's accuracy against sparsity, computed on
+    ``curve_button``, with a marker at the slider); ``go.FigureWidget`` updated in place, or
+    ``go.Figure`` with the static renderer.  ``readout``: accuracies (%) of the original model and of
+    every method (``ifv.METHODS``) pruning the chosen group, and parameter counts; ``result``: the
+    ``GroupResult`` drawn; ``error``: the last error or None.  Export: :meth:`save_model`,
+    :meth:`export_onnx`, :meth:`save_figures`, :meth:`save_tables` (buttons in the last row).
 
     What does not change with the controls is cached per dashboard: the traced groups, importance per
     (group, importance), channel features and their 2-D embedding per group, a fixed evaluation
-    batch, and every (group, sparsity, method, importance, config) result already computed; a control
-    change prunes one group (once per method) and evaluates the fixed batch.
+    batch and the activations entering each group's first layer (only the rest of the network runs
+    on a slider move), and every (group, sparsity, method, importance, config) result already computed.
     """
 
     def __init__(self, model, data, example_inputs, *, groups=None, sparsity: float = 0.5,
                  method: str = "intra-fusion", importance: str = "l1", config: Optional[OTConfig] = None,
                  renderer: str = "auto", eval_samples: Optional[int] = 512, embedding: str = "pca",
-                 seed: int = 0):
+                 seed: int = 0, model_name: Optional[str] = None, export_dir: str = "exports"):
         import ipywidgets as W
 
-        from .._train import accuracy
-
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+        importance = check_importance(importance)
+        sparsity = check_sparsity(sparsity)
+        if embedding not in ("pca", "mds"):
+            raise ValueError(f"embedding must be 'pca' or 'mds', got {embedding!r}")
+        config = config or OTConfig()
+        if not isinstance(config, OTConfig):
+            raise TypeError(f"config must be an ifv.OTConfig, got {type(config).__name__}")
+        self.renderer = pick_renderer(renderer)
         self.model = model
         self.example_inputs = example_inputs
+        self.model_name = model_name or type(model).__name__
         self.eval_data = fixed_eval_batch(data, eval_samples)
         self.seed = seed
         self.embedding = embedding
-        self.renderer = pick_renderer(renderer)
-        self._accuracy = accuracy
         import ot  # noqa: F401  (the solver's first import takes ~1 s: pay it here, not on a slider move)
-        all_groups = find_groups(model, example_inputs)
-        if groups is not None:
-            wanted = set(groups)
-            all_groups = [g for g in all_groups
-                          if g.index in wanted or g.name in wanted or f"G{g.paper_index}" in wanted]
-        if not all_groups:
-            raise ValueError("no prunable groups to explore")
+        all_groups = pick_groups(find_groups(model, example_inputs), groups)
         self.groups = {g.index: g for g in all_groups}
         self._importance, self._features, self._coords, self._results = {}, {}, {}, {}
-        self.original_accuracy = accuracy(model, self.eval_data)
-        config = config or OTConfig()
+        self._evaluator = PrefixEvaluator(model, *self.eval_data)
+        self.original_accuracy = self._evaluator.original_accuracy
+        self.num_classes = num_classes_of(self._evaluator._logits[0])
+        self.params_before = sum(p.numel() for p in model.parameters())
+        self._positions = weight_positions(model, example_inputs)
+        self.macs_before = conv_linear_macs(model, self._positions)
         self._base_config = config
         self.error = None
         self.timings = []
 
-        style = dict(description_width="110px")
+        style = dict(description_width=LABEL_WIDTH)
+        box = W.Layout(width=CONTROL_WIDTH)
+        toggles = dict(button_width="108px")
         self.group = W.Dropdown(options=[(f"G{g.paper_index} {g.name} (n={g.size})", g.index) for g in all_groups],
-                                value=all_groups[-1].index, description="group", style=style)
-        self.sparsity = W.FloatSlider(value=sparsity, min=0.05, max=0.95, step=0.05, description="sparsity",
-                                      continuous_update=False, readout_format=".2f", style=style)
-        self.method = W.ToggleButtons(options=["default", "intra-fusion"], value=method, description="plan of")
-        self.importance = W.Dropdown(options=list(IMPORTANCE_CHOICES), value=importance, description="importance",
-                                     style=style)
-        self.p = W.BoundedFloatText(value=config.p, min=1.0, max=10.0, step=0.5, description="p (norm)", style=style)
+                                value=all_groups[-1].index, description="group", style=style, layout=box)
+        self.sparsity = W.FloatSlider(value=sparsity, min=SPARSITY_RANGE[0], max=SPARSITY_RANGE[1], step=0.05,
+                                      description="sparsity", continuous_update=False, readout_format=".2f",
+                                      style=style, layout=box)
+        self.method = W.ToggleButtons(options=list(METHODS), value=method, style=toggles,
+                                      tooltips=[f"draw the plan of {m} pruning" for m in METHODS])
+        self.importance = W.Dropdown(options=list(IMPORTANCES), value=importance, description="importance",
+                                     style=style, layout=box)
+        self.p = W.BoundedFloatText(value=config.p, min=1.0, max=10.0, step=0.5, description="p (norm)",
+                                    style=style, layout=box)
         self.target = W.Dropdown(options=["most_important", "centroid"], value=config.target, description="target",
-                                 style=style)
+                                 style=style, layout=box)
         self.source_mass = W.Dropdown(options=["uniform", "importance"], value=config.source_mass,
-                                      description="source mass", style=style)
+                                      description="source mass", style=style, layout=box)
         self.target_mass = W.Dropdown(options=["uniform", "importance"], value=config.target_mass,
-                                      description="target mass", style=style)
-        self.solver = W.ToggleButtons(options=["emd", "sinkhorn"], value=config.solver, description="solver")
+                                      description="target mass", style=style, layout=box)
+        self.solver = W.ToggleButtons(options=["emd", "sinkhorn"], value=config.solver,
+                                      style=toggles,
+                                      tooltips=["exact optimal transport", "entropic (soft) transport, uses reg"])
         self.reg = W.FloatLogSlider(value=config.reg, base=10, min=-3, max=0, step=0.1, description="Sinkhorn reg",
-                                    continuous_update=False, readout_format=".3f", style=style)
+                                    continuous_update=False, readout_format=".3f", style=style, layout=box,
+                                    disabled=config.solver != "sinkhorn")
+        self.compare = W.Checkbox(value=False, description="side by side", indent=False,
+                                  layout=W.Layout(width="auto"))
         self.readout_html = W.HTML()
         self.status = W.HTML()
         self.readout = {}
@@ -106,17 +193,32 @@ class ExploreDashboard:
         self._generation = 0
         self._busy = False
         self._dirty = False
+        self._curve = None  # tidy records of the current group's curve, or None
+        self._curve_shown = False
         self._compute()
         self._plan_slot = FigureSlot(self._plan_figure(), self.renderer)
         self._embedding_slot = FigureSlot(self._embedding_figure(), self.renderer)
+        self._curve_slot = FigureSlot(self._curve_figure(), self.renderer)
         self._render_readout()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
+        self.compare.observe(lambda _: self._redraw(), names="value")
+        self.curve_button = W.Button(description="accuracy curve of this group", icon="line-chart",
+                                     layout=W.Layout(width="auto"),
+                                     tooltip="prune this group at 0.1 ... 0.9 with every method (cached)")
+        self.curve_button.on_click(lambda _: self.compute_curve())
+        self.curve_progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
         self.widget = W.VBox([
-            W.HBox([W.VBox([self.group, self.sparsity, self.method, self.importance]),
-                    W.VBox([self.p, self.target, self.source_mass, self.target_mass, self.solver, self.reg])]),
+            W.HBox([W.VBox([self.group, self.sparsity, labelled(W, "plan of", self.method), self.importance,
+                            labelled(W, "plans", self.compare)]),
+                    W.VBox([self.p, self.target, self.source_mass, self.target_mass,
+                            labelled(W, "solver", self.solver), self.reg])],
+                   layout=W.Layout(flex_flow="row wrap", grid_gap="4px 24px")),
             self.readout_html, self.status,
-            W.HBox([self._plan_slot.widget, self._embedding_slot.widget])])
+            _figure_row(W, [self._plan_slot.widget, self._embedding_slot.widget]),
+            W.HBox([self.curve_button, self.curve_progress], layout=W.Layout(align_items="center")),
+            _figure_row(W, [self._curve_slot.widget]),
+            self.export_row(W, export_dir)])
 
     # -- public --------------------------------------------------------------------------------
     @property
@@ -132,6 +234,18 @@ class ExploreDashboard:
     @property
     def embedding_fig(self):
         return self._embedding_slot.figure
+
+    @property
+    def curve_fig(self):
+        return self._curve_slot.figure
+
+    @property
+    def figures(self) -> dict:
+        """The figures shown, by name (for :meth:`save_figures`)."""
+        out = {"plan": self.plan_fig, "embedding": self.embedding_fig}
+        if self._curve is not None:
+            out["curve"] = self.curve_fig
+        return out
 
     @property
     def config(self) -> OTConfig:
@@ -152,16 +266,42 @@ class ExploreDashboard:
                 self._dirty = False
                 generation = self._generation
                 start = time.perf_counter()
+                self.status.value = "<span style='color:#666'>computing&hellip;</span>"
                 ok = self._compute()
                 if self._generation != generation:
                     continue  # stale: controls moved on while computing
                 if ok:
-                    self._plan_slot.update(self._plan_figure())
-                    self._embedding_slot.update(self._embedding_figure())
+                    self._redraw()
                 self._render_readout()
                 self.timings.append(time.perf_counter() - start)
         finally:
             self._busy = False
+
+    def compute_curve(self, sparsities=CURVE_SPARSITIES):
+        """The current group's accuracy at each sparsity for every method (tidy records), drawn with a
+        marker at the slider; results are cached like slider moves."""
+        sparsities = [check_sparsity(s, "curve sparsity") for s in sparsities]
+        index, importance, config = self.group.value, self.importance.value, self.config
+        group = self.groups[index]
+        rows = [dict(group=index, group_name=group.name, paper_group=f"G{group.paper_index}", sparsity=0.0,
+                     method="original", importance=importance, accuracy=self.original_accuracy,
+                     num_classes=self.num_classes, model=self.model_name)]
+        jobs = [(s, m) for s in sparsities for m in METHODS]
+        self.curve_progress.layout.visibility = "visible"
+        self.curve_progress.max, self.curve_progress.value = len(jobs), 0
+        self.curve_button.disabled = True
+        try:
+            for s, m in jobs:
+                _, acc, _ = self._prune_one(index, s, m, importance, config)
+                rows.append(dict(rows[0], sparsity=s, method=m, accuracy=acc))
+                self.curve_progress.value += 1
+        finally:
+            self.curve_button.disabled = False
+            self.curve_progress.layout.visibility = "hidden"
+        self._curve = dict(key=(index, importance, config), rows=rows)
+        self._curve_slot.update(self._curve_figure())
+        self._curve_shown = True
+        return rows
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -170,8 +310,18 @@ class ExploreDashboard:
 
     # -- internals -----------------------------------------------------------------------------
     def _on_change(self, change) -> None:
+        self.reg.disabled = self.solver.value != "sinkhorn"
         self._generation += 1
         self.refresh()
+
+    def _redraw(self) -> None:
+        self._plan_slot.update(self._plan_figure())
+        self._embedding_slot.update(self._embedding_figure())
+        showing = self._curve is not None and self._curve["key"] == (self.group.value, self.importance.value,
+                                                                      self.config)
+        if showing or self._curve_shown:  # the placeholder needs no redraw on every move
+            self._curve_slot.update(self._curve_figure())
+        self._curve_shown = showing
 
     def _importance_of(self, index: int, name: str):
         key = (index, name)
@@ -193,63 +343,158 @@ class ExploreDashboard:
             self._coords[key] = embed_features(self._features_of(index, fold), self.embedding)
         return self._coords[key]
 
+    def _prune(self, index: int, sparsity: float, method: str, importance: str, config: OTConfig):
+        """The PruneResult of pruning group ``index`` alone (not cached: it holds a model)."""
+        if importance == "taylor":
+            imp, batch = "taylor", self.eval_data
+        else:
+            scores = self._importance_of(index, importance)
+            imp, batch = (lambda group: scores), None
+        fold = config.fold_batchnorm
+        return prune(self.model, self.example_inputs, {index: sparsity}, groups=[index], method=method,
+                     importance=imp, config=config, batch=batch, seed=self.seed,
+                     features=lambda model, group: self._features_of(group.index, fold))
+
     def _prune_one(self, index: int, sparsity: float, method: str, importance: str, config: OTConfig):
-        key = (index, round(sparsity, 6), method, importance, config if method == "intra-fusion" else None)
+        key = (index, round(sparsity, 6), method, importance, config if method != "default" else None)
         if key not in self._results:
-            if importance == "taylor":
-                imp, batch = "taylor", self.eval_data
-            else:
-                scores = self._importance_of(index, importance)
-                imp, batch = (lambda group: scores), None
-            fold = config.fold_batchnorm
-            res = prune(self.model, self.example_inputs, {index: sparsity}, groups=[index], method=method,
-                        importance=imp, config=config, batch=batch, seed=self.seed,
-                        features=lambda model, group: self._features_of(group.index, fold))
-            self._results[key] = (res.groups[0], self._accuracy(res.model, self.eval_data))
+            res = self._prune(index, sparsity, method, importance, config)
+            members = [m.name for m in self.groups[index].members]
+            acc = self._evaluator.accuracy(res.model, index, members)
+            self._results[key] = (res.groups[0], acc, (res.params_after, conv_linear_macs(res.model, self._positions)))
         return self._results[key]
 
     def _compute(self) -> bool:
         index, sparsity = self.group.value, float(self.sparsity.value)
         try:
             config = self.config
-            accs = {}
-            for method in ("default", "intra-fusion"):
-                record, accs[method] = self._prune_one(index, sparsity, method, self.importance.value, config)
-                if method == self.method.value:
-                    self.result = record
+            accs, params, records = {}, {}, {}
+            for method in METHODS:
+                records[method], accs[method], params[method] = self._prune_one(
+                    index, sparsity, method, self.importance.value, config)
+            self.result = records[self.method.value]
+            self._records = records
         except Exception as exc:  # a bad combination (e.g. Sinkhorn not converging) must not kill the UI
             self.error = exc
-            self.status.value = f"<span style='color:#b00'>error: {type(exc).__name__}: {exc}</span>"
+            self.status.value = (f"<span style='color:#b00'>error: {type(exc).__name__}: {exc} "
+                                 f"(figures show the last settings that worked)</span>")
             return False
         self.error = None
         self.status.value = ""
         group = self.groups[index]
         self.readout = {"group": index, "sparsity": sparsity, "k": num_kept(group.size, sparsity), "n": group.size,
-                        "original": self.original_accuracy, "default": accs["default"],
-                        "intra-fusion": accs["intra-fusion"]}
+                        "original": self.original_accuracy, **accs,
+                        "params_before": self.params_before, "macs_before": self.macs_before,
+                        **{f"params_{m}": params[m][0] for m in METHODS},
+                        **{f"macs_{m}": params[m][1] for m in METHODS},
+                        "eval_samples": len(self.eval_data[1]), "chance": 100.0 / self.num_classes}
         return True
 
-    def _plan_figure(self):
-        from ..figures import plan_heatmap
+    def _labels(self):
+        return dict(model_name=self.model_name, importance=self.importance.value)
 
-        return plan_heatmap(self.result)
+    def _plan_figure(self):
+        from ..figures import plan_comparison, plan_heatmap
+
+        if self.compare.value:
+            return plan_comparison([self._records[m] for m in METHODS], config=self.config, **self._labels())
+        return plan_heatmap(self.result, config=self.config, **self._labels())
 
     def _embedding_figure(self):
         from ..figures import neuron_embedding
 
         fold = self._base_config.fold_batchnorm
         return neuron_embedding(self.result, coords=self._coords_of(self.result.index, fold),
-                                method=self.embedding)
+                                method=self.embedding, config=self.config, **self._labels())
+
+    def _curve_figure(self):
+        import plotly.graph_objects as go
+
+        from ..figures import accuracy_vs_sparsity
+
+        current = (self.group.value, self.importance.value, self.config)
+        if self._curve is None or self._curve["key"] != current:
+            return go.Figure().update_layout(
+                title="Accuracy vs sparsity of this group: press 'accuracy curve of this group'", height=260,
+                xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return accuracy_vs_sparsity(self._curve["rows"], group=self.group.value, marker_at=self.sparsity.value,
+                                    model_name=self.model_name)
 
     def _render_readout(self) -> None:
         r = self.readout
         if not r:
             return
-        cells = "".join(
-            f"<td style='padding:2px 12px'><b>{name}</b><br>{r[name]:.2f}%</td>"
-            for name in ("original", "default", "intra-fusion"))
-        self.readout_html.value = (f"<table><tr>{cells}<td style='padding:2px 12px'>keeps {r['k']} of {r['n']} "
-                                   f"neurons<br>eval on {len(self.eval_data[1])} samples</td></tr></table>")
+        self.readout_html.value = readout_html(r, METHODS)
+
+    def readout_table(self):
+        """The read-out as a DataFrame: one row per model (original, each method)."""
+        import pandas as pd
+
+        r = self.readout
+        group = self.groups[r["group"]]
+        rows = [dict(model="original", accuracy=r["original"], params=r["params_before"], macs=r["macs_before"])]
+        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"], macs=r[f"macs_{m}"]) for m in METHODS]
+        for row in rows:
+            row.update(network=self.model_name, group=f"G{group.paper_index} {group.name}",
+                       sparsity=r["sparsity"], kept=r["k"], channels=r["n"], importance=self.importance.value,
+                       eval_samples=r["eval_samples"])
+        return pd.DataFrame(rows)
+
+    def _tables(self) -> dict:
+        import pandas as pd
+
+        out = {"readout": self.readout_table()}
+        if self._curve is not None:
+            out["curve"] = pd.DataFrame(self._curve["rows"])
+        return out
+
+    def _current_prune(self):
+        return self._prune(self.group.value, float(self.sparsity.value), self.method.value,
+                           self.importance.value, self.config)
+
+
+def _figure_row(W, widgets):
+    """Figures side by side when there is room, stacked (wrapped) when the output area is narrower."""
+    return W.Box([W.Box([w], layout=W.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
+                  for w in widgets], layout=W.Layout(display="flex", flex_flow="row wrap", width="100%",
+                                                     grid_gap="8px"))
+
+
+def labelled(W, text: str, control, width: str = LABEL_WIDTH):
+    """A control with its label on the same line, right-aligned like ipywidgets' own descriptions."""
+    label = W.HTML(f"<div style='text-align:right;padding-right:8px'>{text}</div>",
+                   layout=W.Layout(width=width, min_width=width))
+    return W.HBox([label, control], layout=W.Layout(width=CONTROL_WIDTH, align_items="center"))
+
+
+def readout_html(r: dict, methods) -> str:
+    """Accuracies with their differences to the original (coloured), chance level and parameter counts."""
+    def delta(value, ref):
+        d = value - ref
+        color = "#1a7f37" if d > 0.005 else ("#b42318" if d < -0.005 else "#555")
+        return f"<span style='color:{color}'>{d:+.2f}</span>"
+
+    cell = "padding:2px 14px;text-align:right"
+    head = "".join(f"<th style='{cell}'>{m}</th>" for m in ("original", *methods))
+    accs = "".join([f"<td style='{cell}'><b>{r['original']:.2f}%</b></td>"] + [
+        f"<td style='{cell}'><b>{r[m]:.2f}%</b> ({delta(r[m], r['original'])})</td>" for m in methods])
+    params = "".join([f"<td style='{cell}'>{r['params_before']:,}</td>"] + [
+        f"<td style='{cell}'>{r[f'params_{m}']:,} ({r[f'params_{m}'] / r['params_before']:.0%})</td>"
+        for m in methods])
+    macs = "".join([f"<td style='{cell}'>{r['macs_before'] / 1e6:,.2f} M</td>"] + [
+        f"<td style='{cell}'>{r[f'macs_{m}'] / 1e6:,.2f} M ({r[f'macs_{m}'] / max(r['macs_before'], 1):.0%})</td>"
+        for m in methods])
+    gap = ""
+    if "default" in methods and "intra-fusion" in methods:
+        gap = (f"intra-fusion &minus; default: {delta(r['intra-fusion'], r['default'])} points &middot; ")
+    at_chance = [m for m in methods if r[m] <= r["chance"] + 1.0]
+    warn = (f" &middot; <span style='color:#b42318'>at chance level: {', '.join(at_chance)}</span>"
+            if at_chance else "")
+    return (f"<table style='border-collapse:collapse'><tr><th></th>{head}</tr>"
+            f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr>"
+            f"<tr><td title='multiply-accumulates of conv and linear layers, one sample'>MACs</td>{macs}</tr></table>"
+            f"<div style='color:#444'>{gap}keeps {r['k']} of {r['n']} neurons &middot; chance level "
+            f"{r['chance']:.1f}% &middot; eval on {r['eval_samples']} samples{warn}</div>")
 
 
 def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
@@ -266,7 +511,16 @@ def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
     **kwargs
         ``groups``, ``sparsity``, ``method``, ``importance``, ``config`` (OTConfig), ``renderer``
         (``"auto"`` | ``"widget"`` | ``"static"``; auto is static on Colab), ``eval_samples``,
-        ``embedding`` (``"pca"`` | ``"mds"``), ``seed``.
+        ``embedding`` (``"pca"`` | ``"mds"``), ``seed``, ``model_name`` (in figure titles; default the
+        model's class name), ``export_dir`` (default folder of the export buttons).
+
+    Raises
+    ------
+    ValueError
+        An unknown method or importance name, a sparsity outside the slider's range [0, 0.95], or
+        no groups to explore.
+    KeyError, IndexError
+        A group key (index, root name or ``"G1"``) that names no group of the model.
 
     Returns
     -------

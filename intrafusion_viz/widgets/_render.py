@@ -19,13 +19,18 @@ def pick_renderer(renderer: str = "auto") -> str:
 class FigureSlot:
     """One figure area of a dashboard; ``.figure`` is the current figure, ``.widget`` what to display."""
 
-    def __init__(self, figure, renderer: str):
+    def __init__(self, figure, renderer: str, width: int = 640):
         import ipywidgets as W
         import plotly.graph_objects as go
 
         self.renderer = renderer
+        # A FigureWidget is drawn before its output area has a size, so plotly would fall back to 700 px
+        # and never refit: give it a width (the dashboards wrap figures side by side or stacked).
+        self.width = width
         if renderer == "widget":
             try:
+                if figure.layout.width is None:
+                    figure = go.Figure(figure).update_layout(width=width)
                 self.figure = go.FigureWidget(figure)
                 self.widget = self.figure
                 return
@@ -36,7 +41,8 @@ class FigureSlot:
         self._draw()
 
     def _draw(self):
-        html = self.figure.to_html(full_html=False, include_plotlyjs="cdn")
+        html = self.figure.to_html(full_html=False, include_plotlyjs="cdn", default_width="100%",
+                                   config={"responsive": True})
         self.widget.outputs = ({"output_type": "display_data", "metadata": {},
                                 "data": {"text/html": html, "text/plain": f"<{self.figure.layout.title.text}>"}},)
 
@@ -58,6 +64,7 @@ class FigureSlot:
                 for old, new in zip(fig.data, new_figure.data):
                     old.update(new.to_plotly_json(), overwrite=True)
             layout = new_figure.layout.to_plotly_json()
+            layout.setdefault("width", self.width)
             # The template is large and the same every time: re-validating it costs more than the data.
             if layout.get("template") == fig.layout.template.to_plotly_json():
                 layout.pop("template")

@@ -1,0 +1,143 @@
+"""Speed at the paper's own settings (p = 1): one group, ``OTConfig.paper()``, beside the authors' code.
+
+For VGG11-BN and ResNet18 (CIFAR widths) groups G1-G3 at 30/50/70 %, one CPU thread, it times
+
+* ``ours``: ``ifv.prune(model, x, {group: s}, method="intra-fusion", config=ifv.OTConfig.paper())``
+  with the model's groups already traced (warm; a second call on the same model), and ``ours cold``:
+  the first call on a fresh model object (tracing included, as the authors' code does every call);
+* ``cdist``: ``torch.cdist(p=1)`` alone on the same n x k matrices the authors' cost compares;
+* ``authors``: the authors' ``prune()`` (github alexandertheus/Intra-Fusion, 82a2871, unmodified, CPU)
+  with their ``OptimalTransport(p=1)``, when a checkout is given (``--authors PATH`` or
+  ``$IFV_AUTHORS_CODE``).  Their ``torch_pruning`` fork is copied into a temporary folder and imported
+  as ``authors_tp``, beside the real Torch-Pruning; nothing of it enters the package or the tests.
+  Without a checkout, their recorded times (0.31-2.06 s per Intra-Fusion cell) are printed instead.
+
+Times are the best of ``--repeats`` runs, CPU time of this process (``time.process_time``; with one
+thread it is the single-thread time, and robust on a shared machine) and wall time.  Weights are the
+golden ones from ``shared/golden/paper`` when present, else random with randomised BatchNorms.
+
+    python benchmarks/bench_paper_speed.py --authors /path/to/Intra-Fusion
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import intrafusion_viz as ifv  # noqa: E402
+from _bench_common import markdown_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = [Path(os.environ.get("IFV_SHARED", ROOT.parent / "shared")) / "golden" / "paper",
+          Path("/work/shared/golden/paper")]
+
+
+def load_model(arch: str):
+    model = getattr(ifv.models, arch)(num_classes=10)
+    for folder in GOLDEN:
+        if (folder / f"{arch}.pt").is_file():
+            model.load_state_dict(torch.load(folder / f"{arch}.pt"))
+            return model.eval(), "golden"
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval(), "random"
+
+
+def timed(fn, repeats: int, setup=None):
+    """(best CPU seconds, best wall seconds, last result) of ``fn(setup())`` (or ``fn()``), setup untimed."""
+    cpu, wall, out = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        arg = setup() if setup else None
+        c, w = time.process_time(), time.perf_counter()
+        out = fn(arg) if setup else fn()
+        cpu, wall = min(cpu, time.process_time() - c), min(wall, time.perf_counter() - w)
+    return cpu, wall, out
+
+
+def import_authors(path: Path):
+    """The authors' prune() and OptimalTransport, their Torch-Pruning fork imported as ``authors_tp``."""
+    tmp = Path(tempfile.mkdtemp(prefix="ifv_authors_"))
+    shutil.copytree(path / "torch_pruning", tmp / "authors_tp")
+    source = (path / "prune.py").read_text().replace("import torch_pruning as tp", "import authors_tp as tp")
+    (tmp / "authors_prune.py").write_text(source)
+    sys.path.insert(0, str(tmp))
+    tp = importlib.import_module("authors_tp")
+    prune = importlib.import_module("authors_prune").prune
+    from authors_tp.optimal_transport import OptimalTransport
+
+    return prune, OptimalTransport(p=1, gpu_id=-1), tp
+
+
+def cdist_time(model, group, kept, repeats):
+    v = ifv.channel_features(model, group, bias=False)
+    v = v / v.norm(dim=1, keepdim=True)
+    targets = v[kept].contiguous()
+    return timed(lambda: torch.cdist(v, targets, p=1), repeats)[0]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--authors", default=os.environ.get("IFV_AUTHORS_CODE"),
+                        help="checkout of alexandertheus/Intra-Fusion (82a2871) to time side by side")
+    parser.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet18"])
+    parser.add_argument("--groups", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    authors = import_authors(Path(args.authors)) if args.authors else None
+    from intrafusion_viz._l1 import l1_backend
+
+    print(f"torch {torch.__version__}, 1 thread, L1 kernel: {l1_backend()}, "
+          f"authors' code: {args.authors or 'not given (their recorded 0.31-2.06 s per IF cell)'}")
+    x = torch.randn(1, 3, 32, 32)
+    cfg = ifv.OTConfig.paper()
+    rows = []
+    for arch in args.models:
+        model, weights = load_model(arch)
+        groups = {g.paper_index: g for g in ifv.find_groups(model, x)}
+        for p in args.groups:
+            g = groups[p]
+            for s in args.sparsities:
+                cell = {g.index: s}
+                fresh = copy.deepcopy(model)
+                c0 = time.process_time()
+                ifv.prune(fresh, x, cell, config=cfg)  # cold: traces this model object first
+                cold = time.process_time() - c0
+                cpu, wall, res = timed(lambda: ifv.prune(model, x, cell, config=cfg), args.repeats)
+                cd = cdist_time(model, g, res.groups[0].kept, args.repeats)
+                row = [arch, f"G{p}", g.name, f"{s:.0%}", g.size, res.groups[0].k, f"{cpu:.3f}", f"{wall:.3f}",
+                       f"{cold:.3f}", f"{cd:.3f}"]
+                if authors:
+                    a_prune, a_ot, _ = authors
+                    a_cpu = timed(lambda m: a_prune(m, None, x, 10, "l1", -1, sparsity=s, optimal_transport=a_ot,
+                                                    group_idxs=[p]),
+                                  args.repeats, setup=lambda: copy.deepcopy(model))[0]
+                    row += [f"{a_cpu:.3f}", f"{a_cpu / cpu:.1f}x", f"{a_cpu / cold:.1f}x"]
+                rows.append(row)
+                print(" | ".join(map(str, row)), flush=True)
+    head = ["model", "group", "root", "sparsity", "n", "k", "ours CPU s", "ours wall s", "ours cold CPU s",
+            "torch.cdist(p=1) CPU s"]
+    if authors:
+        head += ["authors CPU s", "authors / ours", "authors / ours cold"]
+    print()
+    print(markdown_table(head, rows))
+
+
+if __name__ == "__main__":
+    main()

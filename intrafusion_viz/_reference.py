@@ -1,0 +1,119 @@
+"""Converged reference models: wide VGG11-BN and ResNet18 trained on the real MNIST 8,000-image split.
+
+The accuracy evidence (``benchmarks/whole_model.py``), the notebooks' full mode and the dashboards use
+these instead of tiny under-trained nets. Checkpoints live outside git, in
+``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference/<arch>_s<seed>.pt``, and are
+trained (minutes on a CPU) when missing.
+
+Example
+-------
+>>> import intrafusion_viz as ifv  # doctest: +SKIP
+>>> model = ifv.reference_model("vgg11_bn", seed=0)  # doctest: +SKIP
+>>> (x_train, y_train), (x_test, y_test) = ifv.reference_data()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+PathLike = Union[str, os.PathLike]
+
+REFERENCE_ARCHS = ("vgg11_bn", "resnet18")
+DEFAULT_MNIST_ROOT = Path("/work/shared/data/mnist")
+# Training recipe (SGD + momentum, cosine schedule, batch 64, weight decay 5e-4), per architecture.
+RECIPES = {
+    "vgg11_bn": dict(epochs=8, lr=0.05),
+    "resnet18": dict(epochs=6, lr=0.05),
+}
+
+
+def reference_dir() -> Path:
+    """Folder of the cached checkpoints: ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference``."""
+    env = os.environ.get("INTRAFUSION_VIZ_REFERENCE")
+    return Path(env) if env else Path.home() / ".cache" / "intrafusion_viz_reference"
+
+
+def build_reference(arch: str) -> nn.Module:
+    """An untrained reference architecture for 1-channel 32x32 inputs.
+
+    ``"vgg11_bn"``: VGG11 with BatchNorm, width 0.5 (32-256 channels); ``"resnet18"``: ResNet18, width 32.
+    """
+    from . import models
+
+    if arch == "vgg11_bn":
+        return models.vgg11_bn(num_classes=10, width_mult=0.5, in_channels=1)
+    if arch == "resnet18":
+        return models.resnet18(num_classes=10, width=32, in_channels=1)
+    raise ValueError(f"Unknown reference architecture {arch!r}; choose one of {REFERENCE_ARCHS}.")
+
+
+def reference_data(root: Optional[PathLike] = None, n_train: int = 8000, n_test: int = 2000):
+    """``((x_train, y_train), (x_test, y_test))`` tensors of the MNIST split, padded to 32x32.
+
+    The split is :func:`intrafusion_viz.data.mnist_test_split` with seed 0 (disjoint train/test images of
+    MNIST's 10,000-image test set). Images are normalised and edge-padded by 2 pixels (VGG's five
+    max-pools need 32x32).
+    """
+    import torch.nn.functional as F
+
+    from .data import mnist_test_split
+
+    root = Path(root) if root is not None else Path(os.environ.get("INTRAFUSION_VIZ_MNIST", DEFAULT_MNIST_ROOT))
+    train, test = mnist_test_split(root, n_train=n_train, n_test=n_test, seed=0)
+
+    def tensors(ds):
+        xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        x = F.pad(torch.stack(xs), (2, 2, 2, 2), mode="replicate")
+        return x, torch.as_tensor(ys, dtype=torch.long)
+
+    return tensors(train), tensors(test)
+
+
+def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, path: Optional[PathLike] = None):
+    """Train a reference model from scratch with the fixed recipe and save it; returns ``(model, test_accuracy)``."""
+    from ._train import accuracy, save_checkpoint, train
+
+    (x_train, y_train), (x_test, y_test) = data if data is not None else reference_data()
+    recipe = RECIPES[arch]
+    torch.manual_seed(seed)
+    model = build_reference(arch)
+    train(model, (x_train, y_train), epochs=recipe["epochs"], lr=recipe["lr"], seed=seed,
+          progress=progress, scheduler="cosine", batch_size=64, eval_data=(x_test, y_test))
+    acc = accuracy(model, (x_test, y_test))
+    path = Path(path) if path is not None else reference_dir() / f"{arch}_s{seed}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, path, arch=arch, seed=seed, test_accuracy=acc, **recipe)
+    return model, acc
+
+
+def reference_model(arch: str = "vgg11_bn", seed: int = 0, train_if_missing: bool = True,
+                    progress: bool = True) -> nn.Module:
+    """A converged reference model (eval mode), loaded from the cache or trained (and cached) when missing.
+
+    Parameters
+    ----------
+    arch : {"vgg11_bn", "resnet18"}
+    seed : int
+        Training seed (0, 1, 2 are the ones the benchmarks use).
+    train_if_missing : bool
+        Train when no checkpoint is cached (minutes on a CPU); otherwise raise FileNotFoundError.
+    """
+    from ._train import load_checkpoint
+
+    if arch not in REFERENCE_ARCHS:
+        raise ValueError(f"Unknown reference architecture {arch!r}; choose one of {REFERENCE_ARCHS}.")
+    path = reference_dir() / f"{arch}_s{seed}.pt"
+    if not path.exists():
+        if not train_if_missing:
+            raise FileNotFoundError(
+                f"No reference checkpoint at {path}; run `python benchmarks/train_reference.py --arch {arch} "
+                f"--seeds {seed}` or pass train_if_missing=True.")
+        model, _ = train_reference(arch, seed, progress=progress, path=path)
+        return model
+    model = build_reference(arch)
+    load_checkpoint(path, model)
+    return model.eval()
