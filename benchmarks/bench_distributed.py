@@ -54,6 +54,36 @@ def timed(run, repeats):
     return times[0], min(times[1:]) if repeats else times[0], table
 
 
+def _noop(shared, cell):
+    return cell
+
+
+def task_overhead(n_cells=200):
+    """ms per cell that the executors add to a task that does nothing (submit, ship, collect, progress)."""
+    from distributed import Client, LocalCluster
+
+    from intrafusion_viz._distributed import map_cells
+
+    shared = torch.zeros(1000, 1000)  # 4 MB of shared inputs, sent once per worker
+    rows = []
+
+    def measure(label, executor):
+        map_cells(_noop, shared, range(4), executor, progress=False)  # warm: workers started, inputs shipped
+        start = time.perf_counter()
+        out = map_cells(_noop, shared, range(n_cells), executor, progress=True, desc=label)
+        assert [o.value for o in out] == list(range(n_cells))
+        rows.append([label, f"{1000 * (time.perf_counter() - start) / n_cells:.1f}", load()])
+
+    measure("in process", None)
+    with ProcessPoolExecutor(1) as pool:
+        measure("ProcessPoolExecutor(1)", pool)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=40) as cluster, \
+            Client(cluster) as client:
+        measure("Dask LocalCluster, 1 worker", client)
+    return markdown_table(["executor", f"ms per no-op cell ({n_cells} cells, 4 MB shared)", "load 1/5/15 min"],
+                          rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2)
@@ -66,7 +96,12 @@ def main(argv=None):
                    help="also in process with 2 torch threads (spin-waits badly on a loaded machine)")
     p.add_argument("--checkpoint", default=str(Path(tempfile.gettempdir()) / "intrafusion_viz_bench_distributed.pt"),
                    help="the trained model is kept here between runs")
+    p.add_argument("--overhead-only", action="store_true", help="only the per-cell overhead of no-op tasks")
     args = p.parse_args(argv)
+    if args.overhead_only:
+        text = task_overhead()
+        print(text)
+        return text
     import pandas as pd
     from distributed import Client, LocalCluster
 
@@ -118,7 +153,8 @@ def main(argv=None):
               f"{len(ifv.sweeps.SWEEP_METHODS)} methods, l1), {args.n_test} test images\n"
             + f"- Dask overhead per cell (1-worker cluster vs in process, warm): "
               f"{1000 * (dask1 - one) / cells:.0f} ms\n\n"
-            + markdown_table(columns, rows) + "\n")
+            + markdown_table(columns, rows) + "\n\nOverhead of the executors alone (no-op cells):\n\n"
+            + task_overhead() + "\n")
     save_text("bench_distributed.md", text)
     print(text)
     return pd.DataFrame(rows, columns=columns)

@@ -32,7 +32,7 @@ def test_fresh_data_gives_fresh_numbers(setup, cache):
     store = {} if cache == "dict" else None
     g = torch.Generator().manual_seed(1)
     seen = set()
-    for _ in range(12):
+    for _ in range(8):
         data = (x, torch.randint(0, 4, (40,), generator=g))  # fresh labels each time, old ones collected
         table = ifv.sweeps.layer_sweep(model, data, x[:2], groups=[0], sparsities=(0.5,), cache=store,
                                        progress=False)
