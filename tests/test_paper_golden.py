@@ -257,6 +257,7 @@ def test_preset_reproduces_the_authors_code(golden_models, cell):
 
 
 @needs_golden
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", [c for c in CELLS if c["variant"] == "eps"], ids=_cell_id)
 def test_preset_with_the_authors_eps_quirk_reproduces_their_eps_cells(golden_models, cell):
     kept, err = _run_cell(golden_models, cell, ifv.OTConfig.paper(bn_eps="authors"))
