@@ -5,9 +5,11 @@ For VGG11-BN and ResNet18 (CIFAR widths) groups G1-G3 at 30/50/70 %, one CPU thr
 * ``ours``: ``ifv.prune(model, x, {group: s}, method="intra-fusion", config=ifv.OTConfig.paper())``
   with the model's groups already traced (warm; a second call on the same model), and ``ours cold``:
   the first call on a fresh model object (tracing included, as the authors' code does every call);
-* ``cdist``: ``torch.cdist(p=1)`` alone on the same n x k matrices the authors' cost compares;
-* ``authors``: the authors' ``prune()`` (github alexandertheus/Intra-Fusion, 82a2871, unmodified, CPU)
-  with their ``OptimalTransport(p=1)``, when a checkout is given (``--authors PATH`` or
+* ``cost``: our p = 1 cost (``ifv.cost_matrix``, the same numbers) and ``torch.cdist(p=1)`` alone on
+  the same n x k matrices the authors' cost compares;
+* ``authors``: ``copy.deepcopy(model)`` then the authors' ``prune()`` on it, as their ``main.py`` does per
+  cell (github alexandertheus/Intra-Fusion, 82a2871, unmodified, CPU, their ``OptimalTransport(p=1)``;
+  their code re-traces the model every call), when a checkout is given (``--authors PATH`` or
   ``$IFV_AUTHORS_CODE``).  Their ``torch_pruning`` fork is copied into a temporary folder and imported
   as ``authors_tp``, beside the real Torch-Pruning; nothing of it enters the package or the tests.
   Without a checkout, their recorded times (0.31-2.06 s per Intra-Fusion cell) are printed instead.
@@ -83,11 +85,14 @@ def import_authors(path: Path):
     return prune, OptimalTransport(p=1, gpu_id=-1), tp
 
 
-def cdist_time(model, group, kept, repeats):
-    v = ifv.channel_features(model, group, bias=False)
-    v = v / v.norm(dim=1, keepdim=True)
+def cost_times(model, group, kept, repeats):
+    """CPU seconds of torch.cdist(p=1) on the authors' n x k matrices, and of our cost on the same vectors."""
+    features = ifv.channel_features(model, group, bias=False)
+    v = features / features.norm(dim=1, keepdim=True)
     targets = v[kept].contiguous()
-    return timed(lambda: torch.cdist(v, targets, p=1), repeats)[0]
+    theirs = timed(lambda: torch.cdist(v, targets, p=1), repeats)[0]
+    ours = timed(lambda: ifv.cost_matrix(features, kept, ifv.OTConfig.paper()), repeats)[0]
+    return theirs, ours
 
 
 def main(argv=None):
@@ -120,19 +125,20 @@ def main(argv=None):
                 ifv.prune(fresh, x, cell, config=cfg)  # cold: traces this model object first
                 cold = time.process_time() - c0
                 cpu, wall, res = timed(lambda: ifv.prune(model, x, cell, config=cfg), args.repeats)
-                cd = cdist_time(model, g, res.groups[0].kept, args.repeats)
+                cd, ours_cost = cost_times(model, g, res.groups[0].kept, args.repeats)
                 row = [arch, f"G{p}", g.name, f"{s:.0%}", g.size, res.groups[0].k, f"{cpu:.3f}", f"{wall:.3f}",
-                       f"{cold:.3f}", f"{cd:.3f}"]
+                       f"{cold:.3f}", f"{ours_cost:.3f}", f"{cd:.3f}", f"{cd / ours_cost:.1f}x"]
                 if authors:
                     a_prune, a_ot, _ = authors
-                    a_cpu = timed(lambda m: a_prune(m, None, x, 10, "l1", -1, sparsity=s, optimal_transport=a_ot,
-                                                    group_idxs=[p]),
-                                  args.repeats, setup=lambda: copy.deepcopy(model))[0]
+                    # their main.py deep-copies the model and prunes the copy in place, per cell; ours
+                    # copies inside prune(): both timings include the copy
+                    a_cpu = timed(lambda: a_prune(copy.deepcopy(model), None, x, 10, "l1", -1, sparsity=s,
+                                                  optimal_transport=a_ot, group_idxs=[p]), args.repeats)[0]
                     row += [f"{a_cpu:.3f}", f"{a_cpu / cpu:.1f}x", f"{a_cpu / cold:.1f}x"]
                 rows.append(row)
                 print(" | ".join(map(str, row)), flush=True)
     head = ["model", "group", "root", "sparsity", "n", "k", "ours CPU s", "ours wall s", "ours cold CPU s",
-            "torch.cdist(p=1) CPU s"]
+            "our cost CPU s", "torch.cdist(p=1) CPU s", "cdist / our cost"]
     if authors:
         head += ["authors CPU s", "authors / ours", "authors / ours cold"]
     print()

@@ -100,6 +100,22 @@ def test_score_folded_works_with_taylor_and_leaves_the_model_alone():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_score_folded_gives_callables_a_folded_model_that_runs():
+    torch.manual_seed(0)
+    model = randomize_bn(conv_bn_net()).eval()
+    x = torch.randn(4, 1, 8, 8)
+    seen = []
+
+    def output_change(group):  # a user importance that runs the model it is given
+        with torch.no_grad():
+            seen.append(rel_err(group.model(x), model(x)))
+        return torch.arange(group.size, dtype=torch.float64)
+
+    res = ifv.prune(model, x[:1], {0: 0.5}, importance=output_change, config=ifv.OTConfig(score_folded=True))
+    assert seen and seen[0] < 1e-5  # the folded model computes the same function
+    assert res.groups[0].kept.tolist() == [3, 4, 5]
+
+
 # ---------------------------------------------------------------- cause 2: weight-only cost
 
 @pytest.mark.parametrize("cost_bias", [False, True])
@@ -257,6 +273,7 @@ def test_preset_reproduces_the_authors_code(golden_models, cell):
 
 
 @needs_golden
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", [c for c in CELLS if c["variant"] == "eps"], ids=_cell_id)
 def test_preset_with_the_authors_eps_quirk_reproduces_their_eps_cells(golden_models, cell):
     kept, err = _run_cell(golden_models, cell, ifv.OTConfig.paper(bn_eps="authors"))
