@@ -49,6 +49,8 @@ class GroupResult:
         Transport plan (default pruning: the selection plan, ``1/n`` at ``(kept[j], j)``).
     out_map, in_map : Tensor, shape (n, k)
         Merge matrices applied to producer rows and consumer columns.
+    method : str
+        The ``prune`` method that made this record (one of :data:`METHODS`).
     assignment : Tensor, shape (n,)
         The kept position each channel sends most of its mass to (-1 for channels dropped by
         default pruning).
@@ -67,6 +69,7 @@ class GroupResult:
     out_map: torch.Tensor
     in_map: torch.Tensor
     members: list = field(default_factory=list, repr=False)
+    method: str = "intra-fusion"
 
     @property
     def assignment(self) -> torch.Tensor:
@@ -293,7 +296,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             norm_map = out_map
         g = originals[i]
         record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
-                             out_map, in_map, members=list(g.members))
+                             out_map, in_map, members=list(g.members), method=method)
         return record, (i, kept, out_map, in_map, norm_map)
 
     records, plans = [], []
@@ -309,7 +312,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             plan = selection_plan(n, kept)
             out_map, in_map = merge_matrices(plan)
             records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, None, plan,
-                                       out_map, in_map, members=list(g.members)))
+                                       out_map, in_map, members=list(g.members), method=method))
         elif not sequential:
             record, planned = plan_group(i, vectors.get(i))
             records.append(record)

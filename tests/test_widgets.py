@@ -201,7 +201,8 @@ def test_readout_differences_params_and_titles(setup):
     db.target.value = "centroid"
     assert "centroid" in db.plan_fig.layout.xaxis.title.text
     db.compare.value = True  # default and Intra-Fusion side by side
-    assert [type(t) for t in db.plan_fig.data] == [go.Heatmap, go.Heatmap]
+    assert [type(t) for t in db.plan_fig.data] == [go.Heatmap] * len(ifv.METHODS)  # one plan per method
+    assert [a.text for a in db.plan_fig.layout.annotations][:len(ifv.METHODS)] == list(ifv.METHODS)  # fold named as such
     table = db.readout_table()
     assert list(table.model) == ["original", *ifv.METHODS]
 

@@ -85,7 +85,10 @@ def chance_level(num_classes) -> float:
 
 
 def method_of(group_result, config=None) -> str:
-    """``"default"`` or ``"intra-fusion"`` (with the OT settings that change the picture) of a record."""
+    """``"default"``, ``"fold"`` or ``"intra-fusion"`` (with the OT settings that change the picture) of a record."""
+    method = getattr(group_result, "method", None)
+    if method == "fold":
+        return "fold"
     if group_result.cost is None:
         return "default"
     if config is None:
