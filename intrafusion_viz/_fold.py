@@ -54,8 +54,14 @@ def cluster_plan(features: torch.Tensor, importance: torch.Tensor, k: int, seed:
     if k == n:
         return torch.arange(n), torch.eye(n, dtype=torch.float64) / n
     x = features.detach().double().cpu().numpy()
-    x = RobustScaler().fit_transform(x)
-    labels = kmeans(torch.from_numpy(x), k, n_init=n_init, seed=seed)
+    x = torch.from_numpy(RobustScaler().fit_transform(x))
+    if x.shape[1] > n:
+        # The n points span at most n dimensions: their coordinates in that span (x = U S V^T -> U S,
+        # read off the Gram matrix x x^T = U S^2 U^T) keep every distance between points and centroids,
+        # so k-means finds the same clusters with d / n times less work (VGG11-BN G1: 9,216 -> 512).
+        eigval, eigvec = torch.linalg.eigh(x @ x.T)
+        x = eigvec * eigval.clamp_min(0).sqrt()
+    labels = kmeans(x, k, n_init=n_init, seed=seed)
     present = torch.unique(labels)
     if len(present) < k:  # k-means can leave a cluster empty on (near-)duplicate points: split the largest
         labels = _fill_empty(labels, k, importance)

@@ -249,3 +249,16 @@ def test_repair_measures_batchnorm_outputs_before_an_inplace_relu():
     w = g.plan / g.plan.sum(0, keepdim=True)
     assert torch.allclose(got.mean(0), w.T @ src.mean(0), atol=1e-6)
     assert torch.allclose(got.std(0, unbiased=False), w.T @ src.std(0, unbiased=False), rtol=1e-4)
+
+
+def test_fold_clusters_in_the_span_of_the_channels_as_in_the_full_space():
+    """k-means on the n channels' coordinates in their span (d > n) finds the clusters it finds in R^d."""
+    from intrafusion_viz._fold import kmeans
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 500, generator=gen, dtype=torch.float64) * 3
+    x = centres.repeat_interleave(8, 0) + 0.5 * torch.randn(48, 500, generator=gen, dtype=torch.float64)
+    eigval, eigvec = torch.linalg.eigh(x @ x.T)
+    reduced = eigvec * eigval.clamp_min(0).sqrt()
+    assert torch.cdist(reduced, reduced).sub(torch.cdist(x, x)).abs().max() < 1e-5  # distances 15-95: kept
+    assert torch.equal(kmeans(x, 6, seed=3), kmeans(reduced, 6, seed=3))
