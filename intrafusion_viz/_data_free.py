@@ -81,11 +81,11 @@ def snapshot_sources(model: nn.Module, records) -> Dict[str, dict]:
     snap = {}
     for g in records:
         n = g.n if hasattr(g, "n") else g.size
-        group_features = _folding_features(modules, g.members, n)
+        group_gram = _folding_gram(modules, g.members, n)
         for m in g.members:
             if m.role != "out" or m.name in snap:
                 continue
-            entry = {"rows": _rows(modules[m.name], m, n), "features": group_features}
+            entry = {"rows": _rows(modules[m.name], m, n), "gram": group_gram}
             bn_member = _bn_of(g.members, m.name)
             if bn_member is not None:
                 bn = modules[bn_member.name]
@@ -102,14 +102,19 @@ def snapshot_sources(model: nn.Module, records) -> Dict[str, dict]:
     return snap
 
 
-def _folding_features(modules: Dict[str, nn.Module], members, n: int) -> torch.Tensor:
-    """(n, d) float64: every tensor of the group along its channels, as Model Folding correlates them.
+def _folding_gram(modules: Dict[str, nn.Module], members, n: int) -> torch.Tensor:
+    """(n, n) float64: Gram matrix of every tensor of the group along its channels, as Model Folding
+    correlates them (summed part by part, so the concatenation is never held).
 
     ``concat_weights`` of marza96/ModelFolding after ``fuse_bnorms_vgg``: each producer's rows and bias
     with its BatchNorm's standardisation folded in (``W / sigma``, ``(b - mu) / sigma``), the BatchNorm's
     gamma and beta, and the consumers' columns; running statistics left out.
     """
-    parts = []
+    gram = torch.zeros(n, n, dtype=torch.float64)
+
+    def add(part):
+        gram.add_(part @ part.T)
+
     by_producer = {m.fold_from: m for m in members if m.role == "norm" and m.fold_from}
     for m in members:
         module = modules[m.name]
@@ -125,21 +130,23 @@ def _folding_features(modules: Dict[str, nn.Module], members, n: int) -> torch.T
                 sigma = torch.sqrt(bn.running_var.detach().double().cpu()[bslots] + bn.eps)
                 mu = bn.running_mean.detach().double().cpu()[bslots]
                 rows, bias = rows / sigma[:, None], (bias - mu) / sigma
-            parts += [rows, bias[:, None]]
+            add(rows)
+            add(bias[:, None])
         elif m.role == "norm" and getattr(modules[m.name], "affine", False):
             bn = modules[m.name]
             slots = _slots(m, n)[:, 0]
-            parts += [bn.weight.detach().double().cpu()[slots, None], bn.bias.detach().double().cpu()[slots, None]]
+            add(bn.weight.detach().double().cpu()[slots, None])
+            add(bn.bias.detach().double().cpu()[slots, None])
         elif m.role == "in":
-            parts.append(_rows(module, m, n))
-    return torch.cat(parts, dim=1) if parts else torch.zeros(n, 0, dtype=torch.float64)
+            add(_rows(module, m, n))
+    return gram
 
 
 
-def _correlation(rows: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of the rows: the correlation of their responses to white (uncorrelated, unit) inputs."""
-    unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (unit @ unit.T).clamp_(-1.0, 1.0)
+def _correlation_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities from a Gram matrix of vectors (a zero vector gets 0 against the others)."""
+    norms = gram.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
+    return (gram / norms[:, None] / norms[None, :]).clamp_(-1.0, 1.0)
 
 
 def predicted_statistics(applied: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
@@ -181,7 +188,7 @@ def _repair_group(model: nn.Module, g, snap: Dict[str, dict], folded: bool,
         if m.role != "out" or m.name not in snap:
             continue
         src = snap[m.name]
-        rho = _correlation(src["features"] if correlation == "model-folding" else src["rows"])
+        rho = _correlation_from_gram(src["gram"] if correlation == "model-folding" else src["rows"] @ src["rows"].T)
         if "bn" in src:
             bn_member = _bn_of(g.members, m.name)
             slots = _slots(bn_member, g.n)[:, 0]
@@ -227,7 +234,7 @@ def _repair_group(model: nn.Module, g, snap: Dict[str, dict], folded: bool,
                 shift[pos] = now_mean - scale[pos] * mean
                 _apply_affine(modules[m.name], scale, shift)
         else:
-            # no statistics stored: rescale merged rows so their white-input response has the
+            # no statistics stored: rescale merged rows so their unit-variance-input response has the
             # plan-weighted norm of the sources' (bias untouched)
             norms = src["rows"].norm(dim=1)
             gram_std = torch.sqrt(((rho @ (applied * norms[:, None])) * (applied * norms[:, None])).sum(0))
