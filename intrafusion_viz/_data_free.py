@@ -142,7 +142,6 @@ def _folding_gram(modules: Dict[str, nn.Module], members, n: int) -> torch.Tenso
     return gram
 
 
-
 def _correlation_from_gram(gram: torch.Tensor) -> torch.Tensor:
     """Cosine similarities from a Gram matrix of vectors (a zero vector gets 0 against the others)."""
     norms = gram.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
