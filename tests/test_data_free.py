@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz._data_free import predicted_statistics
+from intrafusion_viz._data_free import data_free_repair, predicted_statistics
 
 
 def _mlp(n=8, d=6, seed=0, duplicates=False):
@@ -32,7 +32,11 @@ def _mlp(n=8, d=6, seed=0, duplicates=False):
 
 
 def _cnn_with_duplicates(seed=0, scale=1.0):
-    """Channels 4..7 of the first conv compute ``scale`` times channels 0..3 before BatchNorm: the same after it."""
+    """Channels 4..7 of the first conv compute ``scale`` times channels 0..3 before BatchNorm: the same after it.
+
+    The consumer's columns are duplicated too, so the channels are identical in every tensor (Model
+    Folding's correlation estimate, which also compares consumer columns, is then 1).
+    """
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
@@ -41,6 +45,7 @@ def _cnn_with_duplicates(seed=0, scale=1.0):
         conv, bn = model[0], model[1]
         for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var):
             t[4:] = t[:4]
+        model[3].weight[:, 4:] = model[3].weight[:, :4]
         bn.running_var.abs_().add_(0.5)
         bn.running_var[4:] = bn.running_var[:4]
         conv.weight[4:] *= scale
@@ -104,12 +109,12 @@ def test_predicted_statistics_match_gaussian_measurement():
 @pytest.mark.parametrize("fold_bn", [True, False])
 @pytest.mark.parametrize("method", ["intra-fusion", "fold"])
 def test_repaired_channels_get_their_sources_statistics_on_white_inputs(fold_bn, method):
-    """With white Gaussian inputs the weight-based correlation is exact: every merged channel's BN output
+    """With white Gaussian inputs the producer rows' correlation is exact: every merged channel's BN output
     must have the plan-weighted mean and |gamma| of its sources."""
     model = _mlp(n=8, d=6)
     res = ifv.prune(model, torch.zeros(1, 6, dtype=torch.float64), 0.5, method=method, repair="none",
                     config=ifv.OTConfig(fold_batchnorm=fold_bn))
-    fixed = ifv.repair(res, model, mode="data-free")
+    fixed = data_free_repair(res, model, correlation="white-inputs")
     g = res.groups[0]
     w = g.plan / g.plan.sum(0, keepdim=True)
     bn = model[1]
@@ -154,6 +159,66 @@ def test_sequential_matches_simultaneous_on_one_group_and_runs_on_all():
     assert [g.k for g in c.groups] == [4, 3]
 
 
+def _model_folding_reference(model, labels, k):
+    """Model Folding's DF_REPAIR of ``Linear -> BatchNorm1d -> ReLU -> Linear``, transcribed from
+    marza96/ModelFolding (``fuse_bnorms_vgg``, ``concat_weights``, ``get_average_correlation``,
+    ``merge_channel_clustering_approx_repair``), without its ``running_var = 1`` eps (so it is exact)."""
+    import itertools
+
+    lin, bn, out = model[0], model[1], model[3]
+    sigma = torch.sqrt(bn.running_var + bn.eps)
+    w_std = lin.weight / sigma[:, None]  # fuse_bnorms_vgg with gamma = 1, beta = 0
+    b_std = (lin.bias - bn.running_mean) / sigma
+    # concat_weights: every tensor along the channel but the running statistics
+    w = torch.cat([w_std, b_std[:, None], bn.weight[:, None], bn.bias[:, None], out.weight.T], 1)
+    merge = torch.zeros(k, len(labels), dtype=torch.float64)
+    merge[labels, torch.arange(len(labels))] = 1.0
+    avg_corr = torch.zeros(k, dtype=torch.float64)
+    for c in range(k):  # get_average_correlation
+        members = torch.nonzero(merge[c]).flatten().tolist()
+        pairs = [(m, n) for m, n in itertools.product(members, members) if m != n]
+        for m, n in pairs:
+            avg_corr[c] += w[m] @ w[n] / torch.sqrt((w[m] @ w[m]) * (w[n] @ w[n]))
+        avg_corr[c] /= max(len(pairs), 1)
+    mean = torch.diag(1.0 / torch.diag(merge @ merge.T)) @ merge
+    n_c = merge.sum(1)
+    gamma = (mean @ bn.weight) * torch.sqrt(n_c / (1 + (n_c - 1) * avg_corr))
+    beta = mean @ bn.bias
+    w1, b1, w2 = mean @ w_std, mean @ b_std, out.weight @ merge.T
+
+    def forward(x):
+        return torch.relu(gamma * (x @ w1.T + b1) + beta) @ w2.T + out.bias
+
+    return forward
+
+
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_fold_data_free_repair_is_model_foldings_on_hard_clusters(fold_bn):
+    """method="fold" + data-free repair computes Model Folding's DF_REPAIR network where the two merges
+    coincide: equal gammas (ours merges gamma_i * xhat_i, theirs xhat_i and then averages gamma) and,
+    with the BatchNorm not folded (ours then averages the raw rows, theirs the standardised ones), equal
+    running variances."""
+    model = _mlp(n=12, d=5, seed=3)
+    with torch.no_grad():
+        model[1].weight.fill_(1.3)
+        if not fold_bn:
+            model[1].running_var.fill_(0.7)
+    x = torch.randn(64, 5, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig(fold_batchnorm=fold_bn))
+    g = res.groups[0]
+    sizes = torch.bincount(g.assignment)
+    assert int(sizes.max()) >= 2, "the case must merge channels"
+    reference = _model_folding_reference(model, g.assignment, g.k)
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), reference(x), atol=1e-9, rtol=1e-9)
+    # the producer rows alone give another (lower) correlation, hence another network
+    white = data_free_repair(ifv.prune(model, x[:1], 0.5, method="fold", repair="none",
+                                       config=ifv.OTConfig(fold_batchnorm=fold_bn)), model,
+                             correlation="white-inputs")
+    with torch.no_grad():
+        assert not torch.allclose(white(x), reference(x), atol=1e-3)
+
+
 def test_bad_inputs_raise_our_errors():
     model = _mlp()
     x = torch.randn(8, 6, dtype=torch.float64)
@@ -164,6 +229,8 @@ def test_bad_inputs_raise_our_errors():
         ifv.repair(res, model, mode="bn")
     with pytest.raises(ValueError, match="needs the PruneResult"):
         ifv.repair(res.model, model, mode="data-free")
+    with pytest.raises(ValueError, match="correlation must be one of"):
+        data_free_repair(res, model, correlation="rows")
 
 
 def test_repair_refuses_the_wrong_original_model():  # issue 8 (b)
