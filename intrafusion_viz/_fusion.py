@@ -39,6 +39,12 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
     """
     from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+    from ._fastpath import memo_lookup, memo_store
+
+    hit = memo_lookup(layer, bn, bn_eps)  # inside prune(): each fold is computed once
+    if hit is not None:
+        return hit
+
     def f64(t):
         return None if t is None else t.detach().double()
 
@@ -52,6 +58,7 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
     else:
         w, b = fuse_conv_bn_weights(f64(layer.weight), f64(layer.bias), *stats,
                                     transpose=getattr(layer, "transposed", False))
+    memo_store(layer, bn, bn_eps, (w.data, b.data))
     return w.data, b.data
 
 
