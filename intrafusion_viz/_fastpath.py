@@ -53,29 +53,30 @@ def _source(t: torch.Tensor) -> tuple:
     return id(t), t._version
 
 
-def _fold_key(layer: nn.Module, bn: nn.Module, bn_eps: str) -> Optional[tuple]:
+def _fold_key(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = "") -> Optional[tuple]:
     tensors = (getattr(layer, "weight", None), getattr(layer, "bias", None), getattr(bn, "weight", None),
                getattr(bn, "bias", None), getattr(bn, "running_mean", None), getattr(bn, "running_var", None))
-    key = (bn_eps, float(getattr(bn, "eps", 0.0)), bool(getattr(layer, "transposed", False)),
+    key = (tag, bn_eps, float(getattr(bn, "eps", 0.0)), bool(getattr(layer, "transposed", False)),
            isinstance(layer, nn.Linear), getattr(bn, "affine", True))
     return key + tuple(_source(t) if t is not None else None for t in tensors), tensors
 
 
-def memo_lookup(layer: nn.Module, bn: nn.Module, bn_eps: str):
+def memo_lookup(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = ""):
     """The memoised ``(weight, bias)`` fold of ``layer`` and ``bn``, or ``None`` (no memo or a miss)."""
     memo = getattr(_local, "memo", None)
     if memo is None:
         return None
-    key, _ = _fold_key(layer, bn, bn_eps)
+    key, _ = _fold_key(layer, bn, bn_eps, tag)
     hit = memo.get(key)
     return None if hit is None else hit[1]
 
 
-def memo_store(layer: nn.Module, bn: nn.Module, bn_eps: str, folded: Tuple[torch.Tensor, torch.Tensor]) -> None:
+def memo_store(layer: nn.Module, bn: nn.Module, bn_eps: str, folded: Tuple[torch.Tensor, torch.Tensor],
+               tag: str = "") -> None:
     """Remember a fold inside :func:`fold_memo` (the source tensors are held so their ids stay theirs)."""
     memo = getattr(_local, "memo", None)
     if memo is not None:
-        key, tensors = _fold_key(layer, bn, bn_eps)
+        key, tensors = _fold_key(layer, bn, bn_eps, tag)
         memo[key] = (tensors, folded)
 
 

@@ -150,3 +150,29 @@ def test_all_finite():
     t[0], t[1] = float("inf"), -float("inf")
     assert not fp.all_finite(t)
     assert fp.all_finite(torch.arange(5))
+
+
+@pytest.mark.parametrize("layer, bn", [
+    (nn.Conv2d(5, 7, 3), nn.BatchNorm2d(7)),
+    (nn.Conv2d(4, 6, 1, bias=False), nn.BatchNorm2d(6, affine=False)),
+    (nn.ConvTranspose2d(4, 6, 3), nn.BatchNorm2d(6)),
+    (nn.Linear(9, 8), nn.BatchNorm1d(8)),
+    (nn.Conv1d(3, 5, 2, bias=False), nn.BatchNorm1d(5)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bn_eps", ["exact", "authors"])
+def test_folded_weights_as_is_the_float64_fold_cast_bit_for_bit(layer, bn, dtype, bn_eps):
+    from intrafusion_viz._fusion import folded_weights_as
+
+    torch.manual_seed(0)
+    layer, bn = layer.to(dtype), bn.to(dtype)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.3, 2)
+        if bn.affine:
+            bn.weight.uniform_(-2, 2)
+            bn.bias.uniform_(-1, 1)
+    w64, b64 = folded_weights(layer, bn, bn_eps)
+    w, b = folded_weights_as(layer, bn, bn_eps)
+    assert w.dtype == dtype and w.shape == layer.weight.shape
+    assert torch.equal(w, w64.to(dtype)) and torch.equal(b, b64)
