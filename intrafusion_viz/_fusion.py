@@ -71,9 +71,8 @@ def folded_weights_as(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
                       bn_eps: str = "exact") -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`folded_weights` with the weight in ``layer``'s dtype, bit for bit ``weight.to(dtype)``.
 
-    The weight is multiplied by the per-channel float64 factor in one pass (computed in float64, rounded
-    once to float64 and then to the layer's dtype, as the float64 fold followed by a cast is), without a
-    float64 copy of the weight.
+    The weight is multiplied by the per-channel float64 factor piece by piece (:func:`exact_scale`),
+    without a float64 copy of the whole weight.
 
     Returns
     -------
@@ -93,9 +92,9 @@ def folded_weights_as(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
         shape = [1] * weight.dim()
         shape[1 if getattr(layer, "transposed", False) else 0] = weight.shape[1 if getattr(layer, "transposed", False) else 0]
         factor, b = _fold_formula(layer, torch.ones(shape, dtype=torch.float64, device=weight.device), bn, bn_eps)
-        w = torch.empty_like(weight)
-        torch.mul(weight, factor, out=w)  # float64 product, one rounding to the layer's dtype
-        folded = (w, b)
+        from ._fastpath import exact_scale
+
+        folded = (exact_scale(weight, factor), b)
     memo_store(layer, bn, bn_eps, folded, "as")
     return folded
 
@@ -184,6 +183,8 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
     tracker : IndexTracker
         The tracker :func:`apply_merge` used, to find the kept channels' positions.
     """
+    from ._fastpath import exact_scale
+
     modules = _modules(model)
     kept = torch.as_tensor(kept, dtype=torch.long).cpu()
     n, k = group.size, len(kept)
@@ -209,8 +210,9 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
         weight = layer.weight.data.movedim(producer.dim, 0)
         flat = rows.flatten().to(weight.device)
         view = [-1] + [1] * (weight.dim() - 1)
-        weight.index_copy_(0, flat, (weight.index_select(0, flat).double()
-                                     / per_row.to(weight.device).view(view)).to(weight.dtype))
+        scaled = weight.index_select(0, flat)
+        exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
+        weight.index_copy_(0, flat, scaled)
         bias = layer.bias.data
         b_new = (bias[flat].double() - beta[ok].repeat_interleave(rows.shape[1]).to(bias.device)) \
             / per_row.to(bias.device) + mean[ok].repeat_interleave(rows.shape[1]).to(bias.device)
@@ -471,10 +473,21 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
         if bn_name is not None:
             weight, bias = folded_weights_as(module, modules[bn_name])
             bias = bias.to(weight.dtype)
-        w = weight.movedim(m.dim, 0).index_select(0, slots.to(weight.device))
-        parts.append(w.reshape(n, -1).cpu())
+        moved = weight.movedim(m.dim, 0)
+        if len(slots) != moved.shape[0] or not bool((slots == torch.arange(len(slots))).all()):
+            moved = moved.index_select(0, slots.to(weight.device))  # the group holds part of this layer
+        parts.append(moved.reshape((n, -1) + tuple(moved.shape[1:])))  # a view: copied once, below
         if m.role == "out" and bias is not None and include_bias:
-            parts.append(bias[slots].reshape(n, -1).cpu())
+            parts.append(bias[slots].reshape(n, -1))
     if not parts:
         raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")
-    return torch.cat(parts, dim=1)
+    dtype = parts[0].dtype
+    for part in parts[1:]:
+        dtype = torch.promote_types(dtype, part.dtype)
+    widths = [part[0].numel() for part in parts]
+    out = torch.empty(n, sum(widths), dtype=dtype)
+    start = 0
+    for part, width in zip(parts, widths):  # one strided copy per layer, straight into place
+        out[:, start:start + width].view(part.shape).copy_(part)
+        start += width
+    return out

@@ -304,7 +304,9 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     if cached is not None and cached.signature == sig:
         return cached
 
-    template = copy.deepcopy(model)  # tracing switches to eval mode: never touch the caller's model
+    from ._fastpath import tracing_copy
+
+    template = tracing_copy(model)  # tracing switches to eval mode: never touch the caller's model
     for p in template.parameters():
         p.requires_grad_(True)
     try:

@@ -13,7 +13,8 @@ import torch_pruning as tp
 
 from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
-from ._fastpath import LazyCost, all_finite, dropped_rows_cost, fold_memo, kept_rows_unused, private_copy
+from ._fastpath import (LazyCost, all_finite, dropped_rows_cost, fold_memo, folded_magnitude_importances,
+                        kept_rows_unused, private_copy)
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
@@ -270,7 +271,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     # groups are pruned with it or in what order (unless sequential=True asks for exactly that).
     vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse and not sequential}
     scored = read
-    if config.score_folded and not authors_fold and pruned:
+    scores = None
+    if config.score_folded and not authors_fold and pruned:  # magnitudes straight from the folded weights
+        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator)
+    if config.score_folded and not authors_fold and pruned and scores is None:
         # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
         # copy of their own; reading weights needs folded copies of the scored layers only.
         needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
@@ -278,7 +282,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                   else folded_copy_of_groups(model, [originals[i] for i in pruned]))
         scored = bind_groups(trace.specs, folded, trace.fold_pairs)
     score_model = scored[0].model if scored else model
-    scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
+    if scores is None:
+        scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
     sources = None
     if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
         from ._data_free import snapshot_sources

@@ -176,3 +176,59 @@ def test_folded_weights_as_is_the_float64_fold_cast_bit_for_bit(layer, bn, dtype
     w, b = folded_weights_as(layer, bn, bn_eps)
     assert w.dtype == dtype and w.shape == layer.weight.shape
     assert torch.equal(w, w64.to(dtype)) and torch.equal(b, b64)
+
+
+def test_tracing_reads_the_callers_weights_and_changes_nothing():
+    torch.manual_seed(0)
+    model = randomize_bn(TinyResNet()).train()
+    model.conv1.weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    template = fp.tracing_copy(model)
+    assert all(p.requires_grad for p in template.parameters())
+    assert all(a is not b for a, b in zip(template.parameters(), model.parameters()))
+    ifv.find_groups(model, torch.randn(2, 3, 16, 16))
+    assert [(p, p.requires_grad, p.grad) for p in model.parameters()] == params
+    assert all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+@pytest.mark.parametrize("shape, factor_shape", [((300, 500), (300, 1)), ((64, 70, 3, 3), (64, 1, 1, 1)),
+                                                 ((6, 300, 7, 7), (1, 300, 1, 1)), ((5,), (5,))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_scale_is_the_float64_product_cast_bit_for_bit(shape, factor_shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(dtype)
+    f = torch.rand(factor_shape, generator=g, dtype=torch.float64) * 3 + 1e-3
+    assert torch.equal(fp.exact_scale(x, f), (x.double() * f).to(dtype))
+    y = x.clone()
+    fp.exact_scale(y, f, divide=True, out=y)
+    assert torch.equal(y, (x.double() / f).to(dtype))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: randomize_bn(TinyResNet()), lambda: randomize_bn(conv_bn_net(c=6)),
+    lambda: randomize_bn(ifv.models.vgg11_bn(num_classes=10, width_mult=0.25)),
+    lambda: randomize_bn(ifv.models.resnet18(num_classes=10, width=8)),
+])
+@pytest.mark.parametrize("p", [1, 2])
+def test_folded_magnitude_scores_equal_scoring_a_folded_copy_bit_for_bit(build, p):
+    import torch_pruning as tp
+    from intrafusion_viz._fusion import folded_copy_of_groups
+    from intrafusion_viz._groups import _trace, bind_groups
+    from intrafusion_viz._importance import group_importance
+
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(1, 1, 8, 8) if isinstance(model, nn.Sequential) else torch.randn(1, 3, 32, 32)
+    groups = ifv.find_groups(model, x)
+    trace = _trace(model, x)
+    estimator = tp.importance.GroupMagnitudeImportance(p=p)
+    folded = bind_groups(trace.specs, folded_copy_of_groups(model, groups), trace.fold_pairs)
+    fast = fp.folded_magnitude_importances(model, groups, estimator)
+    assert fast is not None
+    for g in groups:
+        assert torch.equal(fast[g.index], group_importance(folded[g.index], estimator)), g.name
+    assert fp.folded_magnitude_importances(model, groups, tp.importance.LAMPImportance(p=2)) is None
+    assert fp.folded_magnitude_importances(model, groups, tp.importance.GroupMagnitudeImportance(bias=True)) is None
