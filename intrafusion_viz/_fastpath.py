@@ -26,7 +26,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["fold_memo", "memo_lookup", "memo_store", "all_finite", "private_copy", "tracing_copy", "LazyCost",
+__all__ = ["fold_memo", "memo_lookup", "memo_store", "all_finite", "private_copy", "LazyCost",
            "kept_rows_unused", "dropped_rows_cost", "exact_scale"]
 
 _local = threading.local()
@@ -155,21 +155,6 @@ def private_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def tracing_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` to trace: its own modules, buffers and Parameter objects, the Parameters'
-    values read from ``model``'s storage instead of copied.
-
-    Tracing runs one forward pass in eval mode with gradients on, and changes modules' modes and
-    Parameters' ``requires_grad``, never a value in place (autograd refuses in-place changes of a
-    leaf that requires grad), so ``model`` stays as it is and no weight is copied.
-    """
-    memo: Dict[int, object] = {}
-    for p in model.parameters():
-        if type(p) is nn.Parameter and id(p) not in memo:
-            memo[id(p)] = nn.Parameter(p.detach(), requires_grad=True)
-    return copy.deepcopy(model, memo)
-
-
 def kept_rows_unused(config, source: torch.Tensor, target: torch.Tensor) -> bool:
     """Whether the exact plan never reads the kept channels' cost rows.
 
@@ -204,6 +189,8 @@ class LazyCost:
         from ._l1 import l1_distances
 
         cost = self.partial
+        if self.targets is None:  # already completed
+            return cost
         cost[self.kept] = l1_distances(self.targets)
         cost[self.kept, torch.arange(len(self.kept))] = 0.0
         self.targets = None

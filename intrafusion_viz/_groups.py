@@ -311,9 +311,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     if cached is not None and cached.signature == sig:
         return cached
 
-    from ._fastpath import tracing_copy
-
-    template = tracing_copy(model)  # tracing switches to eval mode: never touch the caller's model
+    template = copy.deepcopy(model)  # tracing switches to eval mode: never touch the caller's model
     for p in template.parameters():
         p.requires_grad_(True)
     try:

@@ -178,22 +178,6 @@ def test_folded_weights_as_is_the_float64_fold_cast_bit_for_bit(layer, bn, dtype
     assert torch.equal(w, w64.to(dtype)) and torch.equal(b, b64)
 
 
-def test_tracing_reads_the_callers_weights_and_changes_nothing():
-    torch.manual_seed(0)
-    model = randomize_bn(TinyResNet()).train()
-    model.conv1.weight.requires_grad_(False)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    template = fp.tracing_copy(model)
-    assert all(p.requires_grad for p in template.parameters())
-    assert all(a is not b for a, b in zip(template.parameters(), model.parameters()))
-    ifv.find_groups(model, torch.randn(2, 3, 16, 16))
-    assert [(p, p.requires_grad, p.grad) for p in model.parameters()] == params
-    assert all(m.training for m in model.modules())
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), k
-
-
 @pytest.mark.parametrize("shape, factor_shape", [((300, 500), (300, 1)), ((64, 70, 3, 3), (64, 1, 1, 1)),
                                                  ((6, 300, 7, 7), (1, 300, 1, 1)), ((5,), (5,))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
