@@ -11,7 +11,8 @@ For VGG11-BN and ResNet18 (CIFAR widths) groups G1-G3 at 30/50/70 %, one CPU thr
   cell (github alexandertheus/Intra-Fusion, 82a2871, unmodified, CPU, their ``OptimalTransport(p=1)``;
   their code re-traces the model every call), when a checkout is given (``--authors PATH`` or
   ``$IFV_AUTHORS_CODE``).  Their ``torch_pruning`` fork is copied into a temporary folder and imported
-  as ``authors_tp``, beside the real Torch-Pruning; nothing of it enters the package or the tests.
+  as ``authors_tp``, beside the real Torch-Pruning; nothing of it enters the package or the tests (a
+  checkout whose fork is already renamed ``authors_tp/`` works too).
   Without a checkout, their recorded times (0.31-2.06 s per Intra-Fusion cell) are printed instead.
 
 Times are the best of ``--repeats`` runs, CPU time of this process (``time.process_time``; with one
@@ -74,7 +75,8 @@ def timed(fn, repeats: int, setup=None):
 def import_authors(path: Path):
     """The authors' prune() and OptimalTransport, their Torch-Pruning fork imported as ``authors_tp``."""
     tmp = Path(tempfile.mkdtemp(prefix="ifv_authors_"))
-    shutil.copytree(path / "torch_pruning", tmp / "authors_tp")
+    fork = path / "torch_pruning" if (path / "torch_pruning").is_dir() else path / "authors_tp"  # as cloned, or renamed
+    shutil.copytree(fork, tmp / "authors_tp")
     source = (path / "prune.py").read_text().replace("import torch_pruning as tp", "import authors_tp as tp")
     (tmp / "authors_prune.py").write_text(source)
     sys.path.insert(0, str(tmp))
@@ -112,7 +114,7 @@ def main(argv=None):
           f"authors' code: {args.authors or 'not given (their recorded 0.31-2.06 s per IF cell)'}")
     x = torch.randn(1, 3, 32, 32)
     cfg = ifv.OTConfig.paper()
-    rows = []
+    rows, summary = [], {"ratio": [], "ratio_cold": [], "vgg_g1": []}
     for arch in args.models:
         model, weights = load_model(arch)
         groups = {g.paper_index: g for g in ifv.find_groups(model, x)}
@@ -135,6 +137,10 @@ def main(argv=None):
                     a_cpu = timed(lambda: a_prune(copy.deepcopy(model), None, x, 10, "l1", -1, sparsity=s,
                                                   optimal_transport=a_ot, group_idxs=[p]), args.repeats)[0]
                     row += [f"{a_cpu:.3f}", f"{a_cpu / cpu:.1f}x", f"{a_cpu / cold:.1f}x"]
+                    summary["ratio"].append(a_cpu / cpu)
+                    summary["ratio_cold"].append(a_cpu / cold)
+                if arch == "vgg11_bn" and p == 1:
+                    summary["vgg_g1"].append(cpu)
                 rows.append(row)
                 print(" | ".join(map(str, row)), flush=True)
     head = ["model", "group", "root", "sparsity", "n", "k", "ours CPU s", "ours wall s", "ours cold CPU s",
@@ -143,6 +149,16 @@ def main(argv=None):
         head += ["authors CPU s", "authors / ours", "authors / ours cold"]
     print()
     print(markdown_table(head, rows))
+    print()
+    if summary["vgg_g1"]:
+        print(f"VGG11-BN G1 (ours, warm): {min(summary['vgg_g1']):.3f}-{max(summary['vgg_g1']):.3f} s "
+              f"(target <= 0.15 s)")
+    if summary["ratio"]:
+        for key, what in (("ratio", "warm"), ("ratio_cold", "cold")):
+            r = sorted(summary[key])
+            median = r[len(r) // 2] if len(r) % 2 else (r[len(r) // 2 - 1] + r[len(r) // 2]) / 2
+            print(f"authors / ours ({what}): median {median:.1f}x, min {r[0]:.1f}x, max {r[-1]:.1f}x, "
+                  f"{sum(x >= 10 for x in r)}/{len(r)} cells >= 10x (target: >= 10x)")
 
 
 if __name__ == "__main__":

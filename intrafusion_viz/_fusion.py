@@ -37,6 +37,19 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
     weight : Tensor, shape of ``layer.weight``, float64
     bias : Tensor, shape (out_channels,), float64
     """
+    from ._fastpath import memo_lookup, memo_store
+
+    hit = memo_lookup(layer, bn, bn_eps)  # inside prune(): each fold is computed once
+    if hit is not None:
+        return hit
+    folded = _fold_formula(layer, layer.weight.detach().double(), bn, bn_eps)
+    memo_store(layer, bn, bn_eps, folded)
+    return folded
+
+
+def _fold_formula(layer: nn.Module, weight: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm,
+                  bn_eps: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Torch's fuse functions in float64 on ``weight`` (``layer``'s weight or a stand-in of its shape)."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
     def f64(t):
@@ -47,12 +60,43 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
              f64(bn.bias) if bn.affine else None)
     if isinstance(layer, nn.Linear):
         ones = torch.ones_like(stats[0])
-        w, b = fuse_linear_bn_weights(f64(layer.weight), f64(layer.bias), stats[0], stats[1], eps,
+        w, b = fuse_linear_bn_weights(weight, f64(layer.bias), stats[0], stats[1], eps,
                                       stats[3] if bn.affine else ones, stats[4] if bn.affine else 0 * ones)
     else:
-        w, b = fuse_conv_bn_weights(f64(layer.weight), f64(layer.bias), *stats,
-                                    transpose=getattr(layer, "transposed", False))
+        w, b = fuse_conv_bn_weights(weight, f64(layer.bias), *stats, transpose=getattr(layer, "transposed", False))
     return w.data, b.data
+
+
+def folded_weights_as(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
+                      bn_eps: str = "exact") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`folded_weights` with the weight in ``layer``'s dtype, bit for bit ``weight.to(dtype)``.
+
+    The weight is multiplied by the per-channel float64 factor piece by piece (:func:`exact_scale`),
+    without a float64 copy of the whole weight.
+
+    Returns
+    -------
+    weight : Tensor, shape and dtype of ``layer.weight``
+    bias : Tensor, shape (out_channels,), float64
+    """
+    from ._fastpath import memo_lookup, memo_store
+
+    hit = memo_lookup(layer, bn, bn_eps, "as")
+    if hit is not None:
+        return hit
+    weight = layer.weight.detach()
+    if weight.dtype == torch.float64 or not weight.is_floating_point():
+        w, b = folded_weights(layer, bn, bn_eps)
+        folded = (w.to(weight.dtype), b)
+    else:
+        shape = [1] * weight.dim()
+        shape[1 if getattr(layer, "transposed", False) else 0] = weight.shape[1 if getattr(layer, "transposed", False) else 0]
+        factor, b = _fold_formula(layer, torch.ones(shape, dtype=torch.float64, device=weight.device), bn, bn_eps)
+        from ._fastpath import exact_scale
+
+        folded = (exact_scale(weight, factor), b)
+    memo_store(layer, bn, bn_eps, folded, "as")
+    return folded
 
 
 def _batchnorm_state(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
@@ -72,8 +116,8 @@ def _fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_eps: st
     :func:`_batchnorm_state`).
     """
     state = _batchnorm_state(bn)
-    weight, bias = folded_weights(layer, bn, bn_eps)
-    layer.weight.copy_(weight.to(layer.weight.dtype))
+    weight, bias = folded_weights_as(layer, bn, bn_eps)
+    layer.weight.copy_(weight)
     if layer.bias is None:
         layer.bias = nn.Parameter(bias.to(layer.weight.device, layer.weight.dtype),
                                   requires_grad=layer.weight.requires_grad)
@@ -139,6 +183,8 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
     tracker : IndexTracker
         The tracker :func:`apply_merge` used, to find the kept channels' positions.
     """
+    from ._fastpath import exact_scale
+
     modules = _modules(model)
     kept = torch.as_tensor(kept, dtype=torch.long).cpu()
     n, k = group.size, len(kept)
@@ -164,7 +210,9 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
         weight = layer.weight.data.movedim(producer.dim, 0)
         flat = rows.flatten().to(weight.device)
         view = [-1] + [1] * (weight.dim() - 1)
-        weight[flat] = (weight[flat].double() / per_row.to(weight.device).view(view)).to(weight.dtype)
+        scaled = weight.index_select(0, flat)
+        exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
+        weight.index_copy_(0, flat, scaled)
         bias = layer.bias.data
         b_new = (bias[flat].double() - beta[ok].repeat_interleave(rows.shape[1]).to(bias.device)) \
             / per_row.to(bias.device) + mean[ok].repeat_interleave(rows.shape[1]).to(bias.device)
@@ -235,8 +283,8 @@ def folded_copy_of_groups(model: nn.Module, groups: Iterable[Group], bn_eps: str
     with torch.no_grad():
         for layer, bn in pairs.items():
             src, dst = modules[layer], new_modules[layer]
-            weight, bias = folded_weights(src, modules[bn], bn_eps)
-            dst.weight = nn.Parameter(weight.to(src.weight.dtype), requires_grad=src.weight.requires_grad)
+            weight, bias = folded_weights_as(src, modules[bn], bn_eps)
+            dst.weight = nn.Parameter(weight, requires_grad=src.weight.requires_grad)
             dst.bias = nn.Parameter(bias.to(src.weight.dtype), requires_grad=False)
             norm = new_modules[bn]  # the identity it becomes (importance may read its weight)
             if norm.affine:
@@ -287,12 +335,16 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
     """t[..., kept slot j, ...] = sum_i merge[i, j] * t[..., slot i, ...] along ``dim``, in place."""
     n, m = slots.shape
     moved = t.data.movedim(dim, 0)
-    src = moved[slots.flatten()].reshape(n, m * moved[0].numel())
+    idx = slots.flatten()
+    if dim == 0 and t.is_contiguous() and len(idx) == len(moved) and bool((idx == torch.arange(len(idx))).all()):
+        src = moved.reshape(n, m * moved[0].numel())  # every row in order: read in place (new is a new tensor)
+    else:  # index_select / index_copy_: as indexing with a tensor, about twice as fast on strided views
+        src = moved.index_select(0, idx.to(t.device)).reshape(n, m * moved[0].numel())
     merge_t = merge.T.to(src.device, src.dtype)
     if (merge_t != 0).sum() < 0.1 * merge_t.numel():
         merge_t = merge_t.to_sparse()  # exact plans are sparse: each channel goes to one or two places
     new = merge_t @ src  # (k, m * rest)
-    moved[kept_slots.flatten()] = new.reshape(-1, *moved.shape[1:])
+    moved.index_copy_(0, kept_slots.flatten().to(t.device), new.reshape(-1, *moved.shape[1:]))
 
 
 def _check_mergeable(group: Group, is_selection: bool) -> None:
@@ -422,11 +474,23 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
         bias = module.bias.detach() if module.bias is not None else None
         bn_name = group.fold_pairs.get(m.name) if fold else None
         if bn_name is not None:
-            weight, bias = (t.to(weight.dtype) for t in folded_weights(module, modules[bn_name]))
-        w = weight.movedim(m.dim, 0)[slots]
-        parts.append(w.reshape(n, -1).cpu())
+            weight, bias = folded_weights_as(module, modules[bn_name])
+            bias = bias.to(weight.dtype)
+        moved = weight.movedim(m.dim, 0)
+        if len(slots) != moved.shape[0] or not bool((slots == torch.arange(len(slots))).all()):
+            moved = moved.index_select(0, slots.to(weight.device))  # the group holds part of this layer
+        parts.append(moved.reshape((n, -1) + tuple(moved.shape[1:])))  # a view: copied once, below
         if m.role == "out" and bias is not None and include_bias:
-            parts.append(bias[slots].reshape(n, -1).cpu())
+            parts.append(bias[slots].reshape(n, -1))
     if not parts:
         raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")
-    return torch.cat(parts, dim=1)
+    dtype = parts[0].dtype
+    for part in parts[1:]:
+        dtype = torch.promote_types(dtype, part.dtype)
+    widths = [part[0].numel() for part in parts]
+    out = torch.empty(n, sum(widths), dtype=dtype)
+    start = 0
+    for part, width in zip(parts, widths):  # one strided copy per layer, straight into place
+        out[:, start:start + width].view(part.shape).copy_(part)
+        start += width
+    return out

@@ -118,7 +118,8 @@ class Group:
     """
 
     def __init__(self, index: int, paper_index: int, name: str, size: int,
-                 members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None):
+                 members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None,
+                 modules: Optional[Dict[str, object]] = None):
         self.fold_pairs = dict(fold_pairs or {})  # conv/linear name -> BatchNorm folded into it
         self.index = index
         self.paper_index = paper_index
@@ -126,8 +127,8 @@ class Group:
         self.size = size
         self.members = list(members)
         self.model = model
-        modules = dict(model.named_modules())
-        modules.update(model.named_parameters())  # bare nn.Parameters are members too
+        if modules is None:  # name -> module table (bind_groups builds it once for all groups)
+            modules = _module_table(model)
         items = []
         for m in self.members:
             node = tp.dependency.Node(modules[m.name], None, m.name)
@@ -162,6 +163,12 @@ class Group:
         return f"Group(index={self.index}, name={self.name!r}, size={self.size}, members=[{roles}])"
 
     __str__ = __repr__
+
+
+def _module_table(model: nn.Module) -> Dict[str, object]:
+    modules = dict(model.named_modules())
+    modules.update(model.named_parameters())  # bare nn.Parameters are members too
+    return modules
 
 
 def _handler(name: str):
@@ -370,7 +377,8 @@ def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
 def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
                 fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
     """Bind traced group recipes to ``model`` (same structure as the traced one)."""
-    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs)
+    modules = _module_table(model)
+    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs, modules)
             for i, s in enumerate(specs)]
 
 

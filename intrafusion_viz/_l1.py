@@ -182,8 +182,9 @@ def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Ten
         return torch.cdist(a, b, p=1).double()
     d = a.shape[1]
     ldb = -(-k // _COLUMNS) * _COLUMNS
-    bt = torch.zeros(d, ldb, dtype=torch.float32)
+    bt = torch.empty(d, ldb, dtype=torch.float32)
     bt[:, :k] = b.T
+    bt[:, k:] = 0.0
     a = a.contiguous()
     out = torch.empty(n, k, dtype=torch.float64)
     if kernel(a.data_ptr(), bt.data_ptr(), out.data_ptr(), n, k, d, ldb, int(sym)) != 0:

@@ -1,7 +1,6 @@
 """``prune``: groups -> importance -> transport plan -> fusion (or plain pruning), on a copy of the model."""
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ import torch_pruning as tp
 
 from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
+from ._fastpath import (LazyCost, all_finite, dropped_rows_cost, fold_memo, folded_magnitude_importances,
+                        kept_rows_unused, private_copy)
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
@@ -75,6 +76,20 @@ class GroupResult:
     def assignment(self) -> torch.Tensor:
         has = self.plan.sum(1) > 0
         return torch.where(has, self.plan.argmax(1), torch.full_like(has, -1, dtype=torch.long))
+
+
+def _cost_of(record: GroupResult) -> Optional[torch.Tensor]:
+    cost = record.__dict__.get("_cost")
+    if isinstance(cost, LazyCost):  # the kept rows, which the plan did not need, are computed now
+        cost = record.__dict__["_cost"] = cost.full()
+    return cost
+
+
+def _set_cost(record: GroupResult, cost) -> None:
+    record.__dict__["_cost"] = cost
+
+
+GroupResult.cost = property(_cost_of, _set_cost, doc="Transport cost, shape (n, k), or None for default pruning.")
 
 
 @dataclass
@@ -148,6 +163,7 @@ def _select(groups: List[Group], selection, sparsity) -> Dict[int, float]:
     return {i: s for i in resolve_group_keys(groups, selection)}
 
 
+@fold_memo()  # each BatchNorm fold is computed once per call (vectors, scores and surgery share it)
 def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
@@ -255,7 +271,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     # groups are pruned with it or in what order (unless sequential=True asks for exactly that).
     vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse and not sequential}
     scored = read
-    if config.score_folded and not authors_fold and pruned:
+    scores = None
+    if config.score_folded and not authors_fold and pruned:  # magnitudes straight from the folded weights
+        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator)
+    if config.score_folded and not authors_fold and pruned and scores is None:
         # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
         # copy of their own; reading weights needs folded copies of the scored layers only.
         needs_grad = importance == "taylor" or isinstance(estimator, tp.importance.GroupTaylorImportance)
@@ -263,7 +282,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                   else folded_copy_of_groups(model, [originals[i] for i in pruned]))
         scored = bind_groups(trace.specs, folded, trace.fold_pairs)
     score_model = scored[0].model if scored else model
-    scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
+    if scores is None:
+        scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
     sources = None
     if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
         from ._data_free import snapshot_sources
@@ -284,10 +304,14 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             out_map, in_map = merge_matrices(plan)
             norm_map = out_map
         elif fuse:
-            cost = cost_matrix(vec, kept, config)
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
-            plan = transport_plan(cost, a, b, config, kept=kept)
+            if config.p == 1 and kept_rows_unused(config, a, b):  # kept rows: computed if the record is read
+                cost = dropped_rows_cost(vec, kept, config)
+                plan = transport_plan(cost.partial, a, b, config, kept=kept)
+            else:
+                cost = cost_matrix(vec, kept, config)
+                plan = transport_plan(cost, a, b, config, kept=kept)
             out_map, in_map = merge_matrices(plan, config.fusion)
             norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
         else:
@@ -322,7 +346,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     if authors_fold and not inplace:
         work = model_read  # already the folded copy the authors' code prunes
     else:
-        work = model if inplace else copy.deepcopy(model)
+        work = model if inplace else private_copy(model)
     bound = bind_groups(trace.specs, work, trace.fold_pairs)
     # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
     touched = ({name for name, _ in work.named_modules()} if authors_fold
@@ -386,7 +410,7 @@ def _checked_features(features: Callable, model: nn.Module, group: Group) -> tor
     if v.dim() != 2 or v.shape[0] != group.size or v.shape[1] == 0:
         raise ValueError(f"{what} must return a tensor of shape ({group.size}, d): one row per channel, "
                          f"got {tuple(v.shape)}")
-    if not bool(torch.isfinite(v).all()):
+    if not all_finite(v):
         raise ValueError(f"{what} has NaN or infinite entries; check the weights or the data for NaN")
     return v
 

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from ._fastpath import all_finite
 from ._l1 import l1_distances
 
 __all__ = [
@@ -293,7 +294,7 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
     n, k = cost.shape
     if a.shape != (n,) or b.shape != (k,):
         raise ValueError(f"masses of shape {tuple(a.shape)} and {tuple(b.shape)} do not fit a cost of shape {(n, k)}")
-    if not torch.isfinite(cost).all():
+    if not all_finite(cost):
         raise ValueError("the cost matrix has NaN or infinite entries; check the layer weights for NaN")
     b = b * (a.sum() / b.sum())
     if config.target_mass == "free":  # semi-relaxed: the optimum sends each source whole to its cheapest target
