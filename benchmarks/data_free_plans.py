@@ -48,6 +48,22 @@ PLANS = {  # label -> (method, OTConfig factory arguments)
 }
 
 
+def _save(path: Path, cache: dict) -> None:
+    """Merge into the file under a lock (several runs may write at once)."""
+    import fcntl
+    import os
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "ifv_data_free_plans.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.exists() else {}
+        on_disk.update(cache)
+        cache.update(on_disk)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
 def _config(ifv, settings):
     settings = dict(settings)
     preset = settings.pop("preset", None)
@@ -125,7 +141,7 @@ def run(args):
                                          if k in r} | ({"agreement": r["agreement"]} if "agreement" in r else {})
                                         for r in drift])
                     cache[key] = entry
-                    path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+                    _save(path, cache)
                     print(f"{key}: none {entry['none']:.1f} data-free {entry['data_free']:.1f}", flush=True)
     return cache
 
@@ -140,7 +156,7 @@ def tables(cache, args) -> str:
             out.append(f"\n#### {arch}, every group at {s:.0%}, seeds {seeds} (per seed: accuracy without repair / "
                        "with data-free repair)\n")
             out.append("| plan | no repair | data-free | largest cluster (max over layers) | within-cluster corr. "
-                       "measured / estimated (mean over layers) | merged channels' corr. after data-free, "
+                       "measured / estimated (mean over layers; per seed) | merged channels' corr. after data-free, "
                        "last pruned layer | logits top-1 agreement after data-free |")
             out.append("|---|---|---|---:|---|---|---|")
             for label in args.plans:
@@ -155,11 +171,13 @@ def tables(cache, args) -> str:
                     vals = [r[key] for r in c["clusters"] if r[key] == r[key]]
                     return sum(vals) / len(vals) if vals else float("nan")
 
+                def pairs(cs):
+                    return ", ".join(f"{mean_over(c, 'measured'):.2f} / {mean_over(c, 'estimated'):.2f}" for c in cs)
+
                 last = lambda c: [r for r in c["drift"] if r.get("pruned")][-1]["corr"]  # noqa: E731
                 out.append(f"| {label} | {per_seed(lambda c: c['none'])} | {per_seed(lambda c: c['data_free'])} | "
                            f"{per_seed(lambda c: max(r['max_size'] for r in c['clusters']), '{:d}')} | "
-                           f"{per_seed(lambda c: mean_over(c, 'measured'), '{:.2f}')} / "
-                           f"{per_seed(lambda c: mean_over(c, 'estimated'), '{:.2f}')} | "
+                           f"{pairs(cells)} | "
                            f"{per_seed(last, '{:.2f}')} | {per_seed(lambda c: c['drift'][-1]['agreement'])} |")
             if args.per_layer:
                 sd = seeds[0]
