@@ -11,8 +11,9 @@ semi-relaxed plan (IF-free) towards Model Folding's clusters, one OTConfig optio
 * ``+imp-mass``: importance source masses (a kept channel keeps more of itself), cause (d);
 * ``+standardize``: the cost on standardised channel vectors (Model Folding's RobustScaler), cause (a);
 * ``centroid-cos``: k-means++ centroid targets (spherical k-means) on the raw vectors, cause (b);
-* ``centroid-cos+std``: both (``OTConfig.data_free(normalize=True)``);
-* ``data_free``: ``OTConfig.data_free()``: plain k-means on the standardised vectors;
+* ``centroid-cos+std``: both: ``OTConfig.data_free()``;
+* ``kmeans+std``: ``OTConfig.data_free(normalize=False)``: plain k-means on the standardised vectors
+  (Model Folding's clusters);
 * ``fold``: ``method="fold"``.
 
 Per plan and layer it also measures (on 256 training images) the correlation of the merged channels'
@@ -42,8 +43,8 @@ PLANS = {  # label -> (method, OTConfig factory arguments)
     "IF-free+imp-mass": ("intra-fusion", dict(target_mass="free", source_mass="importance")),
     "IF-free+standardize": ("intra-fusion", dict(target_mass="free", standardize=True)),
     "centroid-cos": ("intra-fusion", dict(preset="data_free", normalize=True, standardize=False)),
-    "centroid-cos+std": ("intra-fusion", dict(preset="data_free", normalize=True)),
-    "data_free": ("intra-fusion", dict(preset="data_free")),
+    "centroid-cos+std": ("intra-fusion", dict(preset="data_free")),  # OTConfig.data_free()
+    "kmeans+std": ("intra-fusion", dict(preset="data_free", normalize=False)),  # Model Folding's clusters
     "fold": ("fold", {}),
 }
 

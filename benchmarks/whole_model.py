@@ -31,7 +31,7 @@ METHODS = {  # label -> (prune method, OTConfig settings)
     "IF-free": ("intra-fusion", {"target_mass": "free"}),  # semi-relaxed OT: each channel to its nearest kept
     "fold": ("fold", {}),
     # OTConfig.data_free(): centroid targets from k-means++ on standardised vectors, free target mass
-    "IF-df": ("intra-fusion", {"preset": "data_free"}),
+    "IF-df": ("intra-fusion", {"preset": "data_free", "normalize": False}),  # plain k-means: Model Folding's clusters
     "IF-df-cos": ("intra-fusion", {"preset": "data_free", "normalize": True}),  # spherical k-means (cosine)
 }
 REPAIRS = ("none", "data-free", "bn", "repair")

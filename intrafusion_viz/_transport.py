@@ -146,25 +146,23 @@ class OTConfig:
     def data_free(cls, **overrides) -> "OTConfig":
         """The Intra-Fusion plan for merging a whole network without data (then ``repair="data-free"``).
 
-        Centroid targets found by k-means with k-means++ seeding (``target="centroid"``,
-        ``centroid_init="k-means++"``) on the standardised channel vectors compared as they are
-        (``standardize=True``, ``normalize=False``), and a semi-relaxed plan (``target_mass="free"``):
-        every channel merges whole into its cluster, and each cluster becomes its mean.  These are
-        Model Folding's clusters (``method="fold"`` merges the same ones; only the positions of the
-        merged channels differ), the one plan of those measured whose data-free repair holds up on a
-        whole network at 30-70 % sparsity: with the most important channels as targets, the paper's
-        balanced plan or a unit-normalised cost (``normalize=True``: spherical k-means, better without
-        any repair, worse at 70 % with it), merging loses more than the repair can restore
-        (``BENCHMARKS.md``, section 5).
+        Centroid targets found by spherical k-means with k-means++ seeding (``target="centroid"``,
+        ``centroid_init="k-means++"``) on standardised, unit-normalised channel vectors
+        (``standardize=True``), and a semi-relaxed plan (``target_mass="free"``): every channel merges
+        whole into its cluster, and each cluster becomes its mean.  ``normalize=False`` gives plain
+        k-means on the standardised vectors: Model Folding's clusters (``method="fold"`` merges the
+        same ones).  On whole converged networks (``BENCHMARKS.md``, section 5) the most important
+        channels as targets, the paper's balanced plan, or a cost on unstandardised vectors lose more
+        than the data-free repair can restore; this plan does not.
 
         Examples
         --------
         >>> cfg = OTConfig.data_free()
         >>> cfg.target, cfg.centroid_init, cfg.target_mass, cfg.standardize, cfg.normalize
-        ('centroid', 'k-means++', 'free', True, False)
+        ('centroid', 'k-means++', 'free', True, True)
         """
         settings = dict(target="centroid", centroid_init="k-means++", target_mass="free", standardize=True,
-                        normalize=False)
+                        normalize=True)
         settings.update(overrides)
         return cls(**settings)
 

@@ -33,8 +33,8 @@ def _same_partition(plan: torch.Tensor, labels: torch.Tensor) -> bool:
 def test_preset_fields_overrides_and_validation():
     cfg = ifv.OTConfig.data_free()
     assert (cfg.target, cfg.centroid_init, cfg.target_mass, cfg.standardize, cfg.normalize) == \
-        ("centroid", "k-means++", "free", True, False)
-    assert ifv.OTConfig.data_free(normalize=True).normalize is True
+        ("centroid", "k-means++", "free", True, True)
+    assert ifv.OTConfig.data_free(normalize=False).normalize is False
     assert ifv.OTConfig().standardize is False and ifv.OTConfig().normalize is True  # defaults unchanged
     with pytest.raises(ValueError, match="centroid_init"):
         ifv.OTConfig(centroid_init="random")
@@ -107,14 +107,14 @@ def _cnn(seed=0):
 
 
 @pytest.mark.parametrize("repair", ["none", "data-free"])
-def test_preset_merges_model_foldings_clusters(repair):
-    """With the preset, Intra-Fusion's plan is Model Folding's k-means clustering: the same network as
+def test_preset_without_normalize_merges_model_foldings_clusters(repair):
+    """With ``OTConfig.data_free(normalize=False)``, Intra-Fusion's plan is Model Folding's k-means clustering: the same network as
     method="fold" up to the order of the merged channels (fold puts a cluster at its most important
     member, Intra-Fusion at the kept channel its centroid is matched to), with or without the repair."""
     model = _cnn()
     before = copy.deepcopy(model.state_dict())
     x = torch.randn(32, 3, 8, 8, dtype=torch.float64)
-    ours = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.data_free(), repair=repair)
+    ours = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.data_free(normalize=False), repair=repair)
     fold = ifv.prune(model, x[:1], 0.5, method="fold", repair=repair)
     for a, b in zip(ours.groups, fold.groups):
         assert (a.plan > 0).sum(1).eq(1).all()
@@ -125,3 +125,27 @@ def test_preset_merges_model_foldings_clusters(repair):
     with torch.no_grad():
         assert torch.allclose(ours.model(x), fold.model(x), rtol=1e-9, atol=1e-9)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the caller's model changed"
+
+
+def test_preset_plan_is_a_spherical_kmeans_clustering_of_the_standardised_channels():
+    """The default preset: every channel merges whole into one cluster, every cluster is non-empty, and
+    each merged channel's producer row is its cluster's mean (BatchNorm folded)."""
+    from intrafusion_viz._fusion import channel_features, folded_weights
+    from intrafusion_viz._transport import _standardized
+
+    model = _cnn(1)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.data_free(), repair="none")
+    g = res.groups[0]
+    assert ((g.plan > 0).sum(1) == 1).all() and ((g.plan > 0).sum(0) >= 1).all()
+    labels = g.plan.argmax(1)
+    groups = ifv.find_groups(model, x[:1])
+    vec = _unit_rows(_standardized(channel_features(model, groups[g.index])))
+    centres = _unit_rows(torch.stack([vec[labels == j].mean(0) for j in range(g.k)]))
+    # a fixed point of spherical k-means: each channel's most similar centre is its own cluster's
+    assert torch.equal((vec @ centres.T).argmax(1), labels)
+    # merged rows are the cluster means of the BatchNorm-folded rows (merged channel j is column j)
+    w, _ = folded_weights(model[0], model[1])
+    merged = torch.stack([w[labels == j].mean(0) for j in range(g.k)])
+    got, _ = folded_weights(res.model[0], res.model[1])
+    assert torch.allclose(got, merged, atol=1e-10)
