@@ -1,12 +1,15 @@
 """Whole-model and one-group merging on the converged reference models, with and without statistics repair.
 
-Methods default / IF barycentric / IF paper / fold (Model Folding), l1 importance, no fine-tuning; each
-without data, with the data-free repair, and with data repairs on 512 unlabeled training images
+Methods default / IF barycentric / IF paper / IF-free (semi-relaxed plan) / IF-df (``OTConfig.data_free()``)
+/ IF-kmeans (``OTConfig.data_free(normalize=False)``) / fold (Model Folding), l1 importance, no fine-tuning;
+each without data, with the data-free repair, and with data repairs on 512 unlabeled training images
 ("bn": re-estimated BatchNorm statistics; "repair": REPAIR).  Accuracy on the 2,000 test images of the
-MNIST split.  Results are cached in benchmarks/results/whole_model.json (rerun to resume); tables go
-to stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html.
+MNIST split.  Results are cached in benchmarks/results/whole_model.json (rerun to resume; several runs,
+e.g. one per seed, may write it at once); tables (mean ± std over seeds, each seed in brackets) go to
+stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html.
 
-    python benchmarks/whole_model.py --arch vgg11_bn --seeds 0 1
+    python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2
+    python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2 --tables-only
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ METHODS = {  # label -> (prune method, OTConfig settings)
     "IF-free": ("intra-fusion", {"target_mass": "free"}),  # semi-relaxed OT: each channel to its nearest kept
     "fold": ("fold", {}),
     # OTConfig.data_free(): centroid targets from k-means++ on standardised vectors, free target mass
-    "IF-df": ("intra-fusion", {"preset": "data_free", "normalize": False}),  # plain k-means: Model Folding's clusters
-    "IF-df-cos": ("intra-fusion", {"preset": "data_free", "normalize": True}),  # spherical k-means (cosine)
+    "IF-df": ("intra-fusion", {"preset": "data_free"}),  # spherical k-means (cosine) centroids of standardised vectors
+    "IF-kmeans": ("intra-fusion", {"preset": "data_free", "normalize": False}),  # plain k-means: Model Folding's clusters
 }
 REPAIRS = ("none", "data-free", "bn", "repair")
 
