@@ -1,12 +1,15 @@
 """Whole-model and one-group merging on the converged reference models, with and without statistics repair.
 
-Methods default / IF barycentric / IF paper / fold (Model Folding), l1 importance, no fine-tuning; each
-without data, with the data-free repair, and with data repairs on 512 unlabeled training images
+Methods default / IF barycentric / IF paper / IF-free (semi-relaxed plan) / IF-df (``OTConfig.data_free()``)
+/ IF-kmeans (``OTConfig.data_free(normalize=False)``) / fold (Model Folding), l1 importance, no fine-tuning;
+each without data, with the data-free repair, and with data repairs on 512 unlabeled training images
 ("bn": re-estimated BatchNorm statistics; "repair": REPAIR).  Accuracy on the 2,000 test images of the
-MNIST split.  Results are cached in benchmarks/results/whole_model.json (rerun to resume); tables go
-to stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html.
+MNIST split.  Results are cached in benchmarks/results/whole_model.json (rerun to resume; several runs,
+e.g. one per seed, may write it at once); tables (mean ± std over seeds, each seed in brackets) go to
+stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html.
 
-    python benchmarks/whole_model.py --arch vgg11_bn --seeds 0 1
+    python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2
+    python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2 --tables-only
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +33,35 @@ METHODS = {  # label -> (prune method, OTConfig settings)
     "IF-paper": ("intra-fusion", {"fusion": "paper"}),
     "IF-free": ("intra-fusion", {"target_mass": "free"}),  # semi-relaxed OT: each channel to its nearest kept
     "fold": ("fold", {}),
+    # OTConfig.data_free(): centroid targets from k-means++ on standardised vectors, free target mass
+    "IF-df": ("intra-fusion", {"preset": "data_free"}),  # spherical k-means (cosine) centroids of standardised vectors
+    "IF-kmeans": ("intra-fusion", {"preset": "data_free", "normalize": False}),  # plain k-means: Model Folding's clusters
 }
 REPAIRS = ("none", "data-free", "bn", "repair")
 
 
 def _key(*parts) -> str:
     return "|".join(str(p) for p in parts)
+
+
+def _config(ifv, settings: dict):
+    settings = dict(settings)
+    preset = settings.pop("preset", None)
+    return getattr(ifv.OTConfig, preset)(**settings) if preset else ifv.OTConfig(**settings)
+
+
+def _save(cache: dict) -> None:
+    """Merge ``cache`` into the file under a lock, so runs for other seeds or archs may run at the same time."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "ifv_whole_model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+        on_disk.update(cache)
+        cache.update(on_disk)
+        tmp = CACHE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
+        os.replace(tmp, CACHE)
 
 
 def run(args):
@@ -44,7 +71,7 @@ def run(args):
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
 
     def save():
-        CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        _save(cache)
 
     (x_train, _), (x_test, y_test) = ifv.reference_data()
     batch = x_train[:512]
@@ -67,7 +94,7 @@ def run(args):
             n_groups = len(ifv.find_groups(model, example))
             for gi in range(n_groups if args.one_group else 0):
                 for label in args.methods:
-                    jobs.append(("one", args.one_group, label, gi, ("none", "data-free"), False))
+                    jobs.append(("one", args.one_group, label, gi, tuple(args.one_group_repairs), False))
             for scope, s, label, gi, repairs, sequential in tqdm(jobs, desc=f"{arch} seed {seed}"):
                 todo = [r for r in repairs if _key(arch, seed, scope, s, label, gi, r) not in cache]
                 if not todo:
@@ -75,7 +102,7 @@ def run(args):
                 method, settings = METHODS[label]
                 sparsity = s if gi is None else {gi: s}
                 res = ifv.prune(model, example, sparsity, method=method, importance="l1", repair="none",
-                                config=ifv.OTConfig(**settings), sequential=sequential)
+                                config=_config(ifv, settings), sequential=sequential)
                 for r in todo:
                     start = time.perf_counter()
                     if r == "none":
@@ -103,7 +130,8 @@ def tables(cache, args) -> str:
         base = [cache[_key(arch, s, "base")] for s in seeds]
         out.append(f"\n### {arch}, seeds {seeds}: base accuracy {np.mean(base):.2f} % "
                    f"({', '.join(f'{b:.2f}' for b in base)})\n")
-        out.append(f"Every group pruned at once (accuracy %, 2,000 test images; mean (seed {' / seed '.join(map(str, seeds))})):\n")
+        out.append(f"Every group pruned at once (accuracy %, 2,000 test images; mean ± std over seeds "
+                   f"(seed {' / seed '.join(map(str, seeds))})):\n")
         out.append("| sparsity | method | " + " | ".join(args.repairs) + " |")
         out.append("|---|---|" + "---:|" * len(args.repairs))
 
@@ -113,7 +141,10 @@ def tables(cache, args) -> str:
             if not vals:
                 return "-"
             per_seed = " / ".join(f"{v:.1f}" for v in vals)
-            return f"{np.mean(vals):.1f} ({per_seed})" if len(vals) > 1 else f"{vals[0]:.1f}"
+            if len(vals) == 1:
+                return f"{vals[0]:.1f}" + ("" if len(seeds) == 1 else " (1 seed)")
+            spread = f" ± {np.std(vals, ddof=1):.1f}"
+            return f"{np.mean(vals):.1f}{spread} ({per_seed})" + ("" if len(vals) == len(seeds) else f" ({len(vals)} seeds)")
 
         for s in args.whole:
             for label in args.methods:
@@ -124,24 +155,27 @@ def tables(cache, args) -> str:
                                       for r in args.repairs) + " |")
         if args.one_group:
             s = args.one_group
-            out.append(f"\nOne group at a time at {s:.0%} (groups within 1.5 points of base, of all groups; "
-                       "worst group's accuracy):\n")
+            out.append(f"\nOne group at a time at {s:.0%} ((group, seed) cases within 1.5 points of their "
+                       f"seed's base; worst case's accuracy; per seed {' / '.join(map(str, seeds))}):\n")
             out.append("| method | no data | data-free repair |")
             out.append("|---|---:|---:|")
             for label in args.methods:
                 cells = []
                 for r in ("none", "data-free"):
-                    within, total, worst = 0, 0, 100.0
+                    within, total, worst, per_seed = 0, 0, 100.0, []
                     for seed in seeds:
                         b = cache[_key(arch, seed, "base")]
-                        gi = 0
+                        gi, w = 0, 0
                         while _key(arch, seed, "one", s, label, gi, r) in cache:
                             acc = cache[_key(arch, seed, "one", s, label, gi, r)]
-                            within += acc >= b - 1.5
-                            total += 1
+                            w += acc >= b - 1.5
                             worst = min(worst, acc)
                             gi += 1
-                    cells.append(f"{within}/{total} (worst {worst:.1f})" if total else "-")
+                        within, total = within + w, total + gi
+                        per_seed.append(f"{w}/{gi}" if gi else "-")
+                    seeds_text = f"; {' / '.join(per_seed)}" if len(seeds) > 1 else ""
+                    cells.append(f"{within}/{total} = {100 * within / total:.0f} % (worst {worst:.1f}{seeds_text})"
+                                 if total else "-")
                 out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -177,6 +211,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repairs", nargs="+", default=list(REPAIRS))
     parser.add_argument("--one-group", type=float, default=0.7, help="sparsity of the one-group runs (0: skip)")
+    parser.add_argument("--one-group-repairs", nargs="+", default=["none", "data-free"],
+                        choices=["none", "data-free"], help="repairs of the one-group runs")
     parser.add_argument("--sequential", action="store_true", help="also IF-bary planned group by group")
     parser.add_argument("--tables-only", action="store_true")
     args = parser.parse_args(argv)

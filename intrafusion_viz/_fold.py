@@ -54,13 +54,7 @@ def cluster_plan(features: torch.Tensor, importance: torch.Tensor, k: int, seed:
     if k == n:
         return torch.arange(n), torch.eye(n, dtype=torch.float64) / n
     x = features.detach().double().cpu().numpy()
-    x = torch.from_numpy(RobustScaler().fit_transform(x))
-    if x.shape[1] > n:
-        # The n points span at most n dimensions: their coordinates in that span (x = U S V^T -> U S,
-        # read off the Gram matrix x x^T = U S^2 U^T) keep every distance between points and centroids,
-        # so k-means finds the same clusters with d / n times less work (VGG11-BN G1: 9,216 -> 512).
-        eigval, eigvec = torch.linalg.eigh(x @ x.T)
-        x = eigvec * eigval.clamp_min(0).sqrt()
+    x = span_coordinates(torch.from_numpy(RobustScaler().fit_transform(x)))
     labels = kmeans(x, k, n_init=n_init, seed=seed)
     present = torch.unique(labels)
     if len(present) < k:  # k-means can leave a cluster empty on (near-)duplicate points: split the largest
@@ -76,8 +70,27 @@ def cluster_plan(features: torch.Tensor, importance: torch.Tensor, k: int, seed:
     return kept, plan
 
 
-def kmeans(x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 20, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding, best inertia of ``n_init`` runs; returns labels (n,)."""
+def span_coordinates(x: torch.Tensor) -> torch.Tensor:
+    """(n, min(n, d)) coordinates of the n rows of ``x`` in their span: every distance and dot product kept.
+
+    The n points span at most n dimensions: their coordinates in that span (x = U S V^T -> U S, read
+    off the Gram matrix x x^T = U S^2 U^T) keep every distance between points and centroids (means
+    of points), so k-means finds the same clusters with d / n times less work (VGG11-BN G1: 9,216 -> 512).
+    """
+    n = x.shape[0]
+    if x.shape[1] <= n:
+        return x
+    eigval, eigvec = torch.linalg.eigh(x @ x.T)
+    return eigvec * eigval.clamp_min(0).sqrt()
+
+
+def kmeans(x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 20, seed: int = 0,
+           spherical: bool = False) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding, best inertia of ``n_init`` runs; returns labels (n,).
+
+    ``spherical=True``: every centre is normalised to unit length after each update (for unit rows
+    ``x``: clusters by cosine similarity, and a point's nearest centre is the same by either distance).
+    """
     gen = torch.Generator().manual_seed(seed)
     x = x.double()
     n = x.shape[0]
@@ -107,6 +120,8 @@ def kmeans(x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 20, seed: 
             sums = torch.zeros_like(c).index_add_(0, labels, x)
             filled = counts > 0
             c[filled] = sums[filled] / counts[filled, None]
+            if spherical:
+                c[filled] = c[filled] / c[filled].norm(dim=1, keepdim=True).clamp_min(1e-12)
         inertia = float(dist.gather(1, labels[:, None]).sum())
         if inertia < best_inertia:
             best, best_inertia = labels, inertia

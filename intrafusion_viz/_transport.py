@@ -30,6 +30,7 @@ _MASSES = ("uniform", "importance", "free")
 _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
+_CENTROID_INITS = ("kept", "k-means++")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,20 @@ class OTConfig:
     target : {"most_important", "centroid"}
         Transport onto the kept (most important) channels themselves, or onto k-means centroids of
         all channels (each centroid is labelled with the kept channel nearest to it).
+    centroid_init : {"kept", "k-means++"}
+        How ``target="centroid"`` finds its centroids: k-means started from the kept channels
+        (``"kept"``, default), or spherical k-means with k-means++ seeding, best of 10 starts
+        (``"k-means++"``, Model Folding's clustering; every centroid is then the normalised mean of the
+        channels nearest to it, so with ``target_mass="free"`` each channel merges into its cluster).
+    standardize : bool
+        Standardise every coordinate of the channel vectors across the group's channels before the
+        cost (median and interquartile range, scikit-learn's ``RobustScaler``, as Model Folding does
+        before clustering).  Without it, coordinates with large weights and the direction all
+        channels share dominate the distance.
+    normalize : bool
+        Unit-normalise every channel vector (and centroid) before the cost (default, the paper's
+        cost).  ``False`` compares the vectors as they are, and ``centroid_init="k-means++"`` is then
+        plain (Euclidean) k-means, Model Folding's clustering.
     source_mass, target_mass : {"uniform", "importance"}; target_mass also "free"
         Mass of each source channel / each target, uniform or proportional to importance.
         ``target_mass="free"``: semi-relaxed transport, targets take whatever mass reaches them, so
@@ -77,7 +92,8 @@ class OTConfig:
         methods.  This changes the model's function (about 3e-4 relative for eps = 1e-5); use it only
         to compare with the paper's code.  Needs ``fold_batchnorm=True``.
 
-    Use :meth:`OTConfig.paper` for every setting of the paper's code at once.
+    Use :meth:`OTConfig.paper` for every setting of the paper's code at once, and
+    :meth:`OTConfig.data_free` for the plan that holds up on a whole network without data.
     """
 
     p: float = 2.0
@@ -92,6 +108,9 @@ class OTConfig:
     cost_bias: bool = True
     score_folded: bool = False
     bn_eps: str = "exact"
+    centroid_init: str = "kept"
+    standardize: bool = False
+    normalize: bool = True
 
     @classmethod
     def paper(cls, bn_eps: str = "exact", **overrides) -> "OTConfig":
@@ -124,6 +143,30 @@ class OTConfig:
         settings.update(overrides)
         return cls(**settings)
 
+    @classmethod
+    def data_free(cls, **overrides) -> "OTConfig":
+        """The Intra-Fusion plan for merging a whole network without data (then ``repair="data-free"``).
+
+        Centroid targets found by spherical k-means with k-means++ seeding (``target="centroid"``,
+        ``centroid_init="k-means++"``) on standardised, unit-normalised channel vectors
+        (``standardize=True``), and a semi-relaxed plan (``target_mass="free"``): every channel merges
+        whole into its cluster, and each cluster becomes its mean.  ``normalize=False`` gives plain
+        k-means on the standardised vectors: Model Folding's clusters (``method="fold"`` merges the
+        same ones).  On whole converged networks (``BENCHMARKS.md``, section 5) the most important
+        channels as targets, the paper's balanced plan, or a cost on unstandardised vectors lose more
+        than the data-free repair can restore; this plan does not.
+
+        Examples
+        --------
+        >>> cfg = OTConfig.data_free()
+        >>> cfg.target, cfg.centroid_init, cfg.target_mass, cfg.standardize, cfg.normalize
+        ('centroid', 'k-means++', 'free', True, True)
+        """
+        settings = dict(target="centroid", centroid_init="k-means++", target_mass="free", standardize=True,
+                        normalize=True)
+        settings.update(overrides)
+        return cls(**settings)
+
     def __post_init__(self):
         _check_field_types(self)
         if self.target == "cluster_centroid":  # the paper's spelling
@@ -139,10 +182,11 @@ class OTConfig:
             raise ValueError(f"reg must be a positive number, got {self.reg!r}")
         if self.max_iter is not None and (not isinstance(self.max_iter, int) or self.max_iter < 1):
             raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
-        for name in ("cost_bias", "score_folded"):
+        for name in ("cost_bias", "score_folded", "standardize", "normalize"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _check_choice("bn_eps", self.bn_eps, _BN_EPS)
+        _check_choice("centroid_init", self.centroid_init, _CENTROID_INITS)
         if self.bn_eps == "authors" and self.fold_batchnorm is not True:
             raise ValueError("bn_eps='authors' folds every BatchNorm the paper's way, so it needs "
                              "fold_batchnorm=True")
@@ -190,23 +234,28 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     kept : Tensor, shape (k,)
         Indices of the kept channels.
     config : OTConfig
-        Uses ``p`` and ``target``.
+        Uses ``p``, ``target``, ``centroid_init``, ``standardize`` and ``normalize``.
 
     Returns
     -------
     Tensor, shape (n, k)
-        p-norm distance between unit-normalised channel vectors and the targets; float64, on CPU.
+        p-norm distance between (unit-normalised unless ``normalize=False``) channel vectors and the
+        targets; float64, on CPU.
     """
-    x = _unit_rows(features.detach().cpu())
+    x = features.detach().cpu()
     if not x.is_floating_point():
         x = x.double()
+    if config.standardize:
+        x = _standardized(x)
+    unit = _unit_rows if config.normalize else (lambda v: v)
+    x = unit(x)
     kept = torch.as_tensor(kept, dtype=torch.long)
     if config.target == "most_important":
         targets = x[kept]
     else:
-        targets = _unit_rows(_centroids(x, kept))
+        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize))
     targets = targets.to(x.dtype)
-    if config.p == 2:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
+    if config.p == 2 and config.normalize:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
         cost = (2.0 - 2.0 * (x @ targets.T)).double().clamp_min_(0).sqrt_()
     elif config.p == 1 and config.target == "most_important":
         # The paper's setting: a fast L1 kernel; the kept-vs-kept block is symmetric (half the pairs).
@@ -224,15 +273,42 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     return cost
 
 
-def _centroids(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """k-means centroids started from the kept channels; centroid j is the one nearest kept[j]."""
+def _standardized(x: torch.Tensor) -> torch.Tensor:
+    """Every column centred on its median and divided by its interquartile range (``RobustScaler``)."""
+    from sklearn.preprocessing import RobustScaler
+
+    return torch.from_numpy(RobustScaler().fit_transform(x.double().numpy())).to(x.dtype)
+
+
+def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True) -> torch.Tensor:
+    """k-means centroids of the rows ``x``; centroid j is the one matched to kept[j].
+
+    ``init="kept"``: Lloyd's k-means started from the kept channels.  ``"k-means++"``: k-means with
+    k-means++ seeding, best of 10 starts, seed 0; ``spherical`` (for unit rows): centres normalised
+    after every update, so a channel's nearest centre by the cost is its cluster's.
+    """
     from scipy.optimize import linear_sum_assignment
-    from sklearn.cluster import KMeans
 
     k = len(kept)
-    xn = x.double().numpy()
-    km = KMeans(n_clusters=k, init=xn[kept.numpy()], n_init=1, max_iter=100, random_state=0).fit(xn)
-    centers = torch.from_numpy(km.cluster_centers_).to(x.dtype)
+    if init == "k-means++":
+        from ._fold import _fill_empty, kmeans, span_coordinates
+
+        z = span_coordinates(x.double())
+        # Model Folding's 20 Lloyd iterations for plain k-means (the same clusters as method="fold");
+        # spherical k-means runs to convergence so that nearest centres by the cost are the clusters
+        labels = kmeans(z, k, n_init=10, max_iter=100 if spherical else 20, seed=0, spherical=spherical)
+        if len(torch.unique(labels)) < k:
+            labels = _fill_empty(labels, k, torch.zeros(len(x), dtype=torch.float64))
+        xd = x.double()
+        centers = torch.zeros(k, xd.shape[1], dtype=torch.float64).index_add_(0, labels, xd)
+        counts = torch.bincount(labels, minlength=k).double().clamp_min(1)
+        centers = (_unit_rows(centers) if spherical else centers / counts[:, None]).to(x.dtype)
+    else:
+        from sklearn.cluster import KMeans
+
+        xn = x.double().numpy()
+        km = KMeans(n_clusters=k, init=xn[kept.numpy()], n_init=1, max_iter=100, random_state=0).fit(xn)
+        centers = torch.from_numpy(km.cluster_centers_).to(x.dtype)
     rows, cols = linear_sum_assignment(torch.cdist(x[kept], centers).numpy())
     out = torch.empty_like(centers)
     out[torch.as_tensor(rows)] = centers[torch.as_tensor(cols)]
