@@ -297,12 +297,15 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
 
 def _check_mergeable(group: Group, is_selection: bool) -> None:
     for m in group.members:
-        if m.layer_type == "Parameter":
+        if m.layer_type == "Parameter" and not is_selection and m.role not in ("shift", "scale"):
             raise UnsupportedLayerError(
                 f"group {group.index} ({group.name!r}) contains a bare nn.Parameter, {m.name!r}, used "
-                "outside a layer; this toolkit cannot prune it. Wrap it in a module or leave this group "
-                "out with groups=[...]")
+                "outside a layer in an operation other than adding, concatenating or multiplying it per "
+                "channel; Intra-Fusion cannot merge it. Use method='default' or leave this group out "
+                "with groups=[...]")
         if m.role in _MERGEABLE or (is_selection and m.role in ("depthwise", "other")):
+            continue
+        if m.layer_type == "Parameter":
             continue
         if m.role == "grouped":
             what = "a grouped convolution"
@@ -316,6 +319,17 @@ def _check_mergeable(group: Group, is_selection: bool) -> None:
             if m.role != "grouped" else
             f"group {group.index} ({group.name!r}) contains {what}: {m.name!r}, which this toolkit "
             f"cannot prune; leave this group out with groups=[...]")
+
+
+def _prune_parameter(model: nn.Module, name: str, dim: int, remove: List[int]) -> None:
+    """Remove positions ``remove`` along ``dim`` of the bare Parameter ``name`` (a new Parameter, set on its owner)."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    param = getattr(owner, attr)
+    keep = torch.ones(param.shape[dim], dtype=torch.bool)
+    keep[torch.as_tensor(remove, dtype=torch.long)] = False
+    kept = param.data.index_select(dim, keep.nonzero().flatten().to(param.device))
+    setattr(owner, attr, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
 
 
 @torch.no_grad()
@@ -350,7 +364,7 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
     dropped = torch.ones(n, dtype=torch.bool)
     dropped[kept] = False
     for m in group.members:
-        module = modules[m.name]
+        module = model.get_parameter(m.name) if m.layer_type == "Parameter" else modules[m.name]
         slots = _slots(m, n)
         size = _dim_size(module, m)
         cur = tracker.current(m.name, m.dim, slots.flatten().tolist()).view_as(slots)
@@ -360,6 +374,8 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
                 merge = out_map
             elif m.role == "in":
                 tensors, merge = [(module.weight, m.dim)], in_map
+            elif m.role in ("shift", "scale"):  # a bare Parameter: added like a bias, or a scale like a BN weight
+                tensors, merge = [(module, m.dim)], (out_map if m.role == "shift" else norm_map)
             else:  # norm
                 tensors = [(getattr(module, a), 0) for a in ("weight", "bias", "running_mean", "running_var")
                            if getattr(module, a, None) is not None]
@@ -368,7 +384,10 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
                 _merge_tensor(t, d, cur, cur[kept], merge)
         remove_orig = slots[dropped].flatten().tolist()
         remove_cur = cur[dropped].flatten().tolist()
-        if remove_cur:
+        if remove_cur and m.layer_type == "Parameter":
+            _prune_parameter(model, m.name, m.dim, remove_cur)
+            tracker.remove(m.name, m.dim, size, remove_orig)
+        elif remove_cur:
             _handler(m.handler_name)(module, sorted(remove_cur))
             tracker.remove(m.name, m.dim, size, remove_orig)
 

@@ -21,11 +21,16 @@ from torch_pruning.pruner import function as tpf
 
 from ._state import as_tuple, dtype_problem, model_device
 
-__all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError"]
+__all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError", "TracerError"]
 
 
 class UnsupportedLayerError(ValueError):
     """A layer in a group cannot be merged (or pruned) by this toolkit."""
+
+
+class TracerError(RuntimeError):
+    """Torch-Pruning's dependency tracer cannot follow an operation of the model (a limit of the tracer,
+    not a fault of the model or of its inputs)."""
 
 
 # role of a group member, from the Torch-Pruning handler that prunes it
@@ -46,6 +51,8 @@ class Member:
     role : str
         ``"out"`` (a conv/linear producing the channels: rows and bias), ``"in"`` (a conv/linear
         consuming them: columns), ``"norm"`` (BatchNorm), ``"depthwise"`` (a depthwise conv, both),
+        ``"shift"`` / ``"scale"`` (a bare per-channel ``nn.Parameter`` added to or concatenated with
+        the channels, e.g. ``pos_embedding``, ``class_token``, or multiplying them, e.g. ``layer_scale``),
         or ``"other"`` (a layer type we can prune by selection but not merge).
     layer_type : str
         Class name of the module, for messages and figures.
@@ -180,13 +187,46 @@ def _handler_name(fn) -> str:
     return ""
 
 
-def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str]) -> Optional[Member]:
+# ops a bare Parameter may pass through on its way to the op that uses it (they move values, not mix them)
+_PASS_THROUGH = ("ExpandBackward", "ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward",
+                 "PermuteBackward", "TransposeBackward", "UnsqueezeBackward", "SqueezeBackward",
+                 "CloneBackward", "ToCopyBackward", "RepeatBackward")
+
+
+def _parameter_role(DG, param: nn.Parameter) -> str:
+    """``"shift"`` if every use of ``param`` adds it to (or concatenates it with) the channels,
+    ``"scale"`` if every use multiplies them, else ``"other"`` (prunable by selection only)."""
+    node = DG.module2node.get(param)
+    if node is None:
+        return "other"
+    uses, frontier, seen = set(), list(node.outputs), set()
+    while frontier:
+        nxt = frontier.pop()
+        if id(nxt) in seen:
+            continue
+        seen.add(id(nxt))
+        op = type(nxt.grad_fn).__name__.rstrip("0123456789") if nxt.grad_fn is not None else ""
+        if nxt.type == tp.ops.OPTYPE.CONCAT:
+            uses.add("shift")
+        elif op in ("AddBackward", "SubBackward"):
+            uses.add("shift")
+        elif op == "MulBackward":
+            uses.add("scale")
+        elif op in _PASS_THROUGH or nxt.type in (tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.EXPAND):
+            frontier.extend(nxt.outputs)
+        else:
+            uses.add("other")
+    return uses.pop() if len(uses) == 1 else "other"
+
+
+def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str], DG=None) -> Optional[Member]:
     module = dep.target.module
     fn = dep.handler
     hname = _handler_name(fn)
     if isinstance(module, nn.Parameter):
-        return Member(name, "other", "Parameter", dep.target.pruning_dim, tuple(idxs),
-                      tuple(root_idxs), None, hname, dep.target.pruning_dim)
+        role = _parameter_role(DG, module) if DG is not None else "other"
+        return Member(name, role, "Parameter", dep.target.pruning_dim, tuple(int(i) for i in idxs),
+                      tuple(int(r) for r in root_idxs), None, hname, dep.target.pruning_dim)
     if not any(True for _ in module.parameters(recurse=False)) and not isinstance(module, nn.modules.batchnorm._BatchNorm):
         return None  # parameter-free op (add, concat, flatten, ...): nothing to merge
     transposed = getattr(module, "transposed", False)
@@ -277,10 +317,125 @@ def check_inputs(model: nn.Module, example_inputs) -> None:
                 f"move them with example_inputs.to({str(device)!r})")
 
 
+def _tracer_op(err: BaseException) -> str:
+    """The operation Torch-Pruning's tracer was at when it failed, with the layers around it, or ``""``.
+
+    Read from the innermost traceback frame that holds a graph node (Torch-Pruning's index-mapping and
+    graph-building code keep the node they work on in a local variable ``node``).
+    """
+    tb, node, graph = err.__traceback__, None, None
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        cand = local.get("node")
+        if isinstance(cand, tp.dependency.Node):
+            node = cand
+            graph = next((v for v in local.values() if isinstance(v, tp.DependencyGraph)), graph)
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    op = type(node.grad_fn).__name__ if node.grad_fn is not None else type(node.module).__name__
+    kind = getattr(node.type, "name", str(node.type)).lower()
+    where = _node_place(graph, node)
+    return f"a {kind} operation ({op}){' ' + where if where else ''}"
+
+
+def _node_place(graph, node) -> str:
+    """'after layer 'a' and before layer 'b'': the closest layers with parameters around a graph node."""
+    names = getattr(graph, "_module2name", {}) or {}
+
+    def nearest(start, attr):
+        seen, frontier = set(), list(getattr(start, attr))
+        while frontier:
+            nxt = frontier.pop(0)
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            name = names.get(nxt.module) if isinstance(nxt.module, nn.Module) else None
+            if name and any(True for _ in nxt.module.parameters(recurse=False)):
+                return name
+            frontier.extend(getattr(nxt, attr))
+        return None
+
+    before, after = nearest(node, "inputs"), nearest(node, "outputs")
+    return (f"after layer {before!r} and before layer {after!r}" if before and after
+            else f"after layer {before!r}" if before else f"before layer {after!r}" if after else "")
+
+
+_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "_ReshapeAliasBackward0")
+
+
+def _shuffled_dim(perm_fn) -> Optional[int]:
+    """The input dimension a reshape -> transpose/permute pair shuffles (ShuffleNet's channel shuffle), or None.
+
+    ``perm_fn`` is a TransposeBackward0 / PermuteBackward0 node whose input comes from a reshape that split
+    one dimension into several; if the permutation changes the order of those pieces, flattening them again
+    interleaves that dimension's entries: a fixed permutation that Torch-Pruning's index mapping ignores.
+    """
+    name = type(perm_fn).__name__
+    view = perm_fn.next_functions[0][0] if perm_fn.next_functions else None
+    if view is None or type(view).__name__ not in _VIEWS or not hasattr(view, "_saved_self_sym_sizes"):
+        return None
+    try:
+        sizes_in = [int(v) for v in view._saved_self_sym_sizes]
+        sizes_out = [int(v) for v in view._input_metadata[0].shape]
+    except Exception:
+        return None
+    if name == "TransposeBackward0":
+        d0, d1 = (int(perm_fn._saved_dim0) % len(sizes_out), int(perm_fn._saved_dim1) % len(sizes_out))
+        perm = list(range(len(sizes_out)))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    else:
+        perm = [int(d) % len(sizes_out) for d in perm_fn._saved_dims]
+    pos = {d: i for i, d in enumerate(perm)}
+    j = 0
+    for i, size in enumerate(sizes_in):  # output dims j..k-1 hold input dim i
+        k, prod = j, 1
+        while k < len(sizes_out) and (prod < size or (k == j)):
+            prod *= sizes_out[k]
+            k += 1
+        if prod != size:
+            return None  # not a plain split of dimensions
+        pieces = [d for d in range(j, k) if sizes_out[d] > 1]
+        if len(pieces) > 1 and i in (1, len(sizes_in) - 1) and \
+                any(pos[a] > pos[b] for a, b in zip(pieces, pieces[1:])):
+            return i
+        j = k
+    return None
+
+
+def _check_no_channel_shuffle(DG, model: nn.Module) -> None:
+    """Refuse models that permute channels by reshape -> transpose -> reshape (ShuffleNet's channel shuffle).
+
+    Torch-Pruning's tracer maps channel indices through the reshapes but not through the transpose, so the
+    groups it returns would remove the wrong input columns: the pruned model would silently compute another
+    function.
+    """
+    for node in list(DG.module2node.values()):
+        fn = node.grad_fn
+        if fn is None or type(fn).__name__ not in ("TransposeBackward0", "PermuteBackward0"):
+            continue
+        dim = _shuffled_dim(fn)
+        if dim is None:
+            continue
+        where = _node_place(DG, node)
+        raise TracerError(
+            f"{type(model).__name__} shuffles the entries of dimension {dim} (its channels) with a reshape, "
+            f"{type(fn).__name__.replace('Backward0', '').lower()} and reshape (a channel shuffle, as in "
+            f"ShuffleNet){' ' + where if where else ''}. Torch-Pruning's dependency tracer does not follow "
+            "that permutation (a limitation of the tracer: Torch-Pruning would prune the wrong channels), so "
+            "this toolkit refuses the model rather than change its function. Replace the shuffle by a fixed "
+            "channel permutation layer, or prune the parts before and after it as separate models")
+
+
 def _trace_error(model: nn.Module, example_inputs, err: Exception) -> Exception:
     """Say why tracing failed: the inputs' dtype, their shape, or Torch-Pruning's tracer itself."""
     inputs = as_tuple(example_inputs)
     shapes = [tuple(x.shape) for x in inputs if torch.is_tensor(x)]
+    if isinstance(err, MemoryError):
+        return TracerError(
+            f"Torch-Pruning's dependency tracer ran out of memory on {type(model).__name__} with example_inputs "
+            f"of shape {shapes}; this is a limit of the tracer: trace with the smallest input the model "
+            "accepts (batch 1, small images)")
     try:  # a plain forward pass tells the inputs' fault from the tracer's
         with torch.no_grad():
             model.eval()(*inputs)
@@ -291,10 +446,14 @@ def _trace_error(model: nn.Module, example_inputs, err: Exception) -> Exception:
         return ValueError(
             f"could not run the model on example_inputs of shape {shapes} ({type(plain).__name__}: {plain}). "
             "Pass a batch shaped like the model's real inputs (e.g. torch.randn(1, 3, 32, 32)).")
-    return RuntimeError(
-        f"Torch-Pruning's dependency tracer failed on this model ({type(err).__name__}: {err}), although the "
-        f"model runs on example_inputs of shape {shapes}; the model uses an operation the tracer does not "
-        "support: prune a model built from standard layers, or report it to Torch-Pruning")
+    op = _tracer_op(err)
+    return TracerError(
+        f"Torch-Pruning's dependency tracer failed on this model, {type(model).__name__}"
+        f"{' at ' + op if op else ''} ({type(err).__name__}: {err}), although the model runs on "
+        f"example_inputs of shape {shapes}. This is a limitation of Torch-Pruning's tracer, not a problem with "
+        "the model or its inputs: Torch-Pruning cannot prune this model either. Replace that operation with "
+        "standard layers (e.g. a channel shuffle by a fixed permutation), prune the rest of the model "
+        "separately, or report it to Torch-Pruning")
 
 
 def _trace(model: nn.Module, example_inputs) -> _Trace:
@@ -312,6 +471,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
             DG = tp.DependencyGraph().build_dependency(template, example_inputs=example_inputs, verbose=False)
     except Exception as err:
         raise _trace_error(template, example_inputs, err) from err
+    _check_no_channel_shuffle(DG, model)
 
     names = {m: n for n, m in template.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
@@ -329,7 +489,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
             fold_from = None
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 fold_from = _foldable_producer(DG, module, names)
-            m = _member_of(dep, idxs, item.root_idxs, name, fold_from)
+            m = _member_of(dep, idxs, item.root_idxs, name, fold_from, DG)
             if m is not None:
                 members.append(m)
         producers = [m for m in members if m.role in ("out", "depthwise", "grouped")]
@@ -339,7 +499,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
         size = len(set(producers[0].root_idxs))
         last = max(order.get(m.name, -1) for m in producers)
         spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30), last)
-        consumers = [m for m in members if m.role not in ("out", "norm")]
+        consumers = [m for m in members if m.role not in ("out", "norm", "shift", "scale")]
         (specs if consumers else output_specs).append(spec)
 
     specs.sort(key=lambda s: s.order)

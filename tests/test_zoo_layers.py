@@ -1,0 +1,176 @@
+"""Tiny hand-made nets with the layers that torchvision's models bring (issue 12), one per case.
+
+The torchvision zoo itself is a benchmark (benchmarks/zoo.py), not a test.  Each case here checks what
+the zoo needs of that layer: sparsity 0 keeps the function, merging exact duplicate channels keeps it
+(barycentric Intra-Fusion, float64), pruning 50 % gives a model that runs, or a clear refusal.
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+import intrafusion_viz as ifv
+
+from helpers import keep_first_half, rel_err, state_copy, assert_state_equal
+
+
+class TokenNet(nn.Module):
+    """A ViT-like front: linear patch embedding, a class token concatenated and a position embedding added."""
+
+    def __init__(self, d=8, length=4, d_in=5, num_classes=3):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d)
+        self.class_token = nn.Parameter(torch.randn(1, 1, d))
+        self.pos_embedding = nn.Parameter(torch.randn(1, length + 1, d))
+        self.fc = nn.Linear(d, num_classes)
+
+    def forward(self, x):  # (B, length, d_in)
+        h = self.proj(x)
+        h = torch.cat([self.class_token.expand(x.shape[0], -1, -1), h], dim=1) + self.pos_embedding
+        return self.fc(torch.relu(h))[:, 0]
+
+
+class LayerScaleNet(nn.Module):
+    """A conv block whose output is scaled per channel by a bare (C, 1, 1) Parameter, as in ConvNeXt."""
+
+    def __init__(self, c=8, num_classes=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.conv2 = nn.Conv2d(c, num_classes, 3)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.layer_scale * self.conv1(x))).mean((2, 3))
+
+
+PARAM_CASES = {
+    "class-token+pos-embedding": (TokenNet, (6, 4, 5), ["class_token", "pos_embedding"]),
+    "layer-scale": (LayerScaleNet, (6, 3, 8, 8), ["layer_scale"]),
+}
+
+
+@torch.no_grad()
+def duplicate_channels(model, group):
+    """Make channel i + n/2 of ``group`` an exact copy of channel i in every member (Parameters included)."""
+    half = group.size // 2
+    for name, role, module in group.layers:
+        m = next(x for x in group.members if x.name == name)
+        local, root = torch.as_tensor(m.local_idxs), torch.as_tensor(m.root_idxs)
+        src = torch.stack([local[root == r] for r in range(half)]).flatten()
+        dst = torch.stack([local[root == r + half] for r in range(half)]).flatten()
+        if isinstance(module, nn.Parameter):
+            tensors = [(module, m.dim)]
+        else:
+            attrs = {"norm": ["weight", "bias", "running_mean", "running_var"], "out": ["weight", "bias"]}
+            tensors = [(getattr(module, a), m.dim if a == "weight" else 0)
+                       for a in attrs.get(role, ["weight"]) if getattr(module, a, None) is not None]
+        for t, dim in tensors:
+            moved = t.data.movedim(dim, 0)
+            moved[dst] = moved[src]
+    return model
+
+
+@pytest.mark.parametrize("case", list(PARAM_CASES))
+def test_bare_parameters_are_group_members_that_merge(case):
+    make, shape, names = PARAM_CASES[case]
+    model = make()
+    (group,) = ifv.find_groups(model, torch.randn(*shape)[:1])
+    roles = {m.name: m.role for m in group.members}
+    assert {n: roles[n] for n in names} == {n: ("scale" if n == "layer_scale" else "shift") for n in names}
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+@pytest.mark.parametrize("case", list(PARAM_CASES))
+def test_bare_parameters_sparsity_zero_and_half(case, method):
+    make, shape, names = PARAM_CASES[case]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(*shape)
+    before = state_copy(model)
+    res0 = ifv.prune(model, x[:1], 0.0, method=method)
+    res = ifv.prune(model, x[:1], 0.5, method=method)
+    assert_state_equal(model, before)  # the caller's model is untouched
+    with torch.no_grad():
+        assert rel_err(res0.model(x), model(x)) <= 1e-6
+        y = res.model(x)
+    assert y.shape == model(x).shape and bool(torch.isfinite(y).all())
+    for name in names:  # every bare Parameter lost half of its channels along its channel dimension
+        old, new = model.get_parameter(name), res.model.get_parameter(name)
+        assert isinstance(new, nn.Parameter) and new.requires_grad
+        (dim,) = [d for d in range(old.dim()) if old.shape[d] != new.shape[d]]
+        assert new.shape[dim] == old.shape[dim] // 2
+
+
+@pytest.mark.parametrize("case", list(PARAM_CASES))
+def test_bare_parameters_merge_duplicates_exactly(case):
+    make, shape, names = PARAM_CASES[case]
+    torch.manual_seed(1)
+    model = make().double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    (group,) = ifv.find_groups(model, x[:1])
+    duplicate_channels(model, group)
+    res = ifv.prune(model, x[:1], 0.5, importance=keep_first_half)
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-12
+    assert torch.equal(res.groups[0].assignment, torch.arange(group.size) % (group.size // 2))
+    # the merge is the plan-weighted average, not the selection: perturbing a dropped copy moves the result
+    with torch.no_grad():
+        for name in names:
+            p = model.get_parameter(name)
+            dim = next(m.dim for m in group.members if m.name == name)
+            p.data.movedim(dim, 0)[-1] += 1.0
+    res2 = ifv.prune(model, x[:1], 0.5, importance=keep_first_half)
+    for name in names:
+        assert not torch.equal(res2.model.get_parameter(name), res.model.get_parameter(name))
+
+
+# ---------------------------------------------------------------- errors of Torch-Pruning's tracer
+
+class ChannelShuffleNet(nn.Module):
+    """ShuffleNet v2's channel shuffle (view, transpose, view) between two convs."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, c, 1)
+        self.conv2 = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        h = self.conv1(x)
+        b, c, hh, ww = h.shape
+        h = h.view(b, 2, c // 2, hh, ww).transpose(1, 2).contiguous().view(b, c, hh, ww)
+        return self.conv2(h).mean((2, 3))
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+def test_channel_shuffle_is_refused_by_name(method):
+    """Torch-Pruning traces this net without error but maps conv2's columns as if nothing were shuffled,
+    so pruning it would silently change the function: refused, naming the op, the layers and the tracer."""
+    model = ChannelShuffleNet()
+    before = state_copy(model)
+    with pytest.raises(ifv.TracerError) as info:
+        ifv.prune(model, torch.randn(1, 3, 4, 4), 0.5, method=method)
+    text = str(info.value)
+    assert "ChannelShuffleNet" in text and "channel shuffle" in text and "transpose" in text
+    assert "after layer 'conv1' and before layer 'conv2'" in text and "limitation of the tracer" in text
+    assert isinstance(info.value, RuntimeError)  # not a ValueError about the inputs
+    assert_state_equal(model, before)
+
+
+def test_a_reshape_that_keeps_channel_order_is_not_a_shuffle():
+    """Splitting channels into (groups, c/groups) and moving them together (as attention heads do) is fine."""
+
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            h = self.conv1(x)
+            b, c, hh, ww = h.shape
+            h = h.view(b, 2, c // 2, hh, ww).permute(0, 1, 2, 4, 3).reshape(b, c, ww, hh)
+            return self.conv2(h).mean((2, 3))
+
+    model = Heads().eval()
+    x = torch.randn(2, 3, 4, 4)
+    res = ifv.prune(model, x[:1], 0.0, method="default")
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-6
