@@ -6,21 +6,20 @@ before and after default pruning and Intra-Fusion at 30 % and 50 %, whether the 
 output shape and give finite outputs (eval and train mode), the relative output change at sparsity 0,
 times, and Torch-Pruning's ``MagnitudePruner`` at 30 % on the same model and input.
 
-Each model runs in its own process (``nice``, one torch thread, a memory cap and a timeout), so one
-heavy model cannot stop the run; failures are listed, never skipped.  Results are cached per model in
+Each model runs in its own forked process (one torch thread, an address-space cap, a CPU-time limit and
+a wall-clock limit; torch and the toolkit are imported once, in the parent), so one heavy model cannot
+stop the run; failures are listed, never skipped.  Results are cached per model in
 benchmarks/results/zoo.json (rerun to resume; ``--force`` re-measures); the table goes to stdout and
 benchmarks/results/zoo.md.
 
-    python benchmarks/zoo.py                       # every model
-    python benchmarks/zoo.py --models resnet18 vit_b_16 --force
+    nice -n 10 python benchmarks/zoo.py                       # every model, smallest first
+    nice -n 10 python benchmarks/zoo.py --models resnet18 vit_b_16 --force
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 import traceback
@@ -74,9 +73,11 @@ def _check(model, x, ref_shape):
 
 
 def _output_layers(model, num_classes: int):
+    """The classifier layers (SqueezeNet's is a 1x1 conv; GoogLeNet and Inception v3 have auxiliary ones)."""
     import torch.nn as nn
 
-    return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    return [m for m in model.modules() if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+            or (isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_classes)]
 
 
 def run_one(name: str) -> dict:
@@ -169,7 +170,11 @@ def _mergeable(group) -> bool:
         return False
 
 
-def _worker(name: str, out: str) -> None:
+def _worker(name: str, out: str, memory_gb: float, cpu_s: float) -> None:
+    """Child process: caps, then one model; the record (or the failure) goes to ``out`` as JSON."""
+    limit = int(memory_gb * 2 ** 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 5))
     try:
         rec = run_one(name)
     except BaseException as err:  # noqa: BLE001 - the record says what failed
@@ -177,35 +182,27 @@ def _worker(name: str, out: str) -> None:
     Path(out).write_text(json.dumps(rec))
 
 
-def _limits(gb: float, cpu_s: float):
-    def apply():
-        limit = int(gb * 2 ** 30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_s), int(cpu_s) + 5))
-    return apply
-
-
 def measure(name: str, timeout: float, memory_gb: float, wall_timeout: float) -> dict:
+    """One model in a forked child (torch, torchvision and the toolkit are imported once, in the parent)."""
+    import multiprocessing as mp
+
     out = RESULTS / f".zoo_{name}.json"
     out.unlink(missing_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     t = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, str(out)], env=env,
-                              preexec_fn=_limits(memory_gb, timeout), timeout=wall_timeout,
-                              capture_output=True, text=True)
-        if out.exists():
-            rec = json.loads(out.read_text())
-        else:
-            tail = (proc.stderr or proc.stdout)[-300:].replace("\n", " ")
-            why = "CPU time limit" if proc.returncode in (-9, -24) else f"memory cap {memory_gb:g} GB?"
-            rec = {"model": name, "error": f"worker died (exit {proc.returncode}; {why}; limits: "
-                   f"{timeout:g} CPU s, {memory_gb:g} GB) {tail}"}
-    except subprocess.TimeoutExpired:
+    proc = mp.get_context("fork").Process(target=_worker, args=(name, str(out), memory_gb, timeout))
+    proc.start()
+    proc.join(wall_timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
         rec = {"model": name, "error": f"wall-clock timeout after {wall_timeout:g} s"}
-    finally:
-        out.unlink(missing_ok=True)
+    elif out.exists():
+        rec = json.loads(out.read_text())
+    else:
+        why = "CPU time limit" if proc.exitcode in (-9, -24) else f"memory cap {memory_gb:g} GB?"
+        rec = {"model": name, "error": f"worker died (exit {proc.exitcode}; {why}; limits: "
+               f"{timeout:g} CPU s, {memory_gb:g} GB)"}
+    out.unlink(missing_ok=True)
     rec["wall_time"] = time.perf_counter() - t
     return rec
 
@@ -292,11 +289,14 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=300.0, help="CPU seconds per model (the machine may be loaded)")
     parser.add_argument("--wall-timeout", type=float, default=900.0, help="wall-clock seconds per model")
     parser.add_argument("--memory-gb", type=float, default=12.0, help="address-space cap per model process")
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        return _worker(*args.worker)
+    import torch
+    import torch_pruning  # noqa: F401 - imported once here, shared by the forked children
     import torchvision
+
+    import intrafusion_viz  # noqa: F401
+
+    torch.set_num_threads(1)
 
     names = args.models or sorted(torchvision.models.list_models(module=torchvision.models), key=_size)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ._groups import Group, Member, UnsupportedLayerError, _trace
 from ._groups import _handler
 
-__all__ = ["fold_batchnorm", "folded_weights", "channel_features", "fold_group_batchnorms",
+__all__ = ["fold_batchnorm", "folded_weights", "channel_features", "fold_group_batchnorms", "check_tied_weights",
            "restore_folded_batchnorms", "apply_merge", "IndexTracker"]
 
 _MERGEABLE = ("out", "in", "norm")
@@ -363,6 +363,8 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
     modules = _modules(model)
     dropped = torch.ones(n, dtype=torch.bool)
     dropped[kept] = False
+    ties = _ties(model, {m.name for m in group.members})
+    merged = set()  # (tensor, dim) already merged: a tensor tied between layers is merged once
     for m in group.members:
         module = model.get_parameter(m.name) if m.layer_type == "Parameter" else modules[m.name]
         slots = _slots(m, n)
@@ -381,7 +383,9 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
                            if getattr(module, a, None) is not None]
                 merge = norm_map
             for t, d in tensors:
-                _merge_tensor(t, d, cur, cur[kept], merge)
+                if (id(t), d) not in merged:
+                    _merge_tensor(t, d, cur, cur[kept], merge)
+                    merged.add((id(t), d))
         remove_orig = slots[dropped].flatten().tolist()
         remove_cur = cur[dropped].flatten().tolist()
         if remove_cur and m.layer_type == "Parameter":
@@ -390,6 +394,58 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
         elif remove_cur:
             _handler(m.handler_name)(module, sorted(remove_cur))
             tracker.remove(m.name, m.dim, size, remove_orig)
+    for users in ties:  # pruning gave each user its own new tensor: tie them again (they are equal)
+        owners = [(model.get_submodule(name), attr) for name, attr in users]
+        first = getattr(*owners[0])
+        for owner, attr in owners[1:]:
+            if not torch.equal(getattr(owner, attr), first):
+                raise RuntimeError(f"tied tensor {'.'.join(users[0])} was merged differently for its users {users}")
+            setattr(owner, attr, first)
+
+
+def _ties(model: nn.Module, names) -> List[List[Tuple[str, str]]]:
+    """Parameters of the modules ``names`` that several modules share: one list of (module, attribute) each."""
+    users: Dict[int, List[Tuple[str, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False):
+            users.setdefault(id(p), [])
+            if (name, attr) not in users[id(p)]:
+                users[id(p)].append((name, attr))
+    return [u for u in users.values()
+            if len({n for n, _ in u}) > 1 and any(n in names for n, _ in u)]
+
+
+def check_tied_weights(model: nn.Module, groups: List[Group], pruned, selection: bool) -> None:
+    """Refuse, before anything changes, a tensor shared by layers that pruning would change differently.
+
+    A tensor tied between layers (an embedding and an output head, two layers given one weight) can be
+    merged once for all of them only if every user holds it in the same group, along the same dimension,
+    at the same positions and in the same role (so the same merge applies); otherwise the merged layers
+    would need different tensors and the tie could not be kept.
+    """
+    pruned = set(pruned)
+    where: Dict[Tuple[str, str], list] = {}
+    for g in groups:
+        for m in g.members:
+            if m.layer_type == "Parameter":
+                continue
+            module = model.get_submodule(m.name)
+            for attr, _ in module.named_parameters(recurse=False):
+                dim = m.dim if attr == "weight" else 0
+                kind = "selection" if selection else ("out" if m.role in ("out", "shift") else m.role)
+                where.setdefault((m.name, attr), []).append((g.index, dim, kind, m.local_idxs, m.root_idxs))
+    for users in _ties(model, {m.name for g in groups for m in g.members}):
+        uses = [(u, use) for u in users for use in where.get(u, [])]
+        if not any(use[0] in pruned for _, use in uses):
+            continue
+        if len({use for _, use in uses}) > 1 or len({u for u, _ in uses}) < len(users):
+            names = ", ".join(f"{n}.{a}" for n, a in users)
+            raise UnsupportedLayerError(
+                f"one tensor is tied between layers ({names}) that hold its channels in different groups, "
+                f"dimensions or roles, so {'pruning' if selection else 'merging'} cannot change it the same "
+                "way for each of them without untying it (which would change what the model trains). Untie "
+                "it first (give each layer its own copy), or leave the groups that contain these layers out "
+                "with groups=[...]")
 
 
 def _dim_size(module: nn.Module, m: Member) -> int:

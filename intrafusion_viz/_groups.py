@@ -240,8 +240,8 @@ def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str], DG=Non
             role = "grouped"
     elif any(fn == f for f in _NORM_FNS):
         role, dim = "norm", 0
-    else:
-        role, dim = "other", 0
+    else:  # an embedding holds its channels in its columns
+        role, dim = "other", (1 if isinstance(module, nn.Embedding) else 0)
     if role == "out" and isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
         role = "grouped"
     return Member(name, role, type(module).__name__, dim, tuple(int(i) for i in idxs),

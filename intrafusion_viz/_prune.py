@@ -14,6 +14,7 @@ import torch_pruning as tp
 
 from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
+from ._fusion import check_tied_weights
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
@@ -243,6 +244,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         _check_mergeable(originals[i], is_selection=not fuse)
         for m in originals[i].members:
             _slots(m, originals[i].size)  # refuses layers that hold the channels unevenly
+    check_tied_weights(model, originals, pruned, selection=not fuse)
     # bn_eps="authors": the paper's code folds every BatchNorm of the model (without eps) before it
     # scores or merges anything, for both methods; vectors and scores are read from that folded copy.
     authors_fold = config.bn_eps == "authors"

@@ -174,3 +174,90 @@ def test_a_reshape_that_keeps_channel_order_is_not_a_shuffle():
     res = ifv.prune(model, x[:1], 0.0, method="default")
     with torch.no_grad():
         assert rel_err(res.model(x), model(x)) <= 1e-6
+
+
+# ---------------------------------------------------------------- tied weights
+
+class TiedBranches(nn.Module):
+    """Two layers given one weight (same role, same channels), summed: one tensor, two users."""
+
+    def __init__(self, d=6, h=8, num_classes=3):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(d, h), nn.Linear(d, h), nn.Linear(h, num_classes)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x)) + torch.relu(self.b(x)))
+
+
+class TiedEmbeddingHead(nn.Module):
+    """A language-model-like net whose output head shares the embedding matrix (Torch-Pruning prunes the
+    embedding by selection only, so Intra-Fusion refuses this group)."""
+
+    def __init__(self, vocab=11, d=8):
+        super().__init__()
+        self.embed, self.mid, self.head = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        e = self.embed(tokens)
+        return self.head(e + torch.relu(self.mid(e)))  # a residual stream, as in a transformer
+
+
+class TiedAcrossRoles(nn.Module):
+    """One square weight used as two consecutive layers: its rows and columns belong to different groups."""
+
+    def __init__(self, d=5, h=8, num_classes=3):
+        super().__init__()
+        self.enc, self.a, self.b, self.dec = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, h), nn.Linear(h, num_classes)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.dec(torch.relu(self.b(torch.relu(self.a(torch.relu(self.enc(x)))))))
+
+
+def _untied(model):
+    import copy
+
+    copy_ = copy.deepcopy(model)
+    for module in copy_.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(p.detach().clone()))
+    return copy_
+
+
+TIED_CASES = {
+    "same-role": (TiedBranches, lambda: torch.randn(5, 6), ("a", "b"), ["default", "intra-fusion"]),
+    "embedding-head": (TiedEmbeddingHead, lambda: torch.randint(0, 11, (4, 3)), ("embed", "head"), ["default"]),
+}
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5])
+@pytest.mark.parametrize("case", list(TIED_CASES))
+def test_tied_weights_merge_once_like_an_untied_copy(case, sparsity):
+    make, inputs, (first, second), methods = TIED_CASES[case]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = inputs()
+    untied = _untied(model)
+    for method in methods:
+        tied_res = ifv.prune(model, x[:1], sparsity, method=method)
+        free_res = ifv.prune(untied, x[:1], sparsity, method=method)
+        with torch.no_grad():
+            assert rel_err(tied_res.model(x), free_res.model(x)) <= 1e-6, method
+        pruned = tied_res.model
+        assert getattr(pruned, first).weight is getattr(pruned, second).weight, method  # still one tensor
+        assert tied_res.params_after < free_res.params_after
+
+
+def test_tied_weights_in_different_roles_are_refused_by_name():
+    model = TiedAcrossRoles()
+    before = state_copy(model)
+    for method in ("default", "intra-fusion"):
+        with pytest.raises(ifv.UnsupportedLayerError, match=r"tied between layers \(a\.weight, b\.weight\)"):
+            ifv.prune(model, torch.randn(1, 5), 0.5, method=method)
+    assert_state_equal(model, before)
+    assert model.a.weight is model.b.weight
+    # a group that holds none of the tied tensor's channels still prunes
+    groups = ifv.find_groups(model, torch.randn(1, 5))
+    assert len(groups) == 3
