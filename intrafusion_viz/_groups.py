@@ -7,6 +7,7 @@ about to be pruned) without tracing again.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import weakref
@@ -323,20 +324,23 @@ def _tracer_op(err: BaseException) -> str:
     Read from the innermost traceback frame that holds a graph node (Torch-Pruning's index-mapping and
     graph-building code keep the node they work on in a local variable ``node``).
     """
-    tb, node, graph = err.__traceback__, None, None
+    tb, node, graph = err.__traceback__, None, getattr(err, "graph", None)
     while tb is not None:
         local = tb.tb_frame.f_locals
         cand = local.get("node")
+        dep = local.get("new_dep")  # the dependency whose index mapping was running
+        if isinstance(getattr(dep, "target", None), tp.dependency.Node):
+            cand = dep.target
         if isinstance(cand, tp.dependency.Node):
             node = cand
-            graph = next((v for v in local.values() if isinstance(v, tp.DependencyGraph)), graph)
+        graph = next((v for v in local.values() if isinstance(v, tp.DependencyGraph)), graph)
         tb = tb.tb_next
     if node is None:
         return ""
     op = type(node.grad_fn).__name__ if node.grad_fn is not None else type(node.module).__name__
     kind = getattr(node.type, "name", str(node.type)).lower()
     where = _node_place(graph, node)
-    return f"a {kind} operation ({op}){' ' + where if where else ''}"
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} operation ({op}){' ' + where if where else ''}"
 
 
 def _node_place(graph, node) -> str:
@@ -427,6 +431,76 @@ def _check_no_channel_shuffle(DG, model: nn.Module) -> None:
             "channel permutation layer, or prune the parts before and after it as separate models")
 
 
+_INDEX_BUDGET = 2.0  # index lists may hold this many times the largest parameter dimension
+
+
+class _IndexBlowup(Exception):
+    """An index mapping of Torch-Pruning's tracer returned more indices than any layer has channels."""
+
+
+@contextlib.contextmanager
+def _index_budget(limit: int):
+    """Stop Torch-Pruning's index mappings when one returns more than ``limit`` indices.
+
+    On Swin Transformer and MaxViT (window partitions: reshapes and permutes of the channels-last
+    activations), the tracer maps a group's channel indices through reshapes as if they flattened
+    channels, 32 indices per index at each step, and the lists grow without bound (minutes and tens of
+    GB, in Torch-Pruning's own pruner too).  A real mapping never needs more indices than the largest
+    layer dimension (a flatten into a Linear gives exactly its ``in_features``), so past twice that the
+    trace is stopped and reported instead.
+    """
+    from torch_pruning.dependency import index_mapping as im
+
+    saved = {cls: cls.__dict__["__call__"] for cls in vars(im).values()
+             if isinstance(cls, type) and cls.__name__.endswith("IndexMapping") and "__call__" in cls.__dict__}
+
+    def guarded(call):
+        def checked(self, idxs):
+            out = call(self, idxs)
+            if len(out) > limit:
+                raise _IndexBlowup(f"{type(self).__name__} turned {len(idxs)} indices into {len(out)}, "
+                                   f"more than {_INDEX_BUDGET:g} times the largest layer dimension")
+            return out
+        return checked
+
+    for cls, call in saved.items():
+        cls.__call__ = guarded(call)
+    try:
+        yield
+    finally:
+        for cls, call in saved.items():
+            cls.__call__ = call
+
+
+def _blowup_error(model: nn.Module, example_inputs, err: _IndexBlowup) -> TracerError:
+    op = _tracer_op(err)
+    shapes = [tuple(x.shape) for x in as_tuple(example_inputs) if torch.is_tensor(x)]
+    return TracerError(
+        f"Torch-Pruning's dependency tracer cannot map the channels of {type(model).__name__} through its "
+        f"reshapes{' at ' + op if op else ''}: {err}. Its index lists grow without bound (as on Swin "
+        "Transformer's and MaxViT's window partitions), which takes minutes and many GB before anything can "
+        f"be pruned, so tracing stopped (example_inputs of shape {shapes}). This is a limitation of "
+        "Torch-Pruning's tracer, not a problem with the model or its inputs; Torch-Pruning's own pruner "
+        "cannot prune this model either. Prune a model without window partitions, or report it to Torch-Pruning")
+
+
+def _groups_within_budget(DG, model: nn.Module, example_inputs):
+    """``DG.get_all_groups`` for conv/linear roots, stopped with a TracerError when its index lists blow up."""
+    largest = max((max(p.shape, default=1) for p in model.parameters()), default=1)
+    limit = int(_INDEX_BUDGET * largest)
+    groups = DG.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear))
+    while True:
+        try:
+            with _index_budget(limit):
+                group = next(groups)
+        except StopIteration:
+            return
+        except _IndexBlowup as err:
+            err.graph = DG
+            raise _blowup_error(model, example_inputs, err) from err
+        yield group
+
+
 def _trace_error(model: nn.Module, example_inputs, err: Exception) -> Exception:
     """Say why tracing failed: the inputs' dtype, their shape, or Torch-Pruning's tracer itself."""
     inputs = as_tuple(example_inputs)
@@ -456,6 +530,63 @@ def _trace_error(model: nn.Module, example_inputs, err: Exception) -> Exception:
         "separately, or report it to Torch-Pruning")
 
 
+class _called_layers:
+    """Context: the names of the layers with parameters that run inside it (forward hooks, removed on exit)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.names, self.hooks = model, set(), []
+
+    def __enter__(self):
+        for name, module in self.model.named_modules():
+            if any(True for _ in module.parameters(recurse=False)):
+                self.hooks.append(module.register_forward_hook(
+                    lambda mod, inp, out, name=name: self.names.add(name)))
+        return self.names
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        return False
+
+
+def _training_modes(model: nn.Module) -> None:
+    """Training mode for the model's control flow (auxiliary heads), evaluation mode for the layers whose
+    computation depends on it (BatchNorm keeps its statistics and takes batch 1, dropout is off)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
+                               nn.modules.instancenorm._InstanceNorm)):
+            module.eval()
+
+
+def _forward_in_training_mode(model: nn.Module, example_inputs):
+    _training_modes(model)
+    try:
+        return model(*as_tuple(example_inputs))
+    finally:
+        model.eval()
+
+
+def _train_only_layers(model: nn.Module, example_inputs, called_in_eval) -> List[str]:
+    """Layers with parameters that run in training mode but not in evaluation mode (e.g. GoogLeNet's and
+    Inception v3's auxiliary heads).  One extra forward pass, only when some layer did not run in eval mode."""
+    idle = [n for n, m in model.named_modules()
+            if n not in called_in_eval and any(True for _ in m.parameters(recurse=False))]
+    if not idle:
+        return []
+    try:
+        with torch.no_grad(), _called_layers(model) as called:
+            _forward_in_training_mode(model, example_inputs)
+    except Exception as err:
+        raise ValueError(
+            f"{type(model).__name__} has layers that do not run in evaluation mode ({', '.join(map(repr, idle[:4]))}"
+            f"{' ...' if len(idle) > 4 else ''}) and fails in training mode on example_inputs of shape "
+            f"{[tuple(x.shape) for x in as_tuple(example_inputs) if torch.is_tensor(x)]} ({type(err).__name__}: "
+            f"{err}), so the branches it runs only in training cannot be traced; pass example_inputs on which "
+            "the model also runs in training mode (e.g. its training image size)") from err
+    return [n for n in idle if n in called]
+
+
 def _trace(model: nn.Module, example_inputs) -> _Trace:
     check_inputs(model, example_inputs)
     sig = _signature(model, example_inputs)
@@ -467,16 +598,29 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     for p in template.parameters():
         p.requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _called_layers(template) as called:
             DG = tp.DependencyGraph().build_dependency(template, example_inputs=example_inputs, verbose=False)
     except Exception as err:
         raise _trace_error(template, example_inputs, err) from err
+    train_only = _train_only_layers(template, example_inputs, called)
+    if train_only:  # auxiliary heads: trace the training-mode graph, which holds them too
+        try:
+            with torch.enable_grad():
+                DG = tp.DependencyGraph().build_dependency(
+                    template, example_inputs=example_inputs, verbose=False, forward_fn=_forward_in_training_mode)
+        except Exception as err:
+            raise TracerError(
+                f"layers {', '.join(map(repr, train_only[:4]))}{' ...' if len(train_only) > 4 else ''} of "
+                f"{type(model).__name__} run only in training mode, and Torch-Pruning's tracer failed on the "
+                f"training-mode graph ({type(err).__name__}: {err}); pruning only the evaluation-mode graph "
+                "would leave them unpruned and the pruned model would fail in training mode. Remove those "
+                "branches (e.g. aux_logits=False) before pruning") from err
     _check_no_channel_shuffle(DG, model)
 
     names = {m: n for n, m in template.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     specs, output_specs = [], []
-    for g in DG.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+    for g in _groups_within_budget(DG, template, example_inputs):
         members = []
         for item in g:
             dep, idxs = item.dep, item.idxs

@@ -261,3 +261,83 @@ def test_tied_weights_in_different_roles_are_refused_by_name():
     # a group that holds none of the tied tensor's channels still prunes
     groups = ifv.find_groups(model, torch.randn(1, 5))
     assert len(groups) == 3
+
+
+# ---------------------------------------------------------------- branches that run only in training mode
+
+class AuxHeadNet(nn.Module):
+    """A main path and an auxiliary classifier that runs only in training mode, as in GoogLeNet."""
+
+    def __init__(self, c=8, num_classes=4):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, 2 * c, 3, padding=1)
+        self.fc = nn.Linear(2 * c, num_classes)
+        self.aux_conv, self.aux_fc = nn.Conv2d(c, c, 1), nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        out = self.fc(torch.relu(self.conv2(h)).mean((2, 3)))
+        if self.training:
+            return out, self.aux_fc(torch.relu(self.aux_conv(h)).mean((2, 3)))
+        return out
+
+
+def test_branches_active_only_in_training_are_traced():
+    model = AuxHeadNet()
+    groups = ifv.find_groups(model, torch.randn(1, 3, 6, 6))
+    assert model.training  # the caller's mode is kept
+    conv1 = next(g for g in groups if g.name == "conv1")
+    assert {m.name: m.role for m in conv1.members}["aux_conv"] == "in"
+    assert any(g.name == "aux_conv" for g in groups)
+
+
+@pytest.mark.parametrize("method", ["default", "intra-fusion"])
+def test_pruned_model_with_aux_head_runs_in_both_modes(method):
+    torch.manual_seed(0)
+    model = AuxHeadNet().eval()
+    x = torch.randn(4, 3, 6, 6)
+    res0 = ifv.prune(model, x[:1], 0.0, method=method)
+    res = ifv.prune(model, x[:1], 0.5, method=method)
+    assert res.model.aux_conv.in_channels == res.model.conv1.out_channels == 4
+    with torch.no_grad():
+        main, aux = res.model.train()(x)
+        assert main.shape == aux.shape == (4, 4) and bool(torch.isfinite(aux).all())
+        assert res.model.eval()(x).shape == (4, 4)
+        ref_main, ref_aux = model.train()(x)
+        main0, aux0 = res0.model.train()(x)
+        assert rel_err(main0, ref_main) <= 1e-6 and rel_err(aux0, ref_aux) <= 1e-6
+
+
+def test_aux_head_duplicates_merge_exactly_in_training_mode():
+    torch.manual_seed(2)
+    model = AuxHeadNet().double().eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-1, 1)
+        model.bn1.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    group = next(g for g in ifv.find_groups(model, x[:1]) if g.name == "conv1")
+    duplicate_channels(model, group)
+    res = ifv.prune(model, x[:1], 0.5, groups=[group.index], importance=keep_first_half)
+    with torch.no_grad():
+        for a, b in zip(res.model.train()(x), model.train()(x)):
+            assert rel_err(a, b) <= 1e-10
+
+
+# ---------------------------------------------------------------- tracing cost (Swin, MaxViT)
+
+def test_index_lists_that_blow_up_stop_the_trace_with_a_tracer_error(monkeypatch):
+    """On Swin and MaxViT, Torch-Pruning's index mappings grow without bound (minutes, > 14 GB); the trace
+    stops once a list is longer than any layer dimension allows.  Here the budget is shrunk so that a
+    legitimate flatten (8 channels x 16 positions into a Linear) trips it and the report can be checked."""
+    from intrafusion_viz import _groups
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 2))
+    x = torch.randn(1, 3, 4, 4)
+    assert len(ifv.find_groups(model, x)) == 1  # the real budget lets the flatten through
+    monkeypatch.setattr(_groups, "_INDEX_BUDGET", 0.5)
+    with pytest.raises(ifv.TracerError, match=r"Sequential through its reshapes .*_FlattenIndexMapping turned "
+                                              r"8 indices into 128.* limitation of Torch-Pruning's tracer"):
+        ifv.find_groups(nn.Sequential(*model), x)  # a new model: not cached
+    from torch_pruning.dependency import index_mapping as im
+    assert im._FlattenIndexMapping.__call__.__name__ == "__call__"  # Torch-Pruning is left as it was
