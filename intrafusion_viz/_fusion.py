@@ -297,9 +297,10 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
 
 
 def _check_mergeable(group: Group, is_selection: bool) -> None:
-    problem = merge_problem(group.members, _modules(group.model), group.size, selection=is_selection,
-                            index=group.index, name=group.name)
+    problem = getattr(group, "blocked", None) or merge_problem(
+        group.members, _modules(group.model), group.size, selection=is_selection, index=group.index, name=group.name)
     if problem is not None:
+        is_selection = is_selection or getattr(group, "blocked", None) is not None
         what = "prune" if is_selection else "merge"
         advice = ("leave this group out with groups=[...]" if is_selection else
                   "use method='default' or leave this group out with groups=[...]")

@@ -129,8 +129,9 @@ class Group:
 
     def __init__(self, index: int, paper_index: int, name: str, size: int,
                  members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None,
-                 unmergeable_reason: Optional[str] = None):
+                 unmergeable_reason: Optional[str] = None, blocked: Optional[str] = None):
         self.unmergeable_reason = unmergeable_reason
+        self.blocked = blocked  # why no method can prune it (None: default pruning can)
         self.mergeable = unmergeable_reason is None
         self.fold_pairs = dict(fold_pairs or {})  # conv/linear name -> BatchNorm folded into it
         self.index = index
@@ -207,7 +208,9 @@ def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str],
     if isinstance(module, nn.Parameter):
         return Member(name, "other", "Parameter", dep.target.pruning_dim, tuple(idxs),
                       tuple(root_idxs), None, hname, dep.target.pruning_dim)
-    if not any(True for _ in module.parameters(recurse=False)) and not isinstance(module, nn.modules.batchnorm._BatchNorm):
+    has_params = any(True for _ in module.parameters(recurse=False))
+    if not has_params and not isinstance(module, nn.modules.batchnorm._BatchNorm) \
+            and not is_affine(module):  # a norm without affine still holds its channel count
         return None  # parameter-free op (add, concat, flatten, ...): nothing to merge
     transposed = getattr(module, "transposed", False)
     conv_groups = 1
@@ -258,6 +261,7 @@ class _GroupSpec:
     last_order: int = 0  # position of the group's last producer in named_modules()
     paper_index: int = -1
     problem: Optional[str] = None  # why its channels cannot be merged (None: mergeable)
+    blocked: Optional[str] = None  # why it cannot be pruned at all, by any method
 
 
 @dataclass
@@ -372,6 +376,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
         consumers = [m for m in members if m.role not in ("out", "norm")]
         (specs if consumers else output_specs).append(spec)
 
+    specs, output_specs = _with_invisible_norms(specs, output_specs, template)
     specs.sort(key=lambda s: s.order)
     output_specs.sort(key=lambda s: s.order)
     specs = _with_paper_numbering(specs)
@@ -380,6 +385,33 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     trace = _Trace(sig, specs, output_specs, fold_pairs)
     _TRACE_CACHE[model] = trace
     return trace
+
+
+def _with_invisible_norms(specs, output_specs, template: nn.Module):
+    """Refuse groups a norm layer without parameters may normalise when the tracer cannot see it.
+
+    Torch-Pruning traces through a layer type it does not know (``nn.RMSNorm``) op by op; with a
+    weight it is a member (the weight), without one it is invisible, and pruning its channels would
+    leave its ``normalized_shape`` behind.  Every group of that width is marked unmergeable.
+    """
+    from dataclasses import replace
+
+    seen = {m.name for s in specs + output_specs for m in s.members}
+    invisible = [(name, int(m.normalized_shape[-1])) for name, m in template.named_modules()
+                 if name not in seen and is_affine(m) and not any(True for _ in m.parameters(recurse=False))
+                 and isinstance(getattr(m, "normalized_shape", None), tuple)]
+    if not invisible:
+        return specs, output_specs
+
+    def mark(s):
+        names = [name for name, width in invisible if width == s.size]
+        if not names or s.problem is not None:
+            return s
+        what = type(template.get_submodule(names[0])).__name__
+        why = (f"group {s.name!r} may feed {names[0]!r} ({what} without parameters), which the tracer cannot "
+               "see; give it a weight (elementwise_affine=True) so its channels can be followed")
+        return replace(s, problem=why, blocked=why)
+    return [mark(s) for s in specs], [mark(s) for s in output_specs]
 
 
 def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
@@ -400,9 +432,11 @@ def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
 def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
                 fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
     """Bind traced group recipes to ``model`` (same structure as the traced one)."""
+    def numbered(why, i, s):
+        return None if why is None else why.replace(f"group {s.name!r}", f"group {i} ({s.name!r})", 1)
+
     return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs,
-                  unmergeable_reason=None if s.problem is None else s.problem.replace(
-                      f"group {s.name!r}", f"group {i} ({s.name!r})", 1))
+                  unmergeable_reason=numbered(s.problem, i, s), blocked=numbered(s.blocked, i, s))
             for i, s in enumerate(specs)]
 
 

@@ -321,7 +321,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             if blocks[i] == 1:
                 kept, plan = cluster_plan(vec, imp, k, seed=seed)
             else:  # k-means inside every block
-                kept, plan = _per_block(n, k, blocks[i], lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
+                kept, plan = _per_block(n, k, blocks[i],
+                                        lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
             cost = cost_matrix(vec, kept, config)
             out_map, in_map = merge_matrices(plan)
             norm_map = out_map
@@ -432,12 +433,14 @@ def _unmergeable(groups: List[Group], selected: Dict[int, float], fuse: bool, po
         if num_kept(g.size, s) == g.size:
             continue
         losing += 1
-        problem = merge_problem(g.members, modules, g.size, selection=not fuse, index=g.index, name=g.name)
+        problem = g.blocked or merge_problem(g.members, modules, g.size, selection=not fuse, index=g.index,
+                                             name=g.name)
         if problem is None:
             continue
         if policy == "raise":
             _check_mergeable(g, is_selection=not fuse)
-        if policy == "default" and fuse and merge_problem(g.members, modules, g.size, selection=True) is None:
+        if policy == "default" and fuse and g.blocked is None \
+                and merge_problem(g.members, modules, g.size, selection=True) is None:
             by_selection.add(i)
         else:
             skipped.append((g.index, g.name, problem))
