@@ -99,9 +99,10 @@ def merge_problem(members: Sequence, modules: Dict[str, nn.Module], n: int, sele
 
 def kept_count(n: int, sparsity: float, conv: int, norm: int, num_kept, where: str = "",
                gn_names: Sequence[str] = ()) -> int:
-    """Channels a group keeps: a multiple of its conv groups (rounded down, at least one per conv
-    group, as Torch-Pruning does), refused unless it is also a multiple of its GroupNorms' groups."""
-    k = conv * num_kept(n // conv, sparsity)
+    """Channels a group keeps: every conv group loses ``floor(removed / conv)`` channels, where
+    ``removed = n - num_kept(n, sparsity)`` (Torch-Pruning's rule for grouped convs: never more than
+    the requested fraction), refused unless the count is also a multiple of its GroupNorms' groups."""
+    k = n - conv * ((n - num_kept(n, sparsity)) // conv)
     if k % norm:
         step = conv * norm // math.gcd(conv, norm)
         ok = [c for c in range(step, n + 1, step)]

@@ -215,8 +215,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         (default): ``"raise"`` when you named the groups (``groups=[...]`` or a per-group sparsity
         dict), else ``"skip"``; when *no* selected group could be pruned it raises too.
 
-    Grouped convs keep the same number of channels in every conv group (Torch-Pruning's rule: a
-    group's kept count is rounded down to a multiple of its conv groups, ``GroupResult.k``) and
+    Grouped convs keep the same number of channels in every conv group (Torch-Pruning's rule: each
+    conv group loses ``floor(removed / groups)`` channels; ``GroupResult.k`` is the count kept) and
     channels merge only inside their conv group (a block-diagonal plan).  A GroupNorm's
     ``num_groups`` must divide the kept count, else a ``ValueError`` names the counts that work.
 
