@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch_pruning._helpers import GroupItem
 from torch_pruning.pruner import function as tpf
 
+from ._layer_rules import is_affine, merge_problem
 from ._state import as_tuple, dtype_problem, model_device
 
 __all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError", "TracerError"]
@@ -51,10 +52,13 @@ class Member:
         Module name in ``model.named_modules()``.
     role : str
         ``"out"`` (a conv/linear producing the channels: rows and bias), ``"in"`` (a conv/linear
-        consuming them: columns), ``"norm"`` (BatchNorm), ``"depthwise"`` (a depthwise conv, both),
-        ``"shift"`` / ``"scale"`` (a bare per-channel ``nn.Parameter`` added to or concatenated with
-        the channels, e.g. ``pos_embedding``, ``class_token``, or multiplying them, e.g. ``layer_scale``),
-        or ``"other"`` (a layer type we can prune by selection but not merge).
+        consuming them: columns), ``"norm"`` (BatchNorm), ``"depthwise"`` (a depthwise conv: its
+        kernel and bias are the channel's row), ``"affine"`` (LayerNorm, GroupNorm, RMSNorm,
+        InstanceNorm, PReLU: one scale/shift per channel, merged like BatchNorm parameters),
+        ``"grouped"`` (a grouped conv consuming the channels: channels merge only inside their own
+        conv group), ``"shift"`` / ``"scale"`` (a bare per-channel ``nn.Parameter`` added to or
+        concatenated with the channels, e.g. ``pos_embedding``, ``class_token``, or multiplying them,
+        e.g. ``layer_scale``), or ``"other"`` (a layer type we can prune by selection but not merge).
     layer_type : str
         Class name of the module, for messages and figures.
     dim : int
@@ -77,6 +81,7 @@ class Member:
     fold_from: Optional[str] = None
     handler_name: str = ""
     pruning_dim: int = -1
+    conv_groups: int = 1  # ``groups`` of a producing grouped conv (its channels merge per conv group)
 
 
 class _DependencyView:
@@ -123,10 +128,19 @@ class Group:
         Number of channels ``n``.
     members : list of Member
         Every parametrised layer in the group with its role.
+    mergeable : bool
+        Whether Intra-Fusion (and ``method="fold"``) can merge this group's channels.
+    unmergeable_reason : str or None
+        Why not (``None`` when mergeable); :func:`intrafusion_viz.prune` skips such a group when
+        pruning the whole model and records the reason in ``PruneResult.skipped``.
     """
 
     def __init__(self, index: int, paper_index: int, name: str, size: int,
-                 members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None):
+                 members: Sequence[Member], model: nn.Module, fold_pairs: Optional[Dict[str, str]] = None,
+                 unmergeable_reason: Optional[str] = None, blocked: Optional[str] = None):
+        self.unmergeable_reason = unmergeable_reason
+        self.blocked = blocked  # why no method can prune it (None: default pruning can)
+        self.mergeable = unmergeable_reason is None
         self.fold_pairs = dict(fold_pairs or {})  # conv/linear name -> BatchNorm folded into it
         self.index = index
         self.paper_index = paper_index
@@ -167,7 +181,9 @@ class Group:
 
     def __repr__(self) -> str:
         roles = ", ".join(f"{m.name}:{m.role}" for m in self.members)
-        return f"Group(index={self.index}, name={self.name!r}, size={self.size}, members=[{roles}])"
+        why = "" if self.mergeable else f", unmergeable_reason={self.unmergeable_reason!r}"
+        return (f"Group(index={self.index}, name={self.name!r}, size={self.size}, members=[{roles}], "
+                f"mergeable={self.mergeable}{why})")
 
     __str__ = __repr__
 
@@ -220,17 +236,25 @@ def _parameter_role(DG, param: nn.Parameter) -> str:
     return uses.pop() if len(uses) == 1 else "other"
 
 
-def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str], DG=None) -> Optional[Member]:
+def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str],
+               owner: Optional[Tuple[str, nn.Module]] = None, DG=None) -> Optional[Member]:
     module = dep.target.module
     fn = dep.handler
     hname = _handler_name(fn)
+    if isinstance(module, nn.Parameter) and owner is not None and is_affine(owner[1]):
+        # a norm layer Torch-Pruning does not know (RMSNorm): its weight is traced as a bare Parameter
+        return Member(owner[0], "affine", type(owner[1]).__name__, 0, tuple(int(i) for i in idxs),
+                      tuple(int(r) for r in root_idxs), None, hname, dep.target.pruning_dim)
     if isinstance(module, nn.Parameter):
         role = _parameter_role(DG, module) if DG is not None else "other"
         return Member(name, role, "Parameter", dep.target.pruning_dim, tuple(int(i) for i in idxs),
                       tuple(int(r) for r in root_idxs), None, hname, dep.target.pruning_dim)
-    if not any(True for _ in module.parameters(recurse=False)) and not isinstance(module, nn.modules.batchnorm._BatchNorm):
+    has_params = any(True for _ in module.parameters(recurse=False))
+    if not has_params and not isinstance(module, nn.modules.batchnorm._BatchNorm) \
+            and not is_affine(module):  # a norm without affine still holds its channel count
         return None  # parameter-free op (add, concat, flatten, ...): nothing to merge
     transposed = getattr(module, "transposed", False)
+    conv_groups = 1
     if fn in _DW_FNS:
         role, dim = "depthwise", 0
     elif any(fn == f for f in _OUT_FNS):
@@ -241,13 +265,15 @@ def _member_of(dep, idxs, root_idxs, name: str, fold_from: Optional[str], DG=Non
             role = "grouped"
     elif any(fn == f for f in _NORM_FNS):
         role, dim = "norm", 0
+    elif is_affine(module):
+        role, dim = "affine", 0
     else:  # an embedding holds its channels in its columns
         role, dim = "other", (1 if isinstance(module, nn.Embedding) else 0)
     if role == "out" and isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-        role = "grouped"
+        conv_groups = module.groups  # its rows are ordinary rows, merged inside their conv group
     return Member(name, role, type(module).__name__, dim, tuple(int(i) for i in idxs),
                   tuple(int(r) for r in root_idxs), fold_from if role == "norm" else None,
-                  hname, dep.target.pruning_dim)
+                  hname, dep.target.pruning_dim, conv_groups)
 
 
 def _foldable_producer(DG, bn: nn.Module, names: Dict[nn.Module, str]) -> Optional[str]:
@@ -275,6 +301,8 @@ class _GroupSpec:
     order: int
     last_order: int = 0  # position of the group's last producer in named_modules()
     paper_index: int = -1
+    problem: Optional[str] = None  # why its channels cannot be merged (None: mergeable)
+    blocked: Optional[str] = None  # why it cannot be pruned at all, by any method
 
 
 @dataclass
@@ -618,6 +646,7 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     _check_no_channel_shuffle(DG, model)
 
     names = {m: n for n, m in template.named_modules()}
+    modules_by_name = dict(template.named_modules())
     order = {n: i for i, n in enumerate(names.values())}
     specs, output_specs = [], []
     for g in _groups_within_budget(DG, template, example_inputs):
@@ -626,14 +655,18 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
             dep, idxs = item.dep, item.idxs
             module = dep.target.module
             name = names.get(module)
+            owner = None
             if name is None and isinstance(module, nn.Parameter):
                 name = DG._param_to_name.get(module, "<parameter>")
+                owner_name = name.rsplit(".", 1)[0] if "." in name else None
+                if owner_name is not None and owner_name in modules_by_name:
+                    owner = (owner_name, modules_by_name[owner_name])
             if name is None:
                 continue
             fold_from = None
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 fold_from = _foldable_producer(DG, module, names)
-            m = _member_of(dep, idxs, item.root_idxs, name, fold_from, DG)
+            m = _member_of(dep, idxs, item.root_idxs, name, fold_from, owner, DG)
             if m is not None:
                 members.append(m)
         producers = [m for m in members if m.role in ("out", "depthwise", "grouped")]
@@ -642,10 +675,12 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
         root = min(producers, key=lambda m: order.get(m.name, 1 << 30))
         size = len(set(producers[0].root_idxs))
         last = max(order.get(m.name, -1) for m in producers)
-        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30), last)
+        spec = _GroupSpec(root.name, size, tuple(members), order.get(root.name, 1 << 30), last,
+                          problem=merge_problem(members, modules_by_name, size, name=root.name))
         consumers = [m for m in members if m.role not in ("out", "norm", "shift", "scale")]
         (specs if consumers else output_specs).append(spec)
 
+    specs, output_specs = _with_invisible_norms(specs, output_specs, template)
     specs.sort(key=lambda s: s.order)
     output_specs.sort(key=lambda s: s.order)
     specs = _with_paper_numbering(specs)
@@ -654,6 +689,33 @@ def _trace(model: nn.Module, example_inputs) -> _Trace:
     trace = _Trace(sig, specs, output_specs, fold_pairs)
     _TRACE_CACHE[model] = trace
     return trace
+
+
+def _with_invisible_norms(specs, output_specs, template: nn.Module):
+    """Refuse groups a norm layer without parameters may normalise when the tracer cannot see it.
+
+    Torch-Pruning traces through a layer type it does not know (``nn.RMSNorm``) op by op; with a
+    weight it is a member (the weight), without one it is invisible, and pruning its channels would
+    leave its ``normalized_shape`` behind.  Every group of that width is marked unmergeable.
+    """
+    from dataclasses import replace
+
+    seen = {m.name for s in specs + output_specs for m in s.members}
+    invisible = [(name, int(m.normalized_shape[-1])) for name, m in template.named_modules()
+                 if name not in seen and is_affine(m) and not any(True for _ in m.parameters(recurse=False))
+                 and isinstance(getattr(m, "normalized_shape", None), tuple)]
+    if not invisible:
+        return specs, output_specs
+
+    def mark(s):
+        names = [name for name, width in invisible if width == s.size]
+        if not names or s.problem is not None:
+            return s
+        what = type(template.get_submodule(names[0])).__name__
+        why = (f"group {s.name!r} may feed {names[0]!r} ({what} without parameters), which the tracer cannot "
+               "see; give it a weight (elementwise_affine=True) so its channels can be followed")
+        return replace(s, problem=why, blocked=why)
+    return [mark(s) for s in specs], [mark(s) for s in output_specs]
 
 
 def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
@@ -674,7 +736,11 @@ def _with_paper_numbering(specs: List[_GroupSpec]) -> List[_GroupSpec]:
 def bind_groups(specs: Sequence[_GroupSpec], model: nn.Module,
                 fold_pairs: Optional[Dict[str, str]] = None) -> List[Group]:
     """Bind traced group recipes to ``model`` (same structure as the traced one)."""
-    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs)
+    def numbered(why, i, s):
+        return None if why is None else why.replace(f"group {s.name!r}", f"group {i} ({s.name!r})", 1)
+
+    return [Group(i, s.paper_index, s.name, s.size, s.members, model, fold_pairs,
+                  unmergeable_reason=numbered(s.problem, i, s), blocked=numbered(s.blocked, i, s))
             for i, s in enumerate(specs)]
 
 
