@@ -145,7 +145,7 @@ def run_one(name: str) -> dict:
                 res = ifv.prune(model, x, s, method=method)
                 ok_shape, finite, train, y = _check(res.model, x, ref_shape)
                 cell = dict(params_after=res.params_after, shape=ok_shape, finite=finite, train=train,
-                            time=time.perf_counter() - t)
+                            time=time.perf_counter() - t, skipped=len(getattr(res, "skipped", None) or []))
                 if s == 0.0:
                     cell["change"] = float((y - y0).norm() / y0.norm().clamp_min(1e-30))
                 rec[key] = cell
@@ -224,6 +224,8 @@ def _cell(rec: dict, key: str) -> str:
         bad.append("non-finite")
     if c.get("train") is not True:
         bad.append("train mode fails")
+    if c.get("skipped"):
+        bad.append(f"{c['skipped']} groups skipped")
     return _fmt_params(c["params_after"]) + (f" ({', '.join(bad)})" if bad else "")
 
 
@@ -275,9 +277,12 @@ def table(records: list) -> str:
     n = len(records)
     tp_ok = sum(bool(r.get("tp", {}).get("ok")) for r in records)
     ours = {m: sum(_works(r, m) for r in records if "error" not in r) for m in METHODS}
+    whole = sum(_works(r, "intra-fusion") and not any(r.get(f"intra-fusion@{s:g}", {}).get("skipped")
+                                                       for s in SPARSITIES) for r in records if "error" not in r)
     summary = (f"Of {n} models: Torch-Pruning prunes {tp_ok}, our default pruning {ours['default']}, "
-               f"our Intra-Fusion {ours['intra-fusion']} (30 % and 50 %: output shape kept, finite, runs in "
-               "train mode; sparsity 0 changes the output by ≤ 1e-5 relative).")
+               f"our Intra-Fusion {ours['intra-fusion']} ({whole} with every group merged, the others with "
+               "some groups skipped) (30 % and 50 %: output shape kept, finite, runs in train mode; "
+               "sparsity 0 changes the output by ≤ 1e-5 relative).")
     return "\n".join([summary, "", markdown_table(cols, rows), "", "Failures and refusals (first per model):", ""]
                      + (notes or ["- none"]))
 
