@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -31,6 +32,7 @@ from _bench_common import RESULTS, header, markdown_table  # noqa: E402
 CACHE = RESULTS / "zoo.json"
 SIZES = (32, 64, 128, 224, 299)
 SPARSITIES = (0.0, 0.3, 0.5)
+TP_SECONDS = 240
 METHODS = ("default", "intra-fusion")
 EXTRA_KWARGS = {  # the auxiliary heads are part of what a user trains; random init without scipy's slow truncnorm
     "googlenet": dict(aux_logits=True, init_weights=False),
@@ -72,6 +74,14 @@ def _check(model, x, ref_shape):
     return ok_shape, finite, train, y
 
 
+class _Timeout(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout(f"no result in {TP_SECONDS} s (wall clock)")
+
+
 def _output_layers(model, num_classes: int):
     """The classifier layers (SqueezeNet's is a 1x1 conv; GoogLeNet and Inception v3 have auxiliary ones)."""
     import torch.nn as nn
@@ -111,7 +121,10 @@ def run_one(name: str) -> dict:
     ref_shape = tuple(y0.shape)
     num_classes = ref_shape[-1]
 
-    # Torch-Pruning's own pruner at 30 %, output layer(s) left out, as its README shows
+    # Torch-Pruning's own pruner at 30 %, output layer(s) left out, as its README shows; given TP_SECONDS
+    # of wall-clock time (its tracer does not finish on Swin / MaxViT)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TP_SECONDS)
     try:
         t = time.perf_counter()
         m = torchvision.models.get_model(name, weights=None, **EXTRA_KWARGS.get(name, {})).eval()
@@ -123,8 +136,10 @@ def run_one(name: str) -> dict:
         rec["tp"] = dict(ok=ok_shape and finite, params_after=sum(p.numel() for p in m.parameters()),
                          train=train, time=time.perf_counter() - t)
         del m, pruner
-    except Exception as err:
+    except (Exception, _Timeout) as err:
         rec["tp"] = dict(ok=False, error=_short(err))
+    finally:
+        signal.alarm(0)
 
     try:
         t = time.perf_counter()
