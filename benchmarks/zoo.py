@@ -264,6 +264,8 @@ def table(records: list) -> str:
     rows, notes = [], []
     for rec in records:
         name = rec["model"]
+        if rec.get("missing"):
+            continue
         if "error" in rec:
             rows.append([name, "–", "–", "–", _fmt_params(rec["params"]) if "params" in rec else "–",
                          "–", "–", "–", "–", "–", "–", f"{rec.get('wall_time', 0):.0f}"])
@@ -286,9 +288,11 @@ def table(records: list) -> str:
                      _fmt_params(rec["params"]), tp_cell,
                      _cell(rec, "default@0.3"), _cell(rec, "default@0.5"),
                      _cell(rec, "intra-fusion@0.3"), _cell(rec, "intra-fusion@0.5"), change,
-                     f"{rec.get('trace_time', float('nan')):.1f} / {rec.get('total_time', rec.get('wall_time', 0)):.0f}"])
+                     (f"{rec['trace_time']:.1f}" if "trace_time" in rec else "–") + f" / {rec.get('total_time', 0):.0f}"])
     cols = ["model", "input", "groups", "mergeable", "params", "Torch-Pruning 30 %", "default 30 %",
             "default 50 %", "IF 30 %", "IF 50 %", "sparsity-0 change", "trace / total s"]
+    missing = [r["model"] for r in records if r.get("missing")]
+    records = [r for r in records if not r.get("missing")]
     n = len(records)
     tp_ok = sum(bool(r.get("tp", {}).get("ok")) for r in records)
     ours = {m: sum(_works(r, m) for r in records if "error" not in r) for m in METHODS}
@@ -298,6 +302,8 @@ def table(records: list) -> str:
                f"our Intra-Fusion {ours['intra-fusion']} ({whole} with every group merged, the others with "
                "some groups skipped) (30 % and 50 %: output shape kept, finite, runs in train mode; "
                "sparsity 0 changes the output by ≤ 1e-5 relative).")
+    if missing:
+        summary += f" Not measured in this run ({len(missing)}): {', '.join(missing)}."
     return "\n".join([summary, "", markdown_table(cols, rows), "", "Failures and refusals (first per model):", ""]
                      + (notes or ["- none"]))
 
@@ -306,6 +312,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", help="model names (default: every torchvision classifier)")
     parser.add_argument("--force", action="store_true", help="re-measure models already in the cache")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the table of every model from the cache (unmeasured ones listed)")
     parser.add_argument("--timeout", type=float, default=300.0, help="CPU seconds per model (the machine may be loaded)")
     parser.add_argument("--wall-timeout", type=float, default=900.0, help="wall-clock seconds per model")
     parser.add_argument("--memory-gb", type=float, default=12.0, help="address-space cap per model process")
@@ -320,7 +328,7 @@ def main(argv=None):
 
     names = args.models or sorted(torchvision.models.list_models(module=torchvision.models), key=_size)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    for name in names:
+    for name in [] if args.report else names:
         if name in cache and not args.force:
             continue
         rec = measure(name, args.timeout, args.memory_gb, args.wall_timeout)
@@ -330,7 +338,7 @@ def main(argv=None):
         status = rec.get("error") or rec.get("trace_error") or "ok"
         print(f"{name}: {rec.get('wall_time', 0):.0f} s, {status[:120]}", file=sys.stderr, flush=True)
     text = header("python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])) + "\n" \
-        + table([cache[n] for n in names if n in cache])
+        + table([cache.get(n, {"model": n, "missing": True}) for n in names])
     (RESULTS / "zoo.md").write_text(text + "\n")
     print(text)
 
