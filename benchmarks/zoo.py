@@ -60,6 +60,9 @@ def _check(model, x, ref_shape):
     """(shape kept, finite) in eval mode, and whether train mode runs with the same shape."""
     import torch
 
+    if hasattr(model, "hidden_dim") and hasattr(model, "conv_proj"):  # torchvision ViT reshapes with a stored int,
+        model.hidden_dim = model.conv_proj.out_channels  # which Torch-Pruning's own test sets after pruning too
+
     with torch.no_grad():
         model.eval()
         y = _logits(model(x))
@@ -129,8 +132,10 @@ def run_one(name: str) -> dict:
         t = time.perf_counter()
         m = torchvision.models.get_model(name, weights=None, **EXTRA_KWARGS.get(name, {})).eval()
         m.load_state_dict(model.state_dict())
+        heads = [a.num_heads for a in m.modules() if isinstance(a, torch.nn.MultiheadAttention)]
         pruner = tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=0.3, ignored_layers=_output_layers(m, num_classes))
+                                           pruning_ratio=0.3, ignored_layers=_output_layers(m, num_classes),
+                                           round_to=heads[0] if heads else None)  # as Torch-Pruning's ViT test
         pruner.step()
         ok_shape, finite, train, _ = _check(m, x, ref_shape)
         rec["tp"] = dict(ok=ok_shape and finite, params_after=sum(p.numel() for p in m.parameters()),
