@@ -17,7 +17,7 @@ from importlib import import_module
 
 from ._data_aware import REPAIR_MODES, activation_features, repair
 from ._fusion import apply_merge, channel_features, fold_batchnorm
-from ._groups import Group, Member, UnsupportedLayerError, find_groups
+from ._groups import Group, Member, TracerError, UnsupportedLayerError, find_groups
 from ._importance import IMPORTANCES, group_importance, resolve_importance
 from ._otfusion import FUSE_METHODS, FusedGroup, FuseResult, fuse, permute_neurons
 from ._prune import METHODS, GroupResult, PruneResult, num_kept, prune
@@ -40,7 +40,7 @@ _LAZY_NAMES = {
 }
 
 __all__ = [
-    "find_groups", "Group", "Member", "UnsupportedLayerError",
+    "find_groups", "Group", "Member", "UnsupportedLayerError", "TracerError",
     "prune", "PruneResult", "GroupResult", "METHODS", "num_kept",
     "OTConfig", "cost_matrix", "masses", "transport_plan", "merge_matrices", "selection_plan",
     "IMPORTANCES", "resolve_importance", "group_importance",

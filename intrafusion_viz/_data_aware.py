@@ -49,6 +49,8 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
     def hook_for(name):
         def hook(module, args, out):
             outputs[name] = out.detach().clone()  # a following ReLU(inplace=True) would overwrite it
+            if isinstance(module, nn.Linear) and out.dim() > 2:  # channels last (tokens, ConvNeXt's MLP)
+                outputs[name] = outputs[name].movedim(-1, 1)
         return hook
 
     try:

@@ -13,11 +13,12 @@ import torch.nn as nn
 
 from ._groups import Group, Member, UnsupportedLayerError, _trace
 from ._groups import _handler
+from ._layer_rules import merge_problem
 
-__all__ = ["fold_batchnorm", "folded_weights", "channel_features", "fold_group_batchnorms",
+__all__ = ["fold_batchnorm", "folded_weights", "channel_features", "fold_group_batchnorms", "check_tied_weights",
            "restore_folded_batchnorms", "apply_merge", "IndexTracker"]
 
-_MERGEABLE = ("out", "in", "norm")
+_PRODUCERS = ("out", "depthwise")  # roles whose rows (weight along dim, bias) are a channel's own
 
 
 def _modules(model: nn.Module) -> Dict[str, nn.Module]:
@@ -191,7 +192,7 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
     for m in group.members:
         if m.role != "norm" or m.name not in folded:
             continue
-        producer = next((p for p in group.members if p.name == m.fold_from and p.role == "out"), None)
+        producer = next((p for p in group.members if p.name == m.fold_from and p.role in _PRODUCERS), None)
         if producer is None:  # folded into a layer outside this group: it stays an identity
             continue
         bn, layer = modules[m.name], modules[producer.name]
@@ -348,26 +349,25 @@ def _merge_tensor(t: torch.Tensor, dim: int, slots: torch.Tensor, kept_slots: to
 
 
 def _check_mergeable(group: Group, is_selection: bool) -> None:
-    for m in group.members:
-        if m.layer_type == "Parameter":
-            raise UnsupportedLayerError(
-                f"group {group.index} ({group.name!r}) contains a bare nn.Parameter, {m.name!r}, used "
-                "outside a layer; this toolkit cannot prune it. Wrap it in a module or leave this group "
-                "out with groups=[...]")
-        if m.role in _MERGEABLE or (is_selection and m.role in ("depthwise", "other")):
-            continue
-        if m.role == "grouped":
-            what = "a grouped convolution"
-        elif m.role == "depthwise":
-            what = "a depthwise convolution"
-        else:
-            what = f"a {m.layer_type} layer"
-        raise UnsupportedLayerError(
-            f"group {group.index} ({group.name!r}) contains {what}: {m.name!r}. Intra-Fusion cannot merge "
-            f"its channels; use method='default' or leave this group out with groups=[...]"
-            if m.role != "grouped" else
-            f"group {group.index} ({group.name!r}) contains {what}: {m.name!r}, which this toolkit "
-            f"cannot prune; leave this group out with groups=[...]")
+    problem = getattr(group, "blocked", None) or merge_problem(
+        group.members, _modules(group.model), group.size, selection=is_selection, index=group.index, name=group.name)
+    if problem is not None:
+        is_selection = is_selection or getattr(group, "blocked", None) is not None
+        what = "prune" if is_selection else "merge"
+        advice = ("leave this group out with groups=[...]" if is_selection else
+                  "use method='default' or leave this group out with groups=[...]")
+        raise UnsupportedLayerError(f"{problem}; this toolkit cannot {what} it: {advice}")
+
+
+def _prune_parameter(model: nn.Module, name: str, dim: int, remove: List[int]) -> None:
+    """Remove positions ``remove`` along ``dim`` of the bare Parameter ``name`` (a new Parameter, set on its owner)."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    param = getattr(owner, attr)
+    keep = torch.ones(param.shape[dim], dtype=torch.bool)
+    keep[torch.as_tensor(remove, dtype=torch.long)] = False
+    kept = param.data.index_select(dim, keep.nonzero().flatten().to(param.device))
+    setattr(owner, attr, nn.Parameter(kept.contiguous(), requires_grad=param.requires_grad))
 
 
 @torch.no_grad()
@@ -401,37 +401,172 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
     modules = _modules(model)
     dropped = torch.ones(n, dtype=torch.bool)
     dropped[kept] = False
+    ties = _ties(model, {m.name for m in group.members})
+    merged = set()  # (tensor, dim) already merged: a tensor tied between layers is merged once
     for m in group.members:
-        module = modules[m.name]
+        module = model.get_parameter(m.name) if m.layer_type == "Parameter" else modules[m.name]
         slots = _slots(m, n)
         size = _dim_size(module, m)
         cur = tracker.current(m.name, m.dim, slots.flatten().tolist()).view_as(slots)
+        if m.role == "grouped":  # merged and shrunk per conv group (the same map for plain selection)
+            _merge_grouped_inputs(module, cur, kept, in_map)
+            tracker.remove(m.name, m.dim, size, slots[dropped].flatten().tolist())
+            continue
         if not selection:
-            if m.role == "out":
+            if m.role in _PRODUCERS:  # a depthwise kernel is its channel's row
                 tensors = [(module.weight, m.dim)] + ([(module.bias, 0)] if module.bias is not None else [])
                 merge = out_map
             elif m.role == "in":
                 tensors, merge = [(module.weight, m.dim)], in_map
-            else:  # norm
+            elif m.role in ("shift", "scale"):  # a bare Parameter: added like a bias, or a scale like a BN weight
+                tensors, merge = [(module, m.dim)], (out_map if m.role == "shift" else norm_map)
+            else:  # BatchNorm, or the per-channel affine of a LayerNorm / GroupNorm / RMSNorm / PReLU
                 tensors = [(getattr(module, a), 0) for a in ("weight", "bias", "running_mean", "running_var")
-                           if getattr(module, a, None) is not None]
+                           if torch.is_tensor(getattr(module, a, None))]
                 merge = norm_map
             for t, d in tensors:
-                _merge_tensor(t, d, cur, cur[kept], merge)
+                if (id(t), d) not in merged:
+                    _merge_tensor(t, d, cur, cur[kept], merge)
+                    merged.add((id(t), d))
         remove_orig = slots[dropped].flatten().tolist()
         remove_cur = cur[dropped].flatten().tolist()
         if remove_cur:
-            _handler(m.handler_name)(module, sorted(remove_cur))
+            if m.layer_type == "Parameter":
+                _prune_parameter(model, m.name, m.dim, remove_cur)
+            elif m.role == "affine":
+                _prune_affine(module, sorted(remove_cur), size)
+            else:
+                _handler(m.handler_name)(module, sorted(remove_cur))
             tracker.remove(m.name, m.dim, size, remove_orig)
+    for users in ties:  # pruning gave each user its own new tensor: tie them again (they are equal)
+        owners = [(model.get_submodule(name), attr) for name, attr in users]
+        first = getattr(*owners[0])
+        for owner, attr in owners[1:]:
+            if not torch.equal(getattr(owner, attr), first):
+                raise RuntimeError(f"tied tensor {'.'.join(users[0])} was merged differently for its users {users}")
+            setattr(owner, attr, first)
+
+
+def _ties(model: nn.Module, names) -> List[List[Tuple[str, str]]]:
+    """Parameters of the modules ``names`` that several modules share: one list of (module, attribute) each."""
+    users: Dict[int, List[Tuple[str, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False):
+            users.setdefault(id(p), [])
+            if (name, attr) not in users[id(p)]:
+                users[id(p)].append((name, attr))
+    return [u for u in users.values()
+            if len({n for n, _ in u}) > 1 and any(n in names for n, _ in u)]
+
+
+def check_tied_weights(model: nn.Module, groups: List[Group], pruned, selection) -> None:
+    """Refuse, before anything changes, a tensor shared by layers that pruning would change differently.
+
+    A tensor tied between layers (an embedding and an output head, two layers given one weight) can be
+    merged once for all of them only if every user holds it in the same group, along the same dimension,
+    at the same positions and in the same role (so the same merge applies); otherwise the merged layers
+    would need different tensors and the tie could not be kept.  ``selection``: True when every group
+    is pruned by plain selection, False when every group is merged, or the indices of the groups pruned
+    by selection.
+    """
+    pruned = set(pruned)
+    by_selection = (lambda index: selection) if isinstance(selection, bool) else (lambda index: index in selection)
+    where: Dict[Tuple[str, str], list] = {}
+    for g in groups:
+        for m in g.members:
+            if m.layer_type == "Parameter":
+                continue
+            module = model.get_submodule(m.name)
+            for attr, _ in module.named_parameters(recurse=False):
+                dim = m.dim if attr == "weight" else 0
+                kind = "selection" if by_selection(g.index) else ("out" if m.role in ("out", "shift") else m.role)
+                where.setdefault((m.name, attr), []).append((g.index, dim, kind, m.local_idxs, m.root_idxs))
+    for users in _ties(model, {m.name for g in groups for m in g.members}):
+        uses = [(u, use) for u in users for use in where.get(u, [])]
+        if not any(use[0] in pruned for _, use in uses):
+            continue
+        if len({use for _, use in uses}) > 1 or len({u for u, _ in uses}) < len(users):
+            names = ", ".join(f"{n}.{a}" for n, a in users)
+            raise UnsupportedLayerError(
+                f"one tensor is tied between layers ({names}) that hold its channels in different groups, "
+                f"dimensions or roles, so {'pruning' if selection is True else 'merging'} cannot change it the same "
+                "way for each of them without untying it (which would change what the model trains). Untie "
+                "it first (give each layer its own copy), or leave the groups that contain these layers out "
+                "with groups=[...]")
+
+
+def _prune_affine(module: nn.Module, remove, size: int) -> None:
+    """Drop channels ``remove`` of a LayerNorm / GroupNorm / RMSNorm / InstanceNorm / PReLU, in place."""
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[torch.as_tensor(remove, dtype=torch.long)] = False
+    keep = torch.nonzero(keep).flatten()
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(module, attr, None)
+        if not torch.is_tensor(t):
+            continue
+        new = t.data[keep.to(t.device)].clone()
+        if isinstance(t, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=t.requires_grad)
+            if t.grad is not None:
+                new.grad = t.grad[keep.to(t.device)].clone()
+        setattr(module, attr, new)
+    k = len(keep)
+    if isinstance(getattr(module, "normalized_shape", None), tuple):
+        module.normalized_shape = tuple(module.normalized_shape[:-1]) + (k,)
+    for attr in ("num_channels", "num_features"):
+        if hasattr(module, attr):
+            setattr(module, attr, k)
+    if isinstance(module, nn.PReLU):
+        module.num_parameters = k
+
+
+def _merge_grouped_inputs(conv: nn.Module, cur: torch.Tensor, kept: torch.Tensor, in_map: torch.Tensor) -> None:
+    """Merge and shrink the input channels of a grouped conv, conv group by conv group, in place.
+
+    The weight is ``(out, in / g, *kernel)``: input channel ``c`` is column ``c % (in / g)`` of the rows
+    of conv group ``c // (in / g)``.  ``in_map`` (n, k) is block diagonal (channels merge only inside
+    their conv group) and every conv group keeps ``k / g`` channels, so the result is again a conv
+    with ``g`` groups.
+    """
+    g = conv.groups
+    n, k = in_map.shape
+    order = cur[:, 0]  # current position of each of the group's channels (all of the conv's inputs)
+    weight = conv.weight
+    out_g = weight.shape[0] // g
+    rest = weight.shape[2:]
+    merge = in_map.to(weight.device, torch.float64)
+
+    def shrink(t: torch.Tensor) -> torch.Tensor:
+        columns = t.reshape(g, out_g, n // g, *rest).movedim(2, 1).reshape(n, -1)  # row c: input c's column
+        merged = merge.T @ columns[order.to(t.device)].double()  # (k, out/g * kernel)
+        return merged.to(t.dtype).reshape(g, k // g, out_g, *rest).movedim(1, 2).reshape(g * out_g, k // g, *rest)
+
+    new = nn.Parameter(shrink(weight.data), requires_grad=weight.requires_grad)
+    if weight.grad is not None:
+        new.grad = shrink(weight.grad)
+    conv.weight = new
+    conv.in_channels = k
 
 
 def _dim_size(module: nn.Module, m: Member) -> int:
     w = getattr(module, "weight", None)
     if isinstance(module, nn.Parameter):
         return module.shape[m.dim]
+    if m.role == "grouped":
+        return int(module.in_channels)
     if w is not None:
         return int(w.shape[m.dim]) if m.role in ("out", "in") else int(w.shape[0])
-    return int(getattr(module, "num_features", 0))
+    for attr in ("num_features", "num_channels"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    if hasattr(module, "normalized_shape"):
+        return int(module.normalized_shape[-1])
+    pruner = getattr(_handler(m.handler_name), "__self__", None)  # e.g. an LSTM: ask Torch-Pruning
+    if pruner is not None:
+        count = (pruner.get_in_channels if "_in_" in m.handler_name else pruner.get_out_channels)(module)
+        if count is not None:
+            return int(count)
+    return 0
 
 
 def _is_selection(mat: torch.Tensor, kept: torch.Tensor) -> bool:
@@ -466,11 +601,16 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
     modules = _modules(model)
     parts = []
     for m in group.members:
-        if m.role not in ("out", "in"):
+        if m.role not in ("out", "in", "depthwise", "grouped"):
             continue
         module = modules[m.name]
         slots = _slots(m, n).flatten()
         weight = module.weight.detach()
+        if m.role == "grouped":  # input c of a grouped conv: column c % (in/g) of its conv group's rows
+            g = module.groups
+            weight = weight.reshape(g, -1, n // g, *weight.shape[2:]).movedim(2, 1).reshape(n, -1)
+            parts.append(weight[slots].reshape(n, -1).cpu())
+            continue
         bias = module.bias.detach() if module.bias is not None else None
         bn_name = group.fold_pairs.get(m.name) if fold else None
         if bn_name is not None:
@@ -480,7 +620,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
         if len(slots) != moved.shape[0] or not bool((slots == torch.arange(len(slots))).all()):
             moved = moved.index_select(0, slots.to(weight.device))  # the group holds part of this layer
         parts.append(moved.reshape((n, -1) + tuple(moved.shape[1:])))  # a view: copied once, below
-        if m.role == "out" and bias is not None and include_bias:
+        if m.role in _PRODUCERS and bias is not None and include_bias:
             parts.append(bias[slots].reshape(n, -1))
     if not parts:
         raise UnsupportedLayerError(f"group {group.index} ({group.name!r}) has no conv/linear layer to compare channels by")

@@ -154,7 +154,7 @@ def _check_groups(ga: Sequence[Group], gb: Sequence[Group], m: int) -> None:
             raise ValueError(f"group {a.index} differs between model 0 ({a.name!r}) and model {m} ({b.name!r}): "
                              "fuse needs models of the same architecture")
         for x in a.members:
-            if x.role not in ("out", "in", "norm"):
+            if x.role not in ("out", "in", "norm") or x.conv_groups > 1:  # a grouped conv's rows stay in their conv group
                 raise UnsupportedLayerError(
                     f"group {a.index} ({a.name!r}) contains {x.name!r} ({x.layer_type}, role {x.role!r}); "
                     "fuse can align conv, linear and BatchNorm layers only")
@@ -450,7 +450,7 @@ def permute_neurons(model: nn.Module, example_inputs, *, seed: int = 0) -> nn.Mo
     gen = torch.Generator().manual_seed(seed)
     for g in groups:
         for m in g.members:
-            if m.role not in ("out", "in", "norm"):
+            if m.role not in ("out", "in", "norm") or m.conv_groups > 1:
                 raise UnsupportedLayerError(f"group {g.index} ({g.name!r}) contains {m.name!r} "
                                             f"({m.layer_type}); only conv, linear and BatchNorm can be permuted")
         perm = torch.randperm(g.size, generator=gen)

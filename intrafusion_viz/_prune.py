@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import (IndexTracker, _check_mergeable, _slots, apply_merge, channel_features, fold_batchnorm,
+from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
 from ._fastpath import (LazyCost, all_finite, dropped_rows_cost, fold_memo, folded_magnitude_importances,
                         kept_rows_unused, private_copy)
+from ._fusion import check_tied_weights
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
+from ._layer_rules import conv_blocks, kept_count, merge_problem, norm_blocks
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
@@ -24,6 +27,7 @@ __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
 METHODS = ("intra-fusion", "default", "fold")
 PRUNE_REPAIRS = ("auto", "none", "data-free")
+ON_UNMERGEABLE = ("skip", "raise", "default")
 
 Sparsity = Union[float, Mapping[Union[int, str], float]]
 
@@ -51,7 +55,8 @@ class GroupResult:
     out_map, in_map : Tensor, shape (n, k)
         Merge matrices applied to producer rows and consumer columns.
     method : str
-        The ``prune`` method that made this record (one of :data:`METHODS`).
+        The ``prune`` method that made this record (one of :data:`METHODS`; ``"default"`` for a group
+        that ``on_unmergeable="default"`` pruned by selection).
     assignment : Tensor, shape (n,)
         The kept position each channel sends most of its mass to (-1 for channels dropped by
         default pruning).
@@ -105,6 +110,9 @@ class PruneResult:
     method : str
     config : OTConfig
     params_before, params_after : int
+    skipped : list of (int, str, str)
+        ``(group index, group name, reason)`` of every selected group left as it was because its
+        channels cannot be merged (or pruned); see ``on_unmergeable`` of :func:`prune`.
     """
 
     model: nn.Module
@@ -113,6 +121,7 @@ class PruneResult:
     config: OTConfig
     params_before: int
     params_after: int
+    skipped: List[Tuple[int, str, str]] = field(default_factory=list)
 
     def group(self, key: Union[int, str]) -> GroupResult:
         """The record of a group, by index or by name."""
@@ -169,7 +178,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
           seed: int = 0, inplace: bool = False, progress: bool = False, repair: Optional[str] = "auto",
-          sequential: bool = False) -> PruneResult:
+          sequential: bool = False, on_unmergeable: Optional[str] = None) -> PruneResult:
     """Prune ``model`` by merging channels along an optimal-transport plan (or by dropping them).
 
     Parameters
@@ -214,6 +223,19 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     sequential : bool
         Plan and merge group by group, each plan made on the network with the previous groups
         already merged (default: every plan from the untouched model).
+    on_unmergeable : {"skip", "raise", "default"} or None
+        What to do with a selected group whose channels cannot be merged (``Group.mergeable`` is
+        False, e.g. a layer type we cannot merge) or, for ``method="default"``, pruned.  ``"skip"``:
+        leave it as it is, record it in ``PruneResult.skipped`` and warn once; ``"raise"``: refuse
+        the whole call with an :class:`UnsupportedLayerError` before anything changes; ``"default"``:
+        prune it by selection (default pruning) where that is possible, else skip it.  ``None``
+        (default): ``"raise"`` when you named the groups (``groups=[...]`` or a per-group sparsity
+        dict), else ``"skip"``; when *no* selected group could be pruned it raises too.
+
+    Grouped convs keep the same number of channels in every conv group (Torch-Pruning's rule: each
+    conv group loses ``floor(removed / groups)`` channels; ``GroupResult.k`` is the count kept) and
+    channels merge only inside their conv group (a block-diagonal plan).  A GroupNorm's
+    ``num_groups`` must divide the kept count, else a ``ValueError`` names the counts that work.
 
     Returns
     -------
@@ -244,21 +266,39 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if on_unmergeable is not None and on_unmergeable not in ON_UNMERGEABLE:
+        raise ValueError(f"on_unmergeable must be one of {', '.join(map(repr, ON_UNMERGEABLE))} or None; "
+                         f"got {on_unmergeable!r}")
     estimator = resolve_importance(importance, seed)
     trace = _trace(model, example_inputs)  # refuses TorchScript, other devices, inputs that do not fit
     originals = bind_groups(trace.specs, model, trace.fold_pairs)
     selected = _select(originals, groups, sparsity)
     fuse = method in ("intra-fusion", "fold")
-    sizes = {i: (originals[i].size, num_kept(originals[i].size, s)) for i, s in selected.items()}
-    pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
 
     # Everything that can fail runs before the first change to a model (all-or-nothing for inplace=True):
     # layer checks, channel vectors and importance are read from the caller's model, and every plan is
     # made (with sequential=True the plans are made during the surgery, which is undone on failure).
+    named = groups is not None or isinstance(sparsity, Mapping)
+    policy = on_unmergeable or ("raise" if named else "skip")
+    skipped, by_selection = _unmergeable(originals, selected, fuse, policy, strict=on_unmergeable is None)
+    for i, _, _ in skipped:
+        del selected[i]
+    modules = dict(model.named_modules())
+    blocks, sizes = {}, {}
+    for i, s in selected.items():
+        g = originals[i]
+        n = g.size
+        if num_kept(n, s) == n:  # nothing to remove
+            blocks[i], sizes[i] = 1, (n, n)
+            continue
+        conv, norm = conv_blocks(g.members, modules, n), norm_blocks(g.members, modules)
+        gn_names = [m.name for m in g.members if m.role == "affine" and isinstance(modules[m.name], nn.GroupNorm)]
+        k = kept_count(n, s, conv, norm, num_kept, f"group {i} ({g.name!r}) at sparsity {s:g}", gn_names)
+        blocks[i], sizes[i] = conv * norm // math.gcd(conv, norm), (n, k)
+    pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
     for i in pruned:
-        _check_mergeable(originals[i], is_selection=not fuse)
-        for m in originals[i].members:
-            _slots(m, originals[i].size)  # refuses layers that hold the channels unevenly
+        _check_mergeable(originals[i], is_selection=not fuse or i in by_selection)
+    check_tied_weights(model, originals, pruned, selection=(not fuse) or set(by_selection))
     # bn_eps="authors": the paper's code folds every BatchNorm of the model (without eps) before it
     # scores or merges anything, for both methods; vectors and scores are read from that folded copy.
     authors_fold = config.bn_eps == "authors"
@@ -269,7 +309,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
     # Channel vectors come from the untouched model, so a group's plan never depends on which other
     # groups are pruned with it or in what order (unless sequential=True asks for exactly that).
-    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned if fuse and not sequential}
+    vectors = {i: _checked_features(features, model_read, read[i]) for i in pruned
+               if fuse and not sequential and i not in by_selection}
     scored = read
     scores = None
     if config.score_folded and not authors_fold and pruned:  # magnitudes straight from the folded weights
@@ -293,25 +334,40 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     def plan_group(i, vec):
         n, k = sizes[i]
         imp = scores[i]
-        # ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order
-        kept = torch.sort(torch.sort(-imp, stable=True).indices[:k]).values
+        kept = _top_per_block(imp, k, blocks[i])
         cost = None
-        if method == "fold":
+        group_method = "default" if i in by_selection else method
+        if group_method == "fold":
             from ._fold import cluster_plan
 
-            kept, plan = cluster_plan(vec, imp, k, seed=seed)
+            if blocks[i] == 1:
+                kept, plan = cluster_plan(vec, imp, k, seed=seed)
+            else:  # k-means inside every block
+                kept, plan = _per_block(n, k, blocks[i],
+                                        lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
             cost = cost_matrix(vec, kept, config)
             out_map, in_map = merge_matrices(plan)
             norm_map = out_map
-        elif fuse:
+        elif group_method != "default":
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
-            if config.p == 1 and kept_rows_unused(config, a, b):  # kept rows: computed if the record is read
-                cost = dropped_rows_cost(vec, kept, config)
+            if blocks[i] == 1 and config.p == 1 and kept_rows_unused(config, a, b):
+                cost = dropped_rows_cost(vec, kept, config)  # kept rows: computed if the record is read
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
             else:
                 cost = cost_matrix(vec, kept, config)
-                plan = transport_plan(cost, a, b, config, kept=kept)
+
+                def solve(rows, kb):  # the kept channels of this block, their own transport problem
+                    local = kept[(kept >= rows[0]) & (kept <= rows[-1])] - rows[0]
+                    cols = torch.searchsorted(kept, local + rows[0])
+                    sub_b = b[cols] / b[cols].sum()
+                    return local, transport_plan(cost[rows][:, cols], a[rows] / a[rows].sum(), sub_b, config,
+                                                 kept=local)
+
+                if blocks[i] == 1:
+                    plan = transport_plan(cost, a, b, config, kept=kept)
+                else:  # block diagonal: every block carries its own channels' mass
+                    _, plan = _per_block(n, k, blocks[i], solve, weights=a)
             out_map, in_map = merge_matrices(plan, config.fusion)
             norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
         else:
@@ -320,7 +376,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             norm_map = out_map
         g = originals[i]
         record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
-                             out_map, in_map, members=list(g.members), method=method)
+                             out_map, in_map, members=list(g.members), method=group_method)
         return record, (i, kept, out_map, in_map, norm_map)
 
     records, plans = [], []
@@ -361,7 +417,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             if sequential:  # each group planned on the network as the groups before it left it
                 tracker = IndexTracker()
                 for i in pruned:
-                    vec = _checked_features(features, work, bound[i]) if fuse else None
+                    vec = _checked_features(features, work, bound[i]) if fuse and i not in by_selection else None
                     record, planned = plan_group(i, vec)
                     records.append(record)
                     _merge(work, bound, [planned], fold, tracker)
@@ -371,7 +427,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
-            result = PruneResult(work, records, method, config, params_before, 0)
+            result = PruneResult(work, records, method, config, params_before, 0, skipped)
             if sources is not None:
                 from ._data_free import data_free_repair
 
@@ -381,7 +437,74 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             snapshot.restore()
         raise
     result.params_after = sum(p.numel() for p in work.parameters())
+    if skipped:
+        reasons = "; ".join(reason for _, _, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        warnings.warn(f"{len(skipped)} of {len(skipped) + len(selected)} selected groups were left unpruned "
+                      f"because their channels cannot be {'merged' if fuse else 'pruned'} (see "
+                      f"PruneResult.skipped; on_unmergeable='default' prunes them by selection where possible, "
+                      f"'raise' refuses): {reasons}", UserWarning, stacklevel=2)
     return result
+
+
+def _unmergeable(groups: List[Group], selected: Dict[int, float], fuse: bool, policy: str, strict: bool):
+    """Selected groups that lose channels but cannot be merged (or pruned): ``(skipped, by_selection)``.
+
+    ``skipped``: ``[(index, name, reason)]``; ``by_selection``: indices that ``policy="default"`` prunes
+    by selection instead.  Raises for ``policy="raise"``, and (``strict``: the default policy) when no
+    selected group that loses channels is left to prune.
+    """
+    skipped, by_selection, losing = [], set(), 0
+    modules = dict(groups[0].model.named_modules()) if groups else {}
+    for i, s in selected.items():
+        g = groups[i]
+        if num_kept(g.size, s) == g.size:
+            continue
+        losing += 1
+        problem = g.blocked or merge_problem(g.members, modules, g.size, selection=not fuse, index=g.index,
+                                             name=g.name)
+        if problem is None:
+            continue
+        if policy == "raise":
+            _check_mergeable(g, is_selection=not fuse)
+        if policy == "default" and fuse and g.blocked is None \
+                and merge_problem(g.members, modules, g.size, selection=True) is None:
+            by_selection.add(i)
+        else:
+            skipped.append((g.index, g.name, problem))
+    if strict and skipped and len(skipped) == losing:
+        _check_mergeable(groups[skipped[0][0]], is_selection=not fuse)
+    return skipped, by_selection
+
+
+def _top_per_block(importance: torch.Tensor, k: int, blocks: int) -> torch.Tensor:
+    """The ``k / blocks`` most important channels of each of ``blocks`` equal blocks, ascending.
+
+    Ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order.
+    """
+    n = len(importance)
+    size, per = n // blocks, k // blocks
+    kept = [b * size + torch.sort(-importance[b * size:(b + 1) * size], stable=True).indices[:per]
+            for b in range(blocks)]
+    return torch.sort(torch.cat(kept)).values
+
+
+def _per_block(n: int, k: int, blocks: int, solve, weights: Optional[torch.Tensor] = None):
+    """Assemble a block-diagonal ``(kept, plan)`` from ``solve(rows, k_b) -> (local kept, plan_b)``.
+
+    Each block's plan is scaled to carry its share of the mass (``weights[rows].sum()``, default
+    ``|rows| / n``), so the whole plan keeps the marginals of the unblocked problem.
+    """
+    size, per = n // blocks, k // blocks
+    kept = torch.empty(k, dtype=torch.long)
+    plan = torch.zeros(n, k, dtype=torch.float64)
+    for b in range(blocks):
+        rows = torch.arange(b * size, (b + 1) * size)
+        local, sub = solve(rows, per)
+        sub = torch.as_tensor(sub, dtype=torch.float64)
+        share = float(weights[rows].sum()) if weights is not None else size / n
+        kept[b * per:(b + 1) * per] = rows[0] + torch.as_tensor(local, dtype=torch.long)
+        plan[rows[0]:rows[0] + size, b * per:(b + 1) * per] = sub / sub.sum() * share
+    return kept, plan
 
 
 def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None) -> None:

@@ -234,10 +234,10 @@ def test_torch_pruning_taylor_object_and_frozen_parameters():
 
 
 def test_inplace_refuses_before_changing_anything():
-    model = WithDepthwise()
+    model = WithLSTM()
     state = state_copy(model)
     with pytest.raises(ifv.UnsupportedLayerError):
-        ifv.prune(model, torch.randn(1, 3, 6, 6), 0.5, inplace=True)
+        ifv.prune(model, torch.randn(1, 4), 0.5, inplace=True, on_unmergeable="raise")
     assert_state_equal(model, state)
 
 
@@ -321,7 +321,27 @@ class WithDepthwise(nn.Module):
         return self.head(self.dw(self.pw(x)).relu()).mean((2, 3))
 
 
-@pytest.mark.parametrize("make,shape,layer", [(WithLayerNorm, (1, 4), "norm"), (WithDepthwise, (1, 3, 6, 6), "dw")])
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lstm, self.fc2 = nn.Linear(4, 6), nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc2(self.lstm(self.fc1(x).relu().unsqueeze(1))[0][:, -1])
+
+
+@pytest.mark.parametrize("make,shape", [(WithLayerNorm, (1, 4)), (WithDepthwise, (1, 3, 6, 6))])
+def test_layernorm_and_depthwise_merge(make, shape):
+    """Both used to be refused; their channels now merge (tests/test_layer_types.py has the exactness)."""
+    model = make()
+    state = state_copy(model)
+    res = ifv.prune(model, torch.randn(*shape), 0.5)
+    assert_state_equal(model, state)
+    assert not res.skipped and all(g.k < g.n for g in res.groups)
+    assert bool(torch.isfinite(res.model(torch.randn(2, *shape[1:]))).all())
+
+
+@pytest.mark.parametrize("make,shape,layer", [(WithLSTM, (1, 4), "lstm")])
 def test_unsupported_layer_is_refused_by_name(make, shape, layer):
     model = make()
     state = state_copy(model)
@@ -339,19 +359,20 @@ class WithBareParameter(nn.Module):
         super().__init__()
         self.fc1, self.scale, self.fc2 = nn.Linear(4, 6), nn.Parameter(torch.ones(6)), nn.Linear(6, 2)
 
-    def forward(self, x):
-        return self.fc2((self.fc1(x) * self.scale).relu())
+    def forward(self, x):  # a divisor: not a per-channel shift or scale that merges (tests/test_zoo_layers.py)
+        return self.fc2((self.fc1(x) / self.scale).relu())
 
 
-@pytest.mark.parametrize("method", ["default", "intra-fusion"])
-def test_bare_parameter_is_refused_by_name(method):
+def test_bare_parameter_is_refused_by_name():
     model = WithBareParameter()
     state = state_copy(model)
     groups = ifv.find_groups(model, torch.randn(1, 4))
     assert ("scale", "other") in [(name, role) for name, role, _ in groups[0].layers]
     with pytest.raises(ifv.UnsupportedLayerError, match="'scale'"):
-        ifv.prune(model, torch.randn(1, 4), 0.5, method=method)
+        ifv.prune(model, torch.randn(1, 4), 0.5)
     assert_state_equal(model, state)
+    res = ifv.prune(model, torch.randn(1, 4), 0.5, method="default")  # selection prunes it, as Torch-Pruning does
+    assert res.model.scale.shape == (3,) and res.model(torch.randn(2, 4)).shape == (2, 2)
 
 
 def test_config_validation():

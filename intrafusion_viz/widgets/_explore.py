@@ -161,7 +161,8 @@ class ExploreDashboard(ExportMixin):
         style = dict(description_width=LABEL_WIDTH)
         box = W.Layout(width=CONTROL_WIDTH)
         toggles = dict(button_width="108px")
-        self.group = W.Dropdown(options=[(f"G{g.paper_index} {g.name} (n={g.size})", g.index) for g in all_groups],
+        self.group = W.Dropdown(options=[(f"G{g.paper_index} {g.name} (n={g.size})" + ("" if g.mergeable else " [no merge]"),
+                                          g.index) for g in all_groups],
                                 value=all_groups[-1].index, description="group", style=style, layout=box)
         self.sparsity = W.FloatSlider(value=sparsity, min=SPARSITY_RANGE[0], max=SPARSITY_RANGE[1], step=0.05,
                                       description="sparsity", continuous_update=False, readout_format=".2f",
