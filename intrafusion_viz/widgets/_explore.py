@@ -727,7 +727,7 @@ def readout_html(r: dict, methods) -> str:
     return (f"<table style='border-collapse:collapse'><tr><th></th>{head}</tr>"
             f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr>"
             f"<tr><td title='multiply-accumulates of conv and linear layers, one sample'>MACs</td>{macs}</tr></table>"
-            f"<div style='color:#444'>{gap}keeps {r['k']} of {r['n']} neurons &middot; chance level "
+            f"<div style='color:#444'>{gap}sparsity {r['sparsity']:.2f}: keeps {r['k']} of {r['n']} neurons &middot; chance level "
             f"{r['chance']:.1f}% &middot; {on}{warn}</div>")
 
 
