@@ -33,6 +33,7 @@ class _Plan:
         self.first_args = first_args  # per chunk: the args of the first module
         self.outputs = outputs      # per chunk: {name: tensor} of alive stubbed modules
         self.sliceable = False      # a subset of the batch may be replayed (every tensor has the batch first)
+        self.expand = True          # dead outputs as one expanded zero (no memory); False: real zero tensors
 
 
 class PrefixEvaluator:
@@ -69,6 +70,7 @@ class PrefixEvaluator:
         self._plans: Dict[object, Optional[_Plan]] = {}
         self.shortcut: Dict[object, bool] = {}
         self.seconds_per_sample: Dict[object, float] = {}
+        self._verified = set()
         start = time.perf_counter()
         with _eval_mode(model), torch.no_grad():
             self._logits = [model(xb) for xb, _ in self.chunks]
@@ -93,8 +95,12 @@ class PrefixEvaluator:
         self.prepare(key, member_names)
         plan = self._plans[key]
         samples = self._samples(samples)
-        if plan is None or (samples < self.n and not plan.sliceable) or \
-                not _prefix_unchanged(self.model, pruned, plan):
+        if plan is not None and key not in self._verified:  # once per group: prune changes only its members
+            if not _prefix_unchanged(self.model, pruned, plan):
+                plan = self._plans[key] = None
+                self.shortcut[key] = False
+            self._verified.add(key)
+        if plan is None or (samples < self.n and not plan.sliceable):
             with _eval_mode(pruned), torch.no_grad():
                 return self._score([pruned(xb[:m]) for (xb, _), m in zip(self.chunks, self._counts(samples))
                                     if m], samples)
@@ -149,14 +155,19 @@ class PrefixEvaluator:
             plan.stubs.update({k: v for k, v in stubs.items() if v[0] == "dead" and k not in plan.stubs})
         if plan is None or not plan.stubs:
             return None  # nothing before the group: the shortcut saves nothing
-        try:
-            start = time.perf_counter()
-            replayed = self._replay(self.model, plan)
-            self.seconds_per_sample[key] = (time.perf_counter() - start) / max(self.n, 1)
-        except Exception:
-            return None
-        exact = all(torch.equal(a, b) for a, b in zip(replayed, self._logits))
-        if not exact:
+        # Dead outputs are placeholders nobody reads: an expanded zero costs no memory (a real one of the
+        # first layers' output size costs more than the rest of the network); a forward that reshapes
+        # them in place (e.g. ``.view``) gets real zeros.
+        for plan.expand in (True, False):
+            try:
+                start = time.perf_counter()
+                replayed = self._replay(self.model, plan)
+                self.seconds_per_sample[key] = (time.perf_counter() - start) / max(self.n, 1)
+            except Exception:
+                continue
+            if all(torch.equal(a, b) for a, b in zip(replayed, self._logits)):
+                break
+        else:
             return None
         # A subset replays the first samples of every recorded tensor: right only if each one has the
         # batch first.  Checked on the original (a few samples; kernels may round differently by batch size).
@@ -195,7 +206,9 @@ class PrefixEvaluator:
                             if not whole and shape:
                                 shape = (m,) + tuple(shape[1:])
                             if (shape, dtype, device) not in placeholders:
-                                placeholders[(shape, dtype, device)] = torch.zeros(shape, dtype=dtype, device=device)
+                                placeholders[(shape, dtype, device)] = (
+                                    torch.zeros((), dtype=dtype, device=device).expand(shape) if plan.expand
+                                    else torch.zeros(shape, dtype=dtype, device=device))
                             modules[name].forward = _constant(placeholders[(shape, dtype, device)], copy=False)
                         patched.append(modules[name])
                     hook = modules[plan.first].register_forward_pre_hook(
