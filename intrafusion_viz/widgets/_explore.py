@@ -366,12 +366,15 @@ class ExploreDashboard(ExportMixin):
         self.refresh()
 
     # -- the steps of a change -----------------------------------------------------------------
-    def _methods_now(self):
+    def _methods_drawn(self):
         """Methods pruned before the figures are drawn: the one drawn (all of them side by side)."""
-        wanted = self._methods_included()
-        if self.compare.value:
-            return wanted
-        return [m for m in wanted if m != "fold" or self.method.value == "fold"]
+        return self._methods_included() if self.compare.value else [self.method.value]
+
+    def _methods_now(self):
+        """Methods evaluated together (first images, then the whole batch): all but a Model Folding
+        that is not drawn, which comes last."""
+        drawn = self._methods_drawn()
+        return [m for m in self._methods_included() if m != "fold" or m in drawn]
 
     def _methods_included(self):
         return [m for m in METHODS if m != "fold" or self.include_fold.value or self.method.value == "fold"]
@@ -416,9 +419,9 @@ class ExploreDashboard(ExportMixin):
         members = [g.name for g in self.groups[index].members]
         for m in methods:
             key = self._keys[m]
-            if kind == "prune":
+            if kind == "prune" or key not in self._results:
                 self._result(index, sparsity, m, importance, config)
-            elif (key, samples) not in self._acc:
+            if kind == "evaluate" and (key, samples) not in self._acc:
                 model = self._models.get(key)
                 if model is None:  # a cached record whose model was dropped: prune again to evaluate
                     model = self._models[key] = self._prune(index, sparsity, m, importance, config).model
@@ -547,8 +550,7 @@ class ExploreDashboard(ExportMixin):
         importance = self.importance.value
         try:
             config = self.config
-            now = self._methods_now()
-            for method in now:
+            for method in self._methods_drawn():
                 self._result(index, sparsity, method, importance, config)
             self._steps, self._keys = self._plan_steps(index, sparsity, importance, config)
         except Exception as exc:  # a bad combination (e.g. Sinkhorn not converging) must not kill the UI
@@ -559,7 +561,7 @@ class ExploreDashboard(ExportMixin):
         current = set(self._keys.values())
         self._models = {k: v for k, v in self._models.items() if k in current}
         self._settings = (index, sparsity, importance, config)
-        self._records = {m: self._results[self._keys[m]][0] for m in now}
+        self._records = {m: self._results[self._keys[m]][0] for m in self._methods_drawn()}
         self.result = self._records[self.method.value]
         self.error = None
         self.status.value = ""
@@ -581,9 +583,7 @@ class ExploreDashboard(ExportMixin):
         accs, params = {}, {}
         for m in METHODS:
             key = keys.get(m)
-            accs[m] = None if key is None else self._acc.get((key, samples))
-            if samples is not None and accs[m] is None and key is not None and m not in now:
-                accs[m] = None  # pending (Model Folding after the others)
+            accs[m] = None if key is None else self._acc.get((key, samples))  # None: off or pending
             params[m] = self._results[key][1] if key is not None and key in self._results else (None, None)
         self.readout = {"group": index, "sparsity": sparsity, "k": num_kept(group.size, sparsity), "n": group.size,
                         "original": self._evaluator.original_accuracy_on(samples), **accs,
