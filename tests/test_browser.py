@@ -330,7 +330,13 @@ def _slider_latency_ms(page, key: str, moves: int, timeout_s: float = 120) -> li
             handle.focus()
             page.evaluate(WATCH_MOVE_JS)
             page.keyboard.press(key)
-            page.wait_for_function("() => window.__ifvMove.done", timeout=timeout_s * 1000, polling=50)
+            try:
+                page.wait_for_function("() => window.__ifvMove.done", timeout=timeout_s * 1000, polling=50)
+            except Exception:
+                state = page.evaluate("() => ({move: window.__ifvMove, titles: [...document.querySelectorAll("
+                                      "'.jp-OutputArea-output .js-plotly-plot .gtitle')].map(t => t.textContent)})")
+                raise AssertionError(f"the dashboard did not finish a move within {timeout_s:.0f}s: {state}"
+                                     ) from None
             move = page.evaluate("() => window.__ifvMove")
             if not move.get("missed"):
                 break
