@@ -118,6 +118,11 @@ class ExploreDashboard(ExportMixin):
     ``GroupResult`` drawn; ``error``: the last error or None.  Export: :meth:`save_model`,
     :meth:`export_onnx`, :meth:`save_figures`, :meth:`save_tables` (buttons in the last row).
 
+    A change comes in steps (see :meth:`refresh`): figures, accuracies on the first images of the
+    batch, the whole batch, Model Folding (``include_fold``); ``readout["eval_samples"]`` says on how
+    many images the accuracies shown are, ``refining`` whether steps are pending, :meth:`settle`
+    finishes them; ``timings`` holds, per change, the seconds to each step.
+
     What does not change with the controls is cached per dashboard: the traced groups, importance per
     (group, importance), channel features and their 2-D embedding per group, a fixed evaluation
     batch and the activations entering each group's first layer (only the rest of the network runs
@@ -746,7 +751,11 @@ def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
         ``groups``, ``sparsity``, ``method``, ``importance``, ``config`` (OTConfig), ``renderer``
         (``"auto"`` | ``"widget"`` | ``"static"``; auto is static on Colab), ``eval_samples``,
         ``embedding`` (``"pca"`` | ``"mds"``), ``seed``, ``model_name`` (in figure titles; default the
-        model's class name), ``export_dir`` (default folder of the export buttons).
+        model's class name), ``export_dir`` (default folder of the export buttons),
+        ``include_fold`` (compute Model Folding too; default: for models up to 2 M parameters; a
+        checkbox), ``progressive`` (``"auto"``: moves made in the browser come in steps, figures first,
+        then accuracies on the first images (within ``first_budget_s``, default 0.25 s), then on the
+        whole batch; ``True``: every change; ``False``: never), ``first_budget_s``.
 
     Raises
     ------
