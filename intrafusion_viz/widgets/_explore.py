@@ -133,7 +133,7 @@ class ExploreDashboard(ExportMixin):
                  method: str = "intra-fusion", importance: str = "l1", config: Optional[OTConfig] = None,
                  renderer: str = "auto", eval_samples: Optional[int] = 512, embedding: str = "pca",
                  seed: int = 0, model_name: Optional[str] = None, export_dir: str = "exports",
-                 include_fold: Optional[bool] = None, progressive=False, first_budget_s: float = 0.25):
+                 include_fold: Optional[bool] = None, progressive="auto", first_budget_s: float = 0.25):
         import ipywidgets as W
 
         if method not in METHODS:
@@ -753,11 +753,11 @@ def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
         ``embedding`` (``"pca"`` | ``"mds"``), ``seed``, ``model_name`` (in figure titles; default the
         model's class name), ``export_dir`` (default folder of the export buttons),
         ``include_fold`` (compute Model Folding too; default: for models up to 2 M parameters; a
-        checkbox), ``progressive`` (default ``False``: every step runs before the change returns, the
-        figures are sent first; ``"auto"``: moves made in the browser come in steps from the kernel's
-        event loop, figures first, then accuracies on the first images (within ``first_budget_s``,
-        default 0.25 s), then on the whole batch, a newer value preempting them; ``True``: every
-        change), ``first_budget_s``.
+        checkbox), ``progressive`` (default ``"auto"``: moves made in the browser come in steps from the
+        kernel's event loop, figures first, then accuracies on the first images (within
+        ``first_budget_s``, default 0.25 s), then on the whole batch, a newer value preempting them;
+        ``True``: every change; ``False``: every step runs before the change returns, figures sent
+        first), ``first_budget_s``.
 
     Raises
     ------
