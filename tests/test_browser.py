@@ -5,6 +5,9 @@ Starts ``jupyter lab`` on localhost (fast mode) over a temporary copy of ``noteb
 the dashboard's plotly figure is drawn with data, moves the sparsity slider with the keyboard and checks
 that the figure and the accuracy read-out change.  Screenshots go to ``tests/artifacts/`` on failure.
 
+``test_vgg_slider_latency_in_jupyterlab`` (``IFV_BROWSER_VGG=1``; groups ``IFV_LATENCY_GROUPS``, default
+``G1``) prints the slider latency of VGG11-BN at CIFAR shapes with a 512-image batch.
+
 Both dashboards are checked at 1366x768 with JupyterLab's file browser open (and 03 again at
 1920x1080): no figure wider than the notebook, no legend outside its figure, no title running into an
 axis title, no overlapping tick labels, no cut widget label.  Screenshots go to ``tests/artifacts/``
@@ -39,7 +42,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 SERVER_START_S = 60
-RUN_ALL_S = 120  # the notebook's fast mode takes ~20-30 s on a busy 2-core machine
+RUN_ALL_S = float(os.environ.get("IFV_BROWSER_RUN_ALL_S", "120"))  # fast mode: ~20-30 s on a busy 2-core machine
 
 
 def _missing_requirements() -> str | None:
@@ -274,30 +277,109 @@ def _screenshot(page, notebook: str, size: str, locator=None) -> Path:
     return path
 
 
-def _slider_latency_ms(page, key: str, moves: int) -> list:
-    """Browser-visible latency of each slider move: key press to a changed figure and read-out."""
+# JavaScript run in the page: watch the dashboard after a key press on its sparsity slider and record,
+# in page time from the key event, when (figures) every figure titled with a sparsity names the slider's
+# new value, (first) the read-out names it with accuracies, (all) nothing is pending in the read-out.
+WATCH_MOVE_JS = """
+() => {
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  const dash = outputs.find(o => [...o.querySelectorAll('.widget-slider .widget-label')]
+                                   .some(l => l.textContent.trim() === 'sparsity'));
+  const handle = dash.querySelector('.widget-slider .noUi-handle');
+  const state = window.__ifvMove = {done: false, from: handle.getAttribute('aria-valuenow')};
+  const onKey = () => { state.t0 = performance.now(); document.removeEventListener('keydown', onKey, true); };
+  document.addEventListener('keydown', onKey, true);
+  const readoutOf = () => [...dash.querySelectorAll('.widget-html')].map(h => h.textContent)
+                           .find(t => t.includes('keeps')) || '';
+  const tick = () => {
+    if (state.t0 !== undefined) {
+      const value = Number(handle.getAttribute('aria-valuenow')).toFixed(2);
+      state.value = value;
+      const now = performance.now() - state.t0;
+      if (handle.getAttribute('aria-valuenow') === state.from && now > 10000) {  // the key did not move it
+        state.missed = true; state.done = true; return;
+      }
+      const titles = [...dash.querySelectorAll('.js-plotly-plot .gtitle')].map(t => t.textContent)
+                       .filter(t => /sparsity [0-9]/.test(t));
+      if (state.figures === undefined && titles.length && titles.every(t => t.includes('sparsity ' + value)))
+        state.figures = now;
+      const readout = readoutOf();
+      const current = readout.includes('sparsity ' + value + ':');
+      if (state.first === undefined && current && readout.includes('intra-fusion \u2212 default')) state.first = now;
+      if (current && state.figures !== undefined && state.first !== undefined && !/\u2026/.test(readout)) {
+        state.all = now; state.readout = readout; state.done = true; return;
+      }
+    }
+    setTimeout(tick, 4);
+  };
+  tick();
+  return true;
+}
+"""
+
+
+def _slider_latency_ms(page, key: str, moves: int, timeout_s: float = 120) -> list:
+    """Browser-visible latency of each slider move (ms from the key press): per move a dict with the
+    time to the updated figures, to the first accuracies and to nothing pending, and the value."""
     handle = page.locator(".jp-OutputArea-output .widget-slider:has(.widget-label:text-is('sparsity'))"
                           " .noUi-handle").first
     handle.scroll_into_view_if_needed()
     times = []
-    for _ in range(moves):
-        before = page.evaluate(DASHBOARD_STATE_JS)
-        signature = [p["heatmapSig"] + p["svgText"] for p in before["plots"]]
-        handle.focus()
-        start = time.monotonic()
-        page.keyboard.press(key)
-        deadline = start + 60
-        while time.monotonic() < deadline:
-            state = page.evaluate(DASHBOARD_STATE_JS)
-            if _drawn(state) and state["readout"] != before["readout"] and \
-                    [p["heatmapSig"] + p["svgText"] for p in state["plots"]] != signature:
-                times.append((time.monotonic() - start) * 1e3)
+    while len(times) < moves:
+        for attempt in range(5):  # a key press that lands while the handle is redrawn moves nothing: again
+            handle.focus()
+            page.evaluate(WATCH_MOVE_JS)
+            page.keyboard.press(key)
+            try:
+                page.wait_for_function("() => window.__ifvMove.done", timeout=timeout_s * 1000, polling=50)
+            except Exception:
+                state = page.evaluate("() => ({move: window.__ifvMove, titles: [...document.querySelectorAll("
+                                      "'.jp-OutputArea-output .js-plotly-plot .gtitle')].map(t => t.textContent)})")
+                raise AssertionError(f"the dashboard did not finish a move within {timeout_s:.0f}s: {state}"
+                                     ) from None
+            move = page.evaluate("() => window.__ifvMove")
+            if not move.get("missed"):
                 break
-            page.wait_for_timeout(15)
         else:
-            raise AssertionError(f"the figure did not change within 60 s of pressing {key}")
-        page.wait_for_timeout(400)  # let trailing updates land before the next move
+            raise AssertionError(f"five presses of {key} did not move the sparsity slider")
+        times.append(move)
+        page.wait_for_timeout(300)  # let trailing messages land before the next move
     return times
+
+
+def _kernel_output(page, code: str) -> str:
+    """Run ``code`` in the open notebook's kernel (not in a cell) and return what it printed."""
+    return page.evaluate("""async (code) => {
+      const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+      const future = kernel.requestExecute({code: code, silent: false, store_history: false});
+      let out = '';
+      future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+      await future.done;
+      return out;
+    }""", code)
+
+
+def _latency_report(page, label: str, times: list) -> str:
+    """Median / p90 of the browser-visible latency, and the kernel's own time for the same moves."""
+    import json
+
+    import numpy as np
+
+    kernel = json.loads(_kernel_output(page, "import json; print(json.dumps([{k: v for k, v in m.items() "
+                                             f"if k != 'start'}} for m in dashboard.timings[-{len(times)}:]]))"))
+
+    def stat(values):
+        return f"median {np.median(values):.0f} ms, p90 {np.percentile(values, 90):.0f} ms"
+    firsts = sorted({m.get("first_samples") or m.get("eval_total") for m in kernel})
+    return (f"\nslider latency, {label}, {len(times)} moves (browser: key press to the DOM; kernel: the "
+            f"dashboard's own timings):\n"
+            f"  figures updated     browser {stat([t['figures'] for t in times])} | "
+            f"kernel {stat([1e3 * m['figures'] for m in kernel])}\n"
+            f"  first accuracies    browser {stat([t['first'] for t in times])} | "
+            f"kernel {stat([1e3 * m['first'] for m in kernel])} (on {', '.join(map(str, firsts))} images)\n"
+            f"  nothing pending     browser {stat([t['all'] for t in times])} | "
+            f"kernel {stat([1e3 * m['all'] for m in kernel])}\n"
+            f"  per move (figures / first / all, ms): {[tuple(round(t[k]) for k in ('figures', 'first', 'all')) for t in times]}")
 
 
 def test_explore_dashboard_in_jupyterlab(lab_server):
@@ -325,10 +407,13 @@ def test_explore_dashboard_in_jupyterlab(lab_server):
             plots = page.locator(".jp-OutputArea-output .js-plotly-plot").first
             _screenshot(page, NOTEBOOK, "laptop-figures", plots)
             laptop_problems = page.evaluate(LAYOUT_JS)
-            times = _slider_latency_ms(page, "ArrowLeft", 6)  # 0.5 -> 0.2: six settings not computed before
-            print(f"\nbrowser-visible slider latency (SmallCNN on digits, 1366x768): median "
-                  f"{sorted(times)[len(times) // 2]:.0f} ms, all {[round(t) for t in times]}")
-            moved = page.evaluate(DASHBOARD_STATE_JS)
+            try:  # a benchmark, printed; the test's assertions follow
+                times = _slider_latency_ms(page, "ArrowLeft", 8)  # 0.5 -> 0.1: eight settings not computed before
+                print(_latency_report(page, "SmallCNN on digits (450 images), 1366x768", times))
+            except AssertionError as stalled:  # seen on a machine at load 12-16: report it, check the state below
+                print(f"\nslider latency not measured: {stalled}")
+            moved = _wait_state(page, lambda s: _drawn(s) and "keeps 16 of 32" not in s["readout"]
+                                and "\u2026" not in s["readout"], 120, "the read-out of a moved slider")
             assert moved["slider"] != drawn["slider"], (drawn["slider"], moved["slider"])
             kept_now = int(re.search(r"keeps (\d+) of 32", moved["readout"]).group(1))
             assert kept_now > 16, moved["readout"]  # a lower sparsity keeps more channels
@@ -389,3 +474,58 @@ def _artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / ".gitignore").write_text("*\n")
     return ARTIFACTS / name
+
+
+VGG_CELLS = [
+    "import os, torch, intrafusion_viz as ifv\n"
+    "torch.manual_seed(0)\n"
+    "model = ifv.models.vgg11_bn(num_classes=10).eval()  # CIFAR shapes; random weights are enough for latency\n"
+    "x, y = torch.randn(512, 3, 32, 32), torch.randint(0, 10, (512,))",
+    "dashboard = ifv.widgets.explore(model, (x, y), x[:2], sparsity=0.5, eval_samples=512,\n"
+    "                                model_name='VGG11-BN (random weights)')\n"
+    "dashboard",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("IFV_BROWSER_VGG") != "1",
+                    reason="VGG11-BN slider latency in the browser: IFV_BROWSER_VGG=1 python -m pytest -s "
+                           "tests/test_browser.py -k vgg")
+def test_vgg_slider_latency_in_jupyterlab(lab_server, tmp_path):
+    """VGG11-BN at CIFAR shapes with a 512-image batch: browser-visible slider latency (printed)."""
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    base, token = lab_server
+    notebook = "vgg_latency.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in VGG_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "notebooks" / notebook)
+    moves = int(os.environ.get("IFV_LATENCY_MOVES", "8"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        console = []
+        try:
+            _open_notebook(page, base, token, notebook, console)
+            _wait_state(page, lambda s: _drawn(s) and "keeps 256 of 512" in s["readout"], RUN_ALL_S * 2,
+                        "the VGG dashboard to be drawn")
+            _wait_kernel_settled(page, 120)
+            groups = page.locator(".jp-OutputArea-output .widget-dropdown:has(.widget-label:text-is('group'))"
+                                  " select").first
+            wanted = os.environ.get("IFV_LATENCY_GROUPS", "G1").split(",")  # paper numbering: G1 = last conv
+            for option in [o.strip() for o in groups.locator("option").all_text_contents()]:
+                if option.split()[0] not in wanted:
+                    continue
+                groups.select_option(label=option)  # a new group: its prefix is recorded once
+                page.wait_for_timeout(1000)
+                _wait_kernel_settled(page, 300)
+                times = _slider_latency_ms(page, "ArrowLeft", moves, timeout_s=300)
+                print(_latency_report(page, f"VGG11-BN 3x32x32, 512 images, {option}", times))
+            _screenshot(page, "vgg", "laptop", page.locator(".jp-OutputArea-output .js-plotly-plot").first)
+        except Exception:
+            page.screenshot(path=str(_artifact("vgg_failure.png")), full_page=True)
+            _artifact("browser_console_vgg.log").write_text("\n".join(console))
+            raise
+        finally:
+            browser.close()

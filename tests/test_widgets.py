@@ -240,6 +240,98 @@ def test_prefix_evaluator_equals_full_evaluation():
         assert model.training == isinstance(model, type(ifv.models.resnet18()))  # modes restored
 
 
+def test_prefix_evaluator_on_the_first_samples():
+    from intrafusion_viz.widgets._prefix import PrefixEvaluator
+
+    torch.manual_seed(0)
+    model = ifv.models.vgg11_bn(width_mult=0.25).eval()
+    x, y = torch.randn(70, 3, 32, 32), torch.randint(0, 10, (70,))
+    evaluator = PrefixEvaluator(model, x, y, chunk=32)
+    assert evaluator.original_accuracy_on(40) == pytest.approx(ifv.accuracy(model, (x[:40], y[:40])))
+    for g in ifv.find_groups(model, x[:2])[::3]:
+        pruned = ifv.prune(model, x[:2], {g.index: 0.5}, groups=[g.index]).model
+        for samples in (1, 20, 32, 45, 70, 500):
+            fast = evaluator.accuracy(pruned, g.index, [m.name for m in g.members], samples)
+            assert fast == pytest.approx(ifv.accuracy(pruned, (x[:samples], y[:samples]))), (g.name, samples)
+        assert evaluator.seconds_per_sample[g.index] > 0
+    with pytest.raises(ValueError, match="positive int"):
+        evaluator.accuracy(pruned, g.index, [m.name for m in g.members], 0)
+
+
+@pytest.fixture(scope="module")
+def setup_200():
+    torch.manual_seed(1)
+    model = ifv.models.SmallCNN(width=(8, 16)).eval()
+    x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))
+    return model, (x, y), x[:2]
+
+
+def test_progressive_steps_in_an_event_loop(setup_200):
+    """In a running event loop the figures come first, then the accuracies on 32 images (labelled),
+    then on the whole batch; a newer value preempts the older one's pending steps."""
+    import asyncio
+
+    model, data, example = setup_200
+    db = ifv.widgets.explore(model, data, example, renderer="widget", progressive=True, first_budget_s=1e-9,
+                             include_fold=False)
+    evaluated = []
+    accuracy = db._evaluator.accuracy
+    db._evaluator.accuracy = lambda *a: evaluated.append(a[-1]) or accuracy(*a)
+
+    async def moves():
+        db.sparsity.value = 0.3
+        seen = [dict(db.readout)]
+        assert db.refining and db.readout["intra-fusion"] is None and db.result.sparsity == pytest.approx(0.3)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if db.readout not in seen:
+                seen.append(dict(db.readout))
+            if not db.refining:
+                break
+        db.sparsity.value = 0.6
+        db.sparsity.value = 0.65  # before the loop runs a step of 0.6
+        while db.refining:
+            await asyncio.sleep(0.01)
+        return seen
+
+    seen = asyncio.run(moves())
+    first = next(r for r in seen if r["intra-fusion"] is not None)
+    assert first["eval_samples"] == 32 and first["eval_total"] == 200
+    assert first["intra-fusion"] == pytest.approx(_direct(model, (data[0][:32], data[1][:32]), example,
+                                                          db.group.value, 0.3, "intra-fusion")[1])
+    assert "accuracy on 32 of 200 images" in readout_text(first)
+    assert seen[-1]["eval_samples"] == 200 and not seen[-1]["refining"]
+    assert seen[-1]["intra-fusion"] == pytest.approx(_direct(model, data, example, db.group.value, 0.3,
+                                                             "intra-fusion")[1])
+    assert db.readout["sparsity"] == pytest.approx(0.65) and db.readout["eval_samples"] == 200
+    _, acc = _direct(model, data, example, db.group.value, 0.65, "intra-fusion")
+    assert db.readout["intra-fusion"] == pytest.approx(acc)
+    assert evaluated.count(32) == 2 * 2  # 0.3 and 0.65, both methods: 0.6 was never evaluated
+    assert db.readout["fold"] is None and db.readout["excluded"] == ["fold"]
+    move = db.timings[-1]
+    assert move["figures"] <= move["first"] <= move["full"] <= move["all"] and move["first_samples"] == 32
+
+
+def readout_text(readout):
+    import re
+    return re.sub("<[^>]+>", "", ifv.widgets._explore.readout_html(readout, ifv.METHODS))
+
+
+def test_fold_is_optional_and_computed_after_the_others(setup):
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", include_fold=False)
+    assert db.readout["fold"] is None and "off" in readout_text(db.readout)
+    assert list(db.readout_table().model) == ["original", *(m for m in ifv.METHODS if m != "fold")]
+    db.include_fold.value = True  # from code: complete when the assignment returns
+    _, acc = _direct(model, data, example, db.group.value, db.sparsity.value, "fold")
+    assert db.readout["fold"] == pytest.approx(acc) and not db.refining
+    assert ifv.widgets.explore(model, data, example, renderer="widget").include_fold.value  # small model: on
+    with pytest.raises(TypeError, match="include_fold"):
+        ifv.widgets.explore(model, data, example, renderer="widget", include_fold="yes")
+    with pytest.raises(ValueError, match="progressive"):
+        ifv.widgets.explore(model, data, example, renderer="widget", progressive="sometimes")
+
+
 # --- stale state and progress in the sweep dashboard ------------------------------------------
 def test_sweep_dashboard_marks_stale_and_resets_progress(setup):
     model, data, example = setup

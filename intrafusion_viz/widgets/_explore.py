@@ -16,7 +16,9 @@ from ._export import ExportMixin
 from ._prefix import PrefixEvaluator
 from ._render import FigureSlot, pick_renderer
 
-SPARSITY_RANGE = (0.0, 0.95)  # the slider's range: at 1.0 nothing would be left
+SPARSITY_RANGE = (0.0, 0.95)
+FOLD_AUTO_MAX_PARAMS = 2_000_000  # above: Model Folding is off until ticked (its k-means blocks the slider)
+STEP_DELAY_S = 0.005  # between the steps of a change: a newer slider value gets in first  # the slider's range: at 1.0 nothing would be left
 CURVE_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 LABEL_WIDTH = "120px"
 CONTROL_WIDTH = "360px"
@@ -116,6 +118,11 @@ class ExploreDashboard(ExportMixin):
     ``GroupResult`` drawn; ``error``: the last error or None.  Export: :meth:`save_model`,
     :meth:`export_onnx`, :meth:`save_figures`, :meth:`save_tables` (buttons in the last row).
 
+    A change comes in steps (see :meth:`refresh`): figures, accuracies on the first images of the
+    batch, the whole batch, Model Folding (``include_fold``); ``readout["eval_samples"]`` says on how
+    many images the accuracies shown are, ``refining`` whether steps are pending, :meth:`settle`
+    finishes them; ``timings`` holds, per change, the seconds to each step.
+
     What does not change with the controls is cached per dashboard: the traced groups, importance per
     (group, importance), channel features and their 2-D embedding per group, a fixed evaluation
     batch and the activations entering each group's first layer (only the rest of the network runs
@@ -125,7 +132,8 @@ class ExploreDashboard(ExportMixin):
     def __init__(self, model, data, example_inputs, *, groups=None, sparsity: float = 0.5,
                  method: str = "intra-fusion", importance: str = "l1", config: Optional[OTConfig] = None,
                  renderer: str = "auto", eval_samples: Optional[int] = 512, embedding: str = "pca",
-                 seed: int = 0, model_name: Optional[str] = None, export_dir: str = "exports"):
+                 seed: int = 0, model_name: Optional[str] = None, export_dir: str = "exports",
+                 include_fold: Optional[bool] = None, progressive="auto", first_budget_s: float = 0.25):
         import ipywidgets as W
 
         if method not in METHODS:
@@ -134,6 +142,12 @@ class ExploreDashboard(ExportMixin):
         sparsity = check_sparsity(sparsity)
         if embedding not in ("pca", "mds"):
             raise ValueError(f"embedding must be 'pca' or 'mds', got {embedding!r}")
+        if progressive not in ("auto", True, False):
+            raise ValueError(f"progressive must be 'auto', True or False, got {progressive!r}")
+        if isinstance(first_budget_s, bool) or not isinstance(first_budget_s, (int, float)) or first_budget_s <= 0:
+            raise ValueError(f"first_budget_s must be a positive number of seconds, got {first_budget_s!r}")
+        if include_fold is not None and not isinstance(include_fold, bool):
+            raise TypeError(f"include_fold must be True, False or None (auto), got {include_fold!r}")
         config = config or OTConfig()
         if not isinstance(config, OTConfig):
             raise TypeError(f"config must be an ifv.OTConfig, got {type(config).__name__}")
@@ -148,6 +162,8 @@ class ExploreDashboard(ExportMixin):
         all_groups = pick_groups(find_groups(model, example_inputs), groups)
         self.groups = {g.index: g for g in all_groups}
         self._importance, self._features, self._coords, self._results = {}, {}, {}, {}
+        self._acc = {}      # (result key, samples) -> accuracy (%)
+        self._models = {}   # result key -> pruned model, for the settings shown only (they are large)
         self._evaluator = PrefixEvaluator(model, *self.eval_data)
         self.original_accuracy = self._evaluator.original_accuracy
         self.num_classes = num_classes_of(self._evaluator._logits[0])
@@ -156,7 +172,11 @@ class ExploreDashboard(ExportMixin):
         self.macs_before = conv_linear_macs(model, self._positions)
         self._base_config = config
         self.error = None
-        self.timings = []
+        self.timings = []  # per settings change: seconds to figures / first accuracies / all (see refresh)
+        self.progressive = progressive
+        self.first_budget_s = float(first_budget_s)
+        if include_fold is None:  # Model Folding's k-means takes seconds on wide groups: off for big models
+            include_fold = self.params_before <= FOLD_AUTO_MAX_PARAMS
 
         style = dict(description_width=LABEL_WIDTH)
         box = W.Layout(width=CONTROL_WIDTH)
@@ -187,6 +207,9 @@ class ExploreDashboard(ExportMixin):
                                     disabled=config.solver != "sinkhorn")
         self.compare = W.Checkbox(value=False, description="side by side", indent=False,
                                   layout=W.Layout(width="auto"))
+        self.include_fold = W.Checkbox(value=include_fold, description="include Model Folding", indent=False,
+                                       layout=W.Layout(width="auto"),
+                                       tooltip="k-means per move: seconds on wide groups; computed after the others")
         self.readout_html = W.HTML()
         self.status = W.HTML()
         self.readout = {}
@@ -194,16 +217,21 @@ class ExploreDashboard(ExportMixin):
         self._generation = 0
         self._busy = False
         self._dirty = False
+        self._staged = False  # this change is shown in steps, the kernel free in between (see refresh)
+        self._steps = []      # what is left to compute for the settings shown
+        self._move = None     # timing of the settings shown
         self._curve = None  # tidy records of the current group's curve, or None
         self._curve_shown = False
         self._compute()
+        self._finish_now()
         self._plan_slot = FigureSlot(self._plan_figure(), self.renderer)
         self._embedding_slot = FigureSlot(self._embedding_figure(), self.renderer)
         self._curve_slot = FigureSlot(self._curve_figure(), self.renderer)
         self._render_readout()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
-        self.compare.observe(lambda _: self._redraw(), names="value")
+        self.compare.observe(self._on_change, names="value")
+        self.include_fold.observe(self._on_change, names="value")
         self.curve_button = W.Button(description="accuracy curve of this group", icon="line-chart",
                                      layout=W.Layout(width="auto"),
                                      tooltip="prune this group at 0.1 ... 0.9 with every method (cached)")
@@ -211,7 +239,7 @@ class ExploreDashboard(ExportMixin):
         self.curve_progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
         self.widget = W.VBox([
             W.HBox([W.VBox([self.group, self.sparsity, labelled(W, "plan of", self.method), self.importance,
-                            labelled(W, "plans", self.compare)]),
+                            labelled(W, "plans", self.compare), labelled(W, "fold", self.include_fold)]),
                     W.VBox([self.p, self.target, self.source_mass, self.target_mass,
                             labelled(W, "solver", self.solver), self.reg])],
                    layout=W.Layout(flex_flow="row wrap", grid_gap="4px 24px")),
@@ -256,7 +284,15 @@ class ExploreDashboard(ExportMixin):
                                    solver=self.solver.value, reg=float(self.reg.value))
 
     def refresh(self) -> None:
-        """Recompute for the current control values and redraw (latest values win)."""
+        """Recompute for the current control values and redraw (latest values win).
+
+        In steps: (1) prune the group with the methods drawn and update the figures; (2) with
+        ``progressive``, the accuracies on the first images of the batch (as many as fit
+        ``first_budget_s``), labelled as such; (3) the accuracies on the whole batch; (4) Model Folding
+        when it is included but not drawn.  A change made in the browser (or any change with
+        ``progressive=True``) runs steps 2-4 from the kernel's event loop, one at a time, so a newer
+        slider value preempts them; a change made from code completes them before it returns.
+        """
         if self._busy:  # a control changed while we were drawing: run again once we are done
             self._dirty = True
             return
@@ -266,7 +302,7 @@ class ExploreDashboard(ExportMixin):
             while self._dirty:
                 self._dirty = False
                 generation = self._generation
-                start = time.perf_counter()
+                self._move = dict(start=time.perf_counter(), generation=generation)
                 self.status.value = "<span style='color:#666'>computing&hellip;</span>"
                 ok = self._compute()
                 if self._generation != generation:
@@ -274,9 +310,26 @@ class ExploreDashboard(ExportMixin):
                 if ok:
                     self._redraw()
                 self._render_readout()
-                self.timings.append(time.perf_counter() - start)
+                self._mark("figures")
+                if not ok:
+                    self._steps = []
+                elif not self._steps:
+                    self._mark("all")
+                elif self._staged and _running_loop() is not None:
+                    self._schedule(generation)
+                else:
+                    self._finish_now()
         finally:
             self._busy = False
+
+    def settle(self) -> None:
+        """Finish every pending step now (accuracies on the whole batch, Model Folding)."""
+        self._finish_now()
+
+    @property
+    def refining(self) -> bool:
+        """Whether steps are pending: the read-out shows accuracies on a subset, or not all methods."""
+        return bool(self._steps)
 
     def compute_curve(self, sparsities=CURVE_SPARSITIES):
         """The current group's accuracy at each sparsity for every method (tidy records), drawn with a
@@ -313,7 +366,124 @@ class ExploreDashboard(ExportMixin):
     def _on_change(self, change) -> None:
         self.reg.disabled = self.solver.value != "sinkhorn"
         self._generation += 1
+        owner = change.get("owner") if isinstance(change, dict) else getattr(change, "owner", None)
+        from_browser = bool(getattr(owner, "_property_lock", None))  # ipywidgets' lock while applying a browser update
+        self._staged = self.progressive is True or (self.progressive == "auto" and from_browser)
         self.refresh()
+
+    # -- the steps of a change -----------------------------------------------------------------
+    def _methods_drawn(self):
+        """Methods pruned before the figures are drawn: the one drawn (all of them side by side)."""
+        return self._methods_included() if self.compare.value else [self.method.value]
+
+    def _methods_now(self):
+        """Methods evaluated together (first images, then the whole batch): all but a Model Folding
+        that is not drawn, which comes last."""
+        drawn = self._methods_drawn()
+        return [m for m in self._methods_included() if m != "fold" or m in drawn]
+
+    def _methods_included(self):
+        return [m for m in METHODS if m != "fold" or self.include_fold.value or self.method.value == "fold"]
+
+    def _first_samples(self, index: int, methods) -> int:
+        """Images of the quick first evaluation: as many as ``first_budget_s`` allows (a multiple of 32,
+        at least 32), or the whole batch when that is at most twice as much."""
+        total = self._evaluator.n
+        group = self.groups[index]
+        self._evaluator.prepare(index, [m.name for m in group.members])
+        per_image = self._evaluator.seconds_per_sample.get(index, 0.0) * max(len(methods), 1)
+        fit = int(self.first_budget_s / per_image) if per_image > 0 else total
+        fit = max(32, fit // 32 * 32)
+        return total if fit * 2 >= total else fit
+
+    def _plan_steps(self, index, sparsity, importance, config):
+        """The steps after the figures: ("evaluate", methods, samples) and ("prune", methods, None)."""
+        now = self._methods_now()
+        keys = {m: self._key(index, sparsity, m, importance, config) for m in self._methods_included()}
+        self._first = None
+        steps = []
+        if self._staged and any((keys[m], None) not in self._acc for m in now):
+            first = self._first_samples(index, now)
+            if first < self._evaluator.n:
+                self._first = first
+                steps.append(("evaluate", tuple(now), first))
+        steps.append(("evaluate", tuple(now), None))
+        for m in self._methods_included():
+            if m not in now:
+                steps += [("prune", (m,), None), ("evaluate", (m,), None)]
+        return [step for step in steps if not self._step_done(step, keys)], keys
+
+    def _step_done(self, step, keys) -> bool:
+        kind, methods, samples = step
+        if kind == "prune":
+            return all(keys[m] in self._results for m in methods)
+        return all((keys[m], samples) in self._acc for m in methods)
+
+    def _run_step(self) -> None:
+        kind, methods, samples = self._steps[0]
+        index, sparsity, importance, config = self._settings
+        members = [g.name for g in self.groups[index].members]
+        for m in methods:
+            key = self._keys[m]
+            if kind == "prune" or key not in self._results:
+                self._result(index, sparsity, m, importance, config)
+            if kind == "evaluate" and (key, samples) not in self._acc:
+                model = self._models.get(key)
+                if model is None:  # a cached record whose model was dropped: prune again to evaluate
+                    model = self._models[key] = self._prune(index, sparsity, m, importance, config).model
+                self._acc[(key, samples)] = self._evaluator.accuracy(model, index, members, samples)
+        self._steps.pop(0)
+        self._update_readout()
+        if kind == "evaluate":
+            self._mark("first" if samples is not None else ("full" if set(methods) >= set(self._methods_now())
+                                                            else "fold"))
+        if not self._steps:
+            self._models = {}
+            self._mark("all")
+
+    def _finish_now(self) -> None:
+        while self._steps:
+            self._run_step()
+        self._mark("all")
+        self.status.value = ""
+
+    def _schedule(self, generation: int) -> None:
+        loop = _running_loop()
+        self.status.value = ("<span style='color:#666'>evaluating&hellip; (move on at any time: "
+                             "the latest setting wins)</span>")
+        loop.call_later(STEP_DELAY_S, self._deferred_step, generation)
+
+    def _deferred_step(self, generation: int) -> None:
+        if generation != self._generation or self._busy or not self._steps:
+            return  # a newer setting took over (it schedules its own steps)
+        try:
+            self._run_step()
+        except Exception as exc:  # shown, never raised into the event loop
+            self._steps = []
+            self.error = exc
+            self.status.value = f"<span style='color:#b00'>error: {type(exc).__name__}: {exc}</span>"
+            return
+        if self._steps:
+            self._schedule(generation)
+        else:
+            self.status.value = ""
+            if self.compare.value or self.method.value == "fold":
+                self._redraw()
+
+    def _mark(self, stage: str) -> None:
+        """Seconds since the change at ``stage`` ("figures", "first" (subset), "full", "fold", "all"),
+        recorded in the change's dict in ``timings`` (with ``first_samples``)."""
+        move = self._move
+        if move is None or move["generation"] != self._generation or stage in move:
+            return
+        move[stage] = time.perf_counter() - move["start"]
+        if stage == "figures":
+            move["first_samples"] = self._first
+            move["eval_total"] = self._evaluator.n
+            self.timings.append(move)
+        if stage == "all":  # stages that had nothing to do end with the last one
+            move.setdefault("full", move["all"])
+            move.setdefault("first", move["full"])
 
     def _redraw(self) -> None:
         self._plan_slot.update(self._plan_figure())
@@ -356,40 +526,80 @@ class ExploreDashboard(ExportMixin):
                      importance=imp, config=config, batch=batch, seed=self.seed,
                      features=lambda model, group: self._features_of(group.index, fold))
 
-    def _prune_one(self, index: int, sparsity: float, method: str, importance: str, config: OTConfig):
-        key = (index, round(sparsity, 6), method, importance, config if method != "default" else None)
+    @staticmethod
+    def _key(index, sparsity, method, importance, config):
+        return (index, round(sparsity, 6), method, importance, config if method != "default" else None)
+
+    def _result(self, index: int, sparsity: float, method: str, importance: str, config: OTConfig):
+        """(GroupResult, (params, MACs)) of pruning group ``index`` alone; cached, the model kept until
+        the settings shown are evaluated."""
+        key = self._key(index, sparsity, method, importance, config)
         if key not in self._results:
             res = self._prune(index, sparsity, method, importance, config)
-            members = [m.name for m in self.groups[index].members]
-            acc = self._evaluator.accuracy(res.model, index, members)
-            self._results[key] = (res.groups[0], acc, (res.params_after, conv_linear_macs(res.model, self._positions)))
+            self._models[key] = res.model
+            self._results[key] = (res.groups[0], (res.params_after, conv_linear_macs(res.model, self._positions)))
         return self._results[key]
 
+    def _prune_one(self, index: int, sparsity: float, method: str, importance: str, config: OTConfig):
+        """(GroupResult, accuracy on the whole batch, (params, MACs)); cached."""
+        key = self._key(index, sparsity, method, importance, config)
+        record, params = self._result(index, sparsity, method, importance, config)
+        if (key, None) not in self._acc:
+            model = self._models.pop(key, None) or self._prune(index, sparsity, method, importance, config).model
+            members = [m.name for m in self.groups[index].members]
+            self._acc[(key, None)] = self._evaluator.accuracy(model, index, members)
+        return record, self._acc[(key, None)], params
+
     def _compute(self) -> bool:
+        """Prune the group with the methods drawn (the figures' step); plan the other steps."""
         index, sparsity = self.group.value, float(self.sparsity.value)
+        importance = self.importance.value
         try:
             config = self.config
-            accs, params, records = {}, {}, {}
-            for method in METHODS:
-                records[method], accs[method], params[method] = self._prune_one(
-                    index, sparsity, method, self.importance.value, config)
-            self.result = records[self.method.value]
-            self._records = records
+            for method in self._methods_drawn():
+                self._result(index, sparsity, method, importance, config)
+            self._steps, self._keys = self._plan_steps(index, sparsity, importance, config)
         except Exception as exc:  # a bad combination (e.g. Sinkhorn not converging) must not kill the UI
             self.error = exc
             self.status.value = (f"<span style='color:#b00'>error: {type(exc).__name__}: {exc} "
                                  f"(figures show the last settings that worked)</span>")
             return False
+        current = set(self._keys.values())
+        self._models = {k: v for k, v in self._models.items() if k in current}
+        self._settings = (index, sparsity, importance, config)
+        self._records = {m: self._results[self._keys[m]][0] for m in self._methods_drawn()}
+        self.result = self._records[self.method.value]
         self.error = None
         self.status.value = ""
+        self._update_readout()
+        return True
+
+    def _update_readout(self) -> None:
+        """The read-out dict for the settings shown, from what is computed so far: every accuracy on the
+        whole batch, or every one on the same first images (``eval_samples``), or ``None`` (pending)."""
+        index, sparsity, importance, config = self._settings
         group = self.groups[index]
+        total = self._evaluator.n
+        now = self._methods_now()
+        keys = self._keys
+        samples = None
+        if not all((keys[m], None) in self._acc for m in now) and self._first is not None \
+                and all((keys[m], self._first) in self._acc for m in now):
+            samples = self._first
+        accs, params = {}, {}
+        for m in METHODS:
+            key = keys.get(m)
+            accs[m] = None if key is None else self._acc.get((key, samples))  # None: off or pending
+            params[m] = self._results[key][1] if key is not None and key in self._results else (None, None)
         self.readout = {"group": index, "sparsity": sparsity, "k": num_kept(group.size, sparsity), "n": group.size,
-                        "original": self.original_accuracy, **accs,
+                        "original": self._evaluator.original_accuracy_on(samples), **accs,
                         "params_before": self.params_before, "macs_before": self.macs_before,
                         **{f"params_{m}": params[m][0] for m in METHODS},
                         **{f"macs_{m}": params[m][1] for m in METHODS},
-                        "eval_samples": len(self.eval_data[1]), "chance": 100.0 / self.num_classes}
-        return True
+                        "eval_samples": samples or total, "eval_total": total,
+                        "refining": bool(self._steps), "excluded": [m for m in METHODS if m not in keys],
+                        "chance": 100.0 / self.num_classes}
+        self._render_readout()
 
     def _labels(self):
         return dict(model_name=self.model_name, importance=self.importance.value)
@@ -398,7 +608,7 @@ class ExploreDashboard(ExportMixin):
         from ..figures import plan_comparison, plan_heatmap
 
         if self.compare.value:
-            return plan_comparison([self._records[m] for m in METHODS], config=self.config, **self._labels())
+            return plan_comparison(list(self._records.values()), config=self.config, **self._labels())
         return plan_heatmap(self.result, config=self.config, **self._labels())
 
     def _embedding_figure(self):
@@ -434,7 +644,8 @@ class ExploreDashboard(ExportMixin):
         r = self.readout
         group = self.groups[r["group"]]
         rows = [dict(model="original", accuracy=r["original"], params=r["params_before"], macs=r["macs_before"])]
-        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"], macs=r[f"macs_{m}"]) for m in METHODS]
+        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"], macs=r[f"macs_{m}"]) for m in METHODS
+                 if m not in r["excluded"]]
         for row in rows:
             row.update(network=self.model_name, group=f"G{group.paper_index} {group.name}",
                        sparsity=r["sparsity"], kept=r["k"], channels=r["n"], importance=self.importance.value,
@@ -454,6 +665,16 @@ class ExploreDashboard(ExportMixin):
                            self.importance.value, self.config)
 
 
+def _running_loop():
+    """The asyncio loop running in this thread (a Jupyter kernel's), or None (plain Python)."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _figure_row(W, widgets):
     """Figures side by side when there is room, stacked (wrapped) when the output area is narrower."""
     return W.Box([W.Box([w], layout=W.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
@@ -469,33 +690,51 @@ def labelled(W, text: str, control, width: str = LABEL_WIDTH):
 
 
 def readout_html(r: dict, methods) -> str:
-    """Accuracies with their differences to the original (coloured), chance level and parameter counts."""
+    """Accuracies with their differences to the original (coloured), chance level and parameter counts.
+
+    An accuracy of ``None`` is pending ("…"), a method in ``r["excluded"]`` is off; with
+    ``eval_samples < eval_total`` every accuracy is on the first ``eval_samples`` images, and the
+    read-out says so (and that the whole batch follows while ``refining``).
+    """
     def delta(value, ref):
         d = value - ref
         color = "#1a7f37" if d > 0.005 else ("#b42318" if d < -0.005 else "#555")
         return f"<span style='color:{color}'>{d:+.2f}</span>"
 
+    excluded = r.get("excluded", ())
+
+    def missing(m):
+        return ("<span style='color:#888' title='tick \"include Model Folding\" to compute it'>off</span>"
+                if m in excluded else "<span style='color:#888' title='computing'>&hellip;</span>")
+
     cell = "padding:2px 14px;text-align:right"
     head = "".join(f"<th style='{cell}'>{m}</th>" for m in ("original", *methods))
     accs = "".join([f"<td style='{cell}'><b>{r['original']:.2f}%</b></td>"] + [
-        f"<td style='{cell}'><b>{r[m]:.2f}%</b> ({delta(r[m], r['original'])})</td>" for m in methods])
+        f"<td style='{cell}'><b>{r[m]:.2f}%</b> ({delta(r[m], r['original'])})</td>" if r[m] is not None
+        else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
     params = "".join([f"<td style='{cell}'>{r['params_before']:,}</td>"] + [
         f"<td style='{cell}'>{r[f'params_{m}']:,} ({r[f'params_{m}'] / r['params_before']:.0%})</td>"
-        for m in methods])
+        if r[f"params_{m}"] is not None else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
     macs = "".join([f"<td style='{cell}'>{r['macs_before'] / 1e6:,.2f} M</td>"] + [
         f"<td style='{cell}'>{r[f'macs_{m}'] / 1e6:,.2f} M ({r[f'macs_{m}'] / max(r['macs_before'], 1):.0%})</td>"
-        for m in methods])
+        if r[f"macs_{m}"] is not None else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
     gap = ""
-    if "default" in methods and "intra-fusion" in methods:
+    if "default" in methods and "intra-fusion" in methods and None not in (r["intra-fusion"], r["default"]):
         gap = (f"intra-fusion &minus; default: {delta(r['intra-fusion'], r['default'])} points &middot; ")
-    at_chance = [m for m in methods if r[m] <= r["chance"] + 1.0]
+    at_chance = [m for m in methods if r[m] is not None and r[m] <= r["chance"] + 1.0]
     warn = (f" &middot; <span style='color:#b42318'>at chance level: {', '.join(at_chance)}</span>"
             if at_chance else "")
+    total = r.get("eval_total", r["eval_samples"])
+    if r["eval_samples"] < total:
+        on = (f"<b style='color:#9a6700'>accuracy on {r['eval_samples']} of {total} images"
+              f"{' (refining&hellip;)' if r.get('refining') else ''}</b>")
+    else:
+        on = f"accuracy on {total} images" + (" (finishing&hellip;)" if r.get("refining") else "")
     return (f"<table style='border-collapse:collapse'><tr><th></th>{head}</tr>"
             f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr>"
             f"<tr><td title='multiply-accumulates of conv and linear layers, one sample'>MACs</td>{macs}</tr></table>"
-            f"<div style='color:#444'>{gap}keeps {r['k']} of {r['n']} neurons &middot; chance level "
-            f"{r['chance']:.1f}% &middot; eval on {r['eval_samples']} samples{warn}</div>")
+            f"<div style='color:#444'>{gap}sparsity {r['sparsity']:.2f}: keeps {r['k']} of {r['n']} neurons &middot; chance level "
+            f"{r['chance']:.1f}% &middot; {on}{warn}</div>")
 
 
 def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
@@ -513,7 +752,13 @@ def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:
         ``groups``, ``sparsity``, ``method``, ``importance``, ``config`` (OTConfig), ``renderer``
         (``"auto"`` | ``"widget"`` | ``"static"``; auto is static on Colab), ``eval_samples``,
         ``embedding`` (``"pca"`` | ``"mds"``), ``seed``, ``model_name`` (in figure titles; default the
-        model's class name), ``export_dir`` (default folder of the export buttons).
+        model's class name), ``export_dir`` (default folder of the export buttons),
+        ``include_fold`` (compute Model Folding too; default: for models up to 2 M parameters; a
+        checkbox), ``progressive`` (default ``"auto"``: moves made in the browser come in steps from the
+        kernel's event loop, figures first, then accuracies on the first images (within
+        ``first_budget_s``, default 0.25 s), then on the whole batch, a newer value preempting them;
+        ``True``: every change; ``False``: every step runs before the change returns, figures sent
+        first), ``first_budget_s``.
 
     Raises
     ------

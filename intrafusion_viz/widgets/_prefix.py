@@ -14,6 +14,7 @@ the evaluator falls back to the full forward pass, so results are always those o
 """
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Dict, Optional
 
@@ -31,6 +32,8 @@ class _Plan:
         self.stubs = stubs          # name -> ("alive", idx) or ("dead", (shape, dtype, device))
         self.first_args = first_args  # per chunk: the args of the first module
         self.outputs = outputs      # per chunk: {name: tensor} of alive stubbed modules
+        self.sliceable = False      # a subset of the batch may be replayed (every tensor has the batch first)
+        self.expand = True          # dead outputs as one expanded zero (no memory); False: real zero tensors
 
 
 class PrefixEvaluator:
@@ -51,6 +54,10 @@ class PrefixEvaluator:
         Accuracy (%) of ``model`` on the batch.
     shortcut : dict
         Per group key, whether the shortcut is used (``False``: full forward passes).
+    seconds_per_sample : dict
+        Per group key, the measured time of evaluating one sample of the original model from the
+        group on (the whole network where the shortcut is off); dashboards size a quick first
+        evaluation on a subset of the batch with it.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1024):
@@ -62,12 +69,16 @@ class PrefixEvaluator:
         self.n = len(y)
         self._plans: Dict[object, Optional[_Plan]] = {}
         self.shortcut: Dict[object, bool] = {}
+        self.seconds_per_sample: Dict[object, float] = {}
+        self._verified = set()
+        start = time.perf_counter()
         with _eval_mode(model), torch.no_grad():
             self._logits = [model(xb) for xb, _ in self.chunks]
+        self._full_seconds_per_sample = (time.perf_counter() - start) / max(self.n, 1)
         self.original_accuracy = self._score(self._logits)
 
     # -- public --------------------------------------------------------------------------------
-    def accuracy(self, pruned: nn.Module, key, member_names) -> float:
+    def accuracy(self, pruned: nn.Module, key, member_names, samples: Optional[int] = None) -> float:
         """Accuracy (%) of ``pruned`` (``model`` with only ``member_names`` changed) on the batch.
 
         Parameters
@@ -78,22 +89,53 @@ class PrefixEvaluator:
             Identifies the group (e.g. its index); the prefix is recorded once per key.
         member_names : iterable of str
             Module names of the group's layers (``Group.members[i].name``).
+        samples : int, optional
+            Evaluate only the first ``samples`` samples of the batch (default: all of them).
         """
-        if key not in self._plans:
-            self._plans[key] = self._record(list(member_names))
-            self.shortcut[key] = self._plans[key] is not None
+        self.prepare(key, member_names)
         plan = self._plans[key]
-        if plan is None or not _prefix_unchanged(self.model, pruned, plan):
+        samples = self._samples(samples)
+        if plan is not None and key not in self._verified:  # once per group: prune changes only its members
+            if not _prefix_unchanged(self.model, pruned, plan):
+                plan = self._plans[key] = None
+                self.shortcut[key] = False
+            self._verified.add(key)
+        if plan is None or (samples < self.n and not plan.sliceable):
             with _eval_mode(pruned), torch.no_grad():
-                return self._score([pruned(xb) for xb, _ in self.chunks])
-        return self._score(self._replay(pruned, plan))
+                return self._score([pruned(xb[:m]) for (xb, _), m in zip(self.chunks, self._counts(samples))
+                                    if m], samples)
+        return self._score(self._replay(pruned, plan, samples), samples)
+
+    def original_accuracy_on(self, samples: Optional[int] = None) -> float:
+        """Accuracy (%) of the original model on the first ``samples`` samples of the batch."""
+        samples = self._samples(samples)
+        return self._score([logits[:m] for logits, m in zip(self._logits, self._counts(samples)) if m], samples)
+
+    def prepare(self, key, member_names) -> None:
+        """Record the prefix of group ``key`` (done by the first :meth:`accuracy` call otherwise)."""
+        if key not in self._plans:
+            self._plans[key] = self._record(list(member_names), key)
+            self.shortcut[key] = self._plans[key] is not None
+            self.seconds_per_sample.setdefault(key, self._full_seconds_per_sample)
 
     # -- internals -----------------------------------------------------------------------------
-    def _score(self, logits) -> float:
-        correct = sum(int((out.argmax(1) == yb).sum()) for out, (_, yb) in zip(logits, self.chunks))
-        return 100.0 * correct / max(self.n, 1)
+    def _samples(self, samples: Optional[int]) -> int:
+        if samples is None:
+            return self.n
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be a positive int or None, got {samples!r}")
+        return min(samples, self.n)
 
-    def _record(self, member_names) -> Optional[_Plan]:
+    def _counts(self, samples: int):
+        """Samples used from each chunk when only the first ``samples`` count."""
+        return [max(0, min(len(yb), samples - i * self.chunk)) for i, (_, yb) in enumerate(self.chunks)]
+
+    def _score(self, logits, samples: Optional[int] = None) -> float:
+        samples = self.n if samples is None else samples
+        correct = sum(int((out.argmax(1) == yb[:len(out)]).sum()) for out, (_, yb) in zip(logits, self.chunks))
+        return 100.0 * correct / max(samples, 1)
+
+    def _record(self, member_names, key=None) -> Optional[_Plan]:
         modules = dict(self.model.named_modules())
         if any(name not in modules for name in member_names):
             return None  # e.g. a bare nn.Parameter in the group: no module to cut at
@@ -113,30 +155,61 @@ class PrefixEvaluator:
             plan.stubs.update({k: v for k, v in stubs.items() if v[0] == "dead" and k not in plan.stubs})
         if plan is None or not plan.stubs:
             return None  # nothing before the group: the shortcut saves nothing
-        try:
-            replayed = self._replay(self.model, plan)
-        except Exception:
+        # Dead outputs are placeholders nobody reads: an expanded zero costs no memory (a real one of the
+        # first layers' output size costs more than the rest of the network); a forward that reshapes
+        # them in place (e.g. ``.view``) gets real zeros.
+        for plan.expand in (True, False):
+            try:
+                start = time.perf_counter()
+                replayed = self._replay(self.model, plan)
+                self.seconds_per_sample[key] = (time.perf_counter() - start) / max(self.n, 1)
+            except Exception:
+                continue
+            if all(torch.equal(a, b) for a, b in zip(replayed, self._logits)):
+                break
+        else:
             return None
-        exact = all(torch.equal(a, b) for a, b in zip(replayed, self._logits))
-        return plan if exact else None
+        # A subset replays the first samples of every recorded tensor: right only if each one has the
+        # batch first.  Checked on the original (a few samples; kernels may round differently by batch size).
+        few = min(self.n, 5)
+        plan.sliceable = True
+        try:
+            head = self._replay(self.model, plan, few)
+            plan.sliceable = bool(head) and torch.allclose(head[0], self._logits[0][:few], rtol=1e-4, atol=1e-5)
+        except Exception:
+            plan.sliceable = False
+        return plan
 
-    def _replay(self, model: nn.Module, plan: _Plan):
+    def _replay(self, model: nn.Module, plan: _Plan, samples: Optional[int] = None):
         modules = dict(model.named_modules())
         placeholders = {}
         logits = []
+        counts = self._counts(self.n if samples is None else samples)
         with _eval_mode(model), torch.no_grad():
             for index, (xb, _) in enumerate(self.chunks):
+                m = counts[index]
+                if not m:
+                    break
+                whole = m == len(xb)
                 outputs, args = plan.outputs[index], plan.first_args[index]
+                if not whole:
+                    xb = xb[:m]
+                    outputs = {name: t[:m] for name, t in outputs.items()}
+                    args = [a[:m] if torch.is_tensor(a) and a.dim() else a for a in args]
                 patched = []
                 try:
                     for name, (kind, info) in plan.stubs.items():
                         if name in outputs:  # needed later: a fresh copy (the rest may work in place)
                             modules[name].forward = _constant(outputs[name], copy=True)
                         else:  # nobody reads it: one shared placeholder of the right shape
-                            if info not in placeholders:
-                                shape, dtype, device = info
-                                placeholders[info] = torch.zeros(shape, dtype=dtype, device=device)
-                            modules[name].forward = _constant(placeholders[info], copy=False)
+                            shape, dtype, device = info
+                            if not whole and shape:
+                                shape = (m,) + tuple(shape[1:])
+                            if (shape, dtype, device) not in placeholders:
+                                placeholders[(shape, dtype, device)] = (
+                                    torch.zeros((), dtype=dtype, device=device).expand(shape) if plan.expand
+                                    else torch.zeros(shape, dtype=dtype, device=device))
+                            modules[name].forward = _constant(placeholders[(shape, dtype, device)], copy=False)
                         patched.append(modules[name])
                     hook = modules[plan.first].register_forward_pre_hook(
                         lambda module, inputs, saved=args: tuple(a.clone() if torch.is_tensor(a) else a

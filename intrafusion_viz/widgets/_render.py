@@ -5,6 +5,60 @@ from __future__ import annotations
 import sys
 
 RENDERERS = ("auto", "widget", "static")
+COMPACT_MIN_SIZE = 256  # numeric arrays at least this large travel to the browser as binary (base64)
+_DTYPES = {"f": ("f4", "<f4"), "i": ("i4", "<i4"), "u": ("u4", "<u4"), "b": ("u1", "u1")}  # plotly.js name, numpy
+
+
+def compact_arrays(value):
+    """``value`` (a plotly message: dicts, lists, arrays) with every large numeric numpy array as a
+    plotly.js typed-array spec ``{"dtype", "bdata", "shape"}``: float32 / int32 bytes in base64, which
+    plotly.js decodes itself.  A FigureWidget otherwise sends an (n, k) heatmap and its (n, k, 3)
+    hover data as nested JSON lists: megabytes per slider move for a 512-channel group."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {key: compact_arrays(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [compact_arrays(item) for item in value]
+    if isinstance(value, np.ndarray) and value.size >= COMPACT_MIN_SIZE and value.dtype.kind in _DTYPES \
+            and 1 <= value.ndim <= 3:
+        dtype, numpy_dtype = _DTYPES[value.dtype.kind]
+        if value.dtype.kind in "iu" and value.size and (value.max() > 2**31 - 1 or value.min() < -2**31):
+            return value
+        data = np.ascontiguousarray(value, dtype=numpy_dtype)
+        return {"dtype": dtype, "bdata": base64.b64encode(data.tobytes()).decode("ascii"),
+                "shape": ",".join(map(str, value.shape))}
+    return value
+
+
+def _compact_figure_widget_class():
+    """A ``go.FigureWidget`` whose messages to the browser carry large arrays as binary (see
+    :func:`compact_arrays`); in Python its data stay numpy arrays."""
+    import plotly.graph_objects as go
+
+    class CompactFigureWidget(go.FigureWidget):
+        def _send_restyle_msg(self, restyle_data, trace_indexes=None, source_view_id=None):
+            super()._send_restyle_msg(compact_arrays(restyle_data), trace_indexes, source_view_id)
+
+        def _send_update_msg(self, restyle_data, relayout_data, trace_indexes=None, source_view_id=None):
+            super()._send_update_msg(compact_arrays(restyle_data), compact_arrays(relayout_data), trace_indexes,
+                                     source_view_id)
+
+        def _send_addTraces_msg(self, new_traces_data):
+            super()._send_addTraces_msg(compact_arrays(new_traces_data))
+
+        def _repr_mimebundle_(self, *args, **kwargs):
+            bundle = super()._repr_mimebundle_(*args, **kwargs)
+            self._widget_data = compact_arrays(self._widget_data)
+            return bundle
+
+    CompactFigureWidget.__name__ = CompactFigureWidget.__qualname__ = "FigureWidget"
+    return CompactFigureWidget
+
+
+_COMPACT = []
 
 
 def pick_renderer(renderer: str = "auto") -> str:
@@ -31,7 +85,10 @@ class FigureSlot:
             try:
                 if figure.layout.width is None:
                     figure = go.Figure(figure).update_layout(width=width)
-                self.figure = go.FigureWidget(figure)
+                if not _COMPACT:
+                    _COMPACT.append(_compact_figure_widget_class())
+                self.figure = _COMPACT[0](figure)
+                self.figure._widget_data = compact_arrays(self.figure._widget_data)
                 self.widget = self.figure
                 return
             except Exception:  # anywidget missing or broken: fall back, keep the same controls
