@@ -113,3 +113,23 @@ def kept_count(n: int, sparsity: float, conv: int, norm: int, num_kept, where: s
             f"a multiple of {step} channels: {shown} (a per-group sparsity dict sets it for this group "
             "alone), or leave the group out with groups=[...]")
     return k
+
+
+def head_multiple(members: Sequence, modules: Dict[str, nn.Module]) -> int:
+    """The number of attention heads a group's kept count must be a multiple of (1 without attention).
+
+    ``nn.MultiheadAttention`` splits its embedding into ``num_heads`` equal heads, so a group holding
+    its embedding channels keeps a multiple of them (Torch-Pruning's ``round_to=num_heads``).
+    """
+    step = 1
+    for m in members:
+        module = modules.get(m.name)
+        if isinstance(module, nn.MultiheadAttention):
+            step = step * module.num_heads // math.gcd(step, module.num_heads)
+    return step
+
+
+def round_up_to(k: int, n: int, step: int) -> int:
+    """``k`` rounded up to a multiple of ``step`` (never above ``n``): never more removed than asked."""
+    return min(n, -(-k // step) * step)
+

@@ -18,7 +18,7 @@ from ._fastpath import (LazyCost, all_finite, dropped_rows_cost, fold_memo, fold
                         kept_rows_unused, private_copy)
 from ._fusion import check_tied_weights
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
-from ._layer_rules import conv_blocks, kept_count, merge_problem, norm_blocks
+from ._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
 from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
@@ -294,6 +294,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         conv, norm = conv_blocks(g.members, modules, n), norm_blocks(g.members, modules)
         gn_names = [m.name for m in g.members if m.role == "affine" and isinstance(modules[m.name], nn.GroupNorm)]
         k = kept_count(n, s, conv, norm, num_kept, f"group {i} ({g.name!r}) at sparsity {s:g}", gn_names)
+        heads = head_multiple(g.members, modules)
+        if heads > 1:  # attention heads stay equal: keep a multiple of num_heads (with the blocks above)
+            k = round_up_to(k, n, heads * conv * norm // math.gcd(heads, conv * norm))
         blocks[i], sizes[i] = conv * norm // math.gcd(conv, norm), (n, k)
     pruned = [i for i in selected if sizes[i][1] < sizes[i][0]]  # only these are scored and changed
     for i in pruned:
@@ -424,6 +427,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 records.sort(key=lambda r: r.index)
             else:
                 _merge(work, bound, plans, fold)
+            _sync_widths(work)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
@@ -444,6 +448,21 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                       f"PruneResult.skipped; on_unmergeable='default' prunes them by selection where possible, "
                       f"'raise' refuses): {reasons}", UserWarning, stacklevel=2)
     return result
+
+
+def _sync_widths(model: nn.Module) -> None:
+    """Width attributes that a model's own ``forward`` reads, set to the pruned widths.
+
+    torchvision's ``VisionTransformer`` reshapes its patch embedding with ``self.hidden_dim``, which
+    pruning its residual stream must follow (as Torch-Pruning's own torchvision test sets it).
+    """
+    try:
+        from torchvision.models.vision_transformer import VisionTransformer
+    except ImportError:  # torchvision is optional for the engine
+        return
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            module.hidden_dim = module.conv_proj.out_channels
 
 
 def _unmergeable(groups: List[Group], selected: Dict[int, float], fuse: bool, policy: str, strict: bool):

@@ -361,3 +361,26 @@ def test_index_lists_that_blow_up_stop_the_trace_with_a_tracer_error(monkeypatch
         ifv.find_groups(nn.Sequential(*model), x)  # a new model: not cached
     from torch_pruning.dependency import index_mapping as im
     assert im._FlattenIndexMapping.__call__.__name__ == "__call__"  # Torch-Pruning is left as it was
+
+
+def test_vit_default_pruning_keeps_whole_heads_and_its_hidden_dim():
+    """Default pruning of a torchvision ViT's residual stream keeps a multiple of the attention heads
+    (Torch-Pruning's round_to=num_heads, rounded so no more than asked is removed) and updates the
+    ``hidden_dim`` its forward reshapes with; the caller's model is untouched."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    torch.nn.init.normal_(model.heads.head.weight)  # torchvision initialises the head to zero
+    x = torch.randn(2, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        res = ifv.prune(model, x, 0.3, method="default")
+        stream = res.group("conv_proj")
+        assert stream.k % 4 == 0 and stream.k >= ifv.num_kept(32, 0.3), stream.k
+        assert res.model.hidden_dim == stream.k
+        for mode in (res.model.eval(), res.model.train()):
+            out = mode(x)
+            assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert model.hidden_dim == 32
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
