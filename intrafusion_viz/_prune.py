@@ -427,7 +427,6 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 records.sort(key=lambda r: r.index)
             else:
                 _merge(work, bound, plans, fold)
-            _sync_widths(work)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
@@ -436,6 +435,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 from ._data_free import data_free_repair
 
                 data_free_repair(result, snapshot=sources, inplace=True)
+            _sync_widths(work)  # last: nothing after it can fail and leave the attribute changed
     except BaseException:
         if snapshot is not None:
             snapshot.restore()
