@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["fold_memo", "memo_lookup", "memo_store", "all_finite", "private_copy", "LazyCost",
-           "kept_rows_unused", "dropped_rows_cost", "exact_scale"]
+           "kept_rows_unused", "dropped_rows_cost", "exact_scale", "direct_surgery", "direct_surgery_replaces"]
 
 _local = threading.local()
 
@@ -121,13 +121,17 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def private_copy(model: nn.Module) -> nn.Module:
+def private_copy(model: nn.Module, skip: Optional[Dict[int, torch.Tensor]] = None) -> nn.Module:
     """``copy.deepcopy(model)``, faster: every plain ``nn.Parameter`` is cloned up front.
 
     The result shares no tensor with ``model`` (exactly as deepcopy: a Parameter becomes
     ``nn.Parameter(p.data.clone(), p.requires_grad)``; buffers and everything else go through deepcopy).
+    ``skip``: ``{id: Parameter}`` that the caller replaces right after; they become empty placeholders.
     """
     memo: Dict[int, object] = {}
+    for key, p in (skip or {}).items():
+        memo[key] = nn.Parameter(torch.empty(0, dtype=p.dtype, device=p.device), p.requires_grad)
+    placeholders = set(memo)
     aliases = getattr(_local, "aliases", None)
     buffers = list(model.buffers())
     storages: Dict[int, int] = {}
@@ -150,7 +154,7 @@ def private_copy(model: nn.Module) -> nn.Module:
         originals = {id(t): t for t in list(model.parameters()) + buffers}
         for key, clone in memo.items():
             original = originals.get(key)
-            if original is not None:
+            if original is not None and key not in placeholders:
                 aliases[id(clone)] = (clone._version, clone, original, original._version)
     return copy.deepcopy(model, memo)
 
@@ -303,3 +307,173 @@ def folded_magnitude_importances(model: nn.Module, groups, estimator) -> Optiona
             return None
         raw[g.index] = scores
     return {g.index: group_importance(g, lambda _, s=raw[g.index]: s) for g in groups}
+
+
+# ----------------------------------------------------------------------------------------------
+# Direct surgery: the pruned copy built from the caller's tensors, without cloning what is replaced
+
+DIRECT_SURGERY = True  # tests switch it off to compare with the general path
+
+_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_HANDLERS = {("out", True): "prune_conv_out_channels", ("in", True): "prune_conv_in_channels",
+             ("out", False): "prune_linear_out_channels", ("in", False): "prune_linear_in_channels"}
+
+
+def direct_surgery_replaces(model: nn.Module, groups, plans, fold: bool) -> Optional[Dict[int, nn.Parameter]]:
+    """Whether :func:`direct_surgery` applies, and the caller's Parameters it replaces (by id).
+
+    It applies to plain layers only (conv without groups or transposition, linear, BatchNorm with
+    running statistics), each holding all of its channels in one group in order, no module in two
+    groups, no Parameter shared between modules, and every BatchNorm folded into a producer of its
+    own group.  Everything else takes the general path (copy, then merge in place).
+
+    Returns
+    -------
+    dict or None
+        ``{id(parameter): parameter}`` of the conv/linear weights and biases the surgery computes
+        anew (a copy of them would be overwritten), or ``None`` where it does not apply.
+    """
+    if not DIRECT_SURGERY or not plans:
+        return None
+    from ._fusion import _slots
+
+    modules = dict(model.named_modules())
+    seen, replaced, users = set(), {}, {}
+    for i, *_ in plans:
+        g = groups[i]
+        producers = {m.name for m in g.members if m.role == "out"}
+        for m in g.members:
+            module = modules.get(m.name)
+            if m.name in seen or module is None or m.layer_type == "Parameter":
+                return None
+            seen.add(m.name)
+            if m.role in ("out", "in"):
+                conv = isinstance(module, nn.modules.conv._ConvNd)
+                if (type(module) not in _CONV_LINEAR or m.handler_name != _HANDLERS[(m.role, conv)]
+                        or m.dim != (0 if m.role == "out" else 1)
+                        or (conv and (module.groups != 1 or module.transposed))
+                        or module.weight.shape[m.dim] != len(m.local_idxs)):
+                    return None
+                tensors = [module.weight] + ([module.bias] if m.role == "out" and module.bias is not None else [])
+                if any(type(t) is not nn.Parameter for t in tensors):
+                    return None
+                replaced.update((id(t), t) for t in tensors)
+            elif m.role == "norm":
+                if (type(module) not in _BATCHNORMS or not module.track_running_stats or m.dim != 0
+                        or module.running_mean is None or module.num_features != g.size
+                        or (fold and m.fold_from not in producers)):
+                    return None
+            else:
+                return None
+            slots = _slots(m, g.size)  # channel c holds positions c*w, ..., c*w + w - 1 (w > 1: a flatten)
+            if ((slots.shape[1] != 1 and m.role != "in")
+                    or not bool((slots.flatten() == torch.arange(slots.numel())).all())):
+                return None
+    for name, module in model.named_modules(remove_duplicate=False):  # no tied Parameters
+        for _, p in module.named_parameters(recurse=False):
+            users.setdefault(id(p), set()).add(name)
+    if any(len(users.get(key, ())) > 1 for key in replaced) or any(
+            len(users.get(id(p), ())) > 1 for name in seen for p in modules[name].parameters(recurse=False)):
+        return None
+    return replaced
+
+
+def _merged_rows(src: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+    """``merge.T @ src`` as :func:`intrafusion_viz._fusion._merge_tensor` computes it (same kernel)."""
+    merge_t = merge.T.to(src.device, src.dtype)
+    if (merge_t != 0).sum() < 0.1 * merge_t.numel():
+        merge_t = merge_t.to_sparse()
+    return merge_t @ src
+
+
+@torch.no_grad()
+def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[int, nn.Parameter]) -> nn.Module:
+    """The pruned copy of ``model`` that ``private_copy`` + fold + ``apply_merge`` + restore give, bit for bit.
+
+    Every tensor that the surgery leaves alone is cloned (:func:`private_copy`); the weights it
+    changes are computed straight from the caller's (BatchNorm-folded where the general path folds
+    them) into their pruned shape, so they are neither cloned, folded in place, merged in place nor
+    cut by Torch-Pruning afterwards.  The arithmetic is the general path's: the same fold (the
+    memo), the same merge product on the same values; BatchNorms (small) take the general path's
+    own functions.  ``model`` is read only.
+
+    Parameters
+    ----------
+    groups : list of Group
+        Bound to ``model``.
+    plans : list of (index, kept, out_map, in_map, norm_map)
+    replaced : dict
+        From :func:`direct_surgery_replaces`.
+    """
+    from ._fusion import (IndexTracker, _batchnorm_state, _handler, _is_selection, _merge_tensor,
+                          folded_weights_as, restore_folded_batchnorms)
+
+    work = private_copy(model, skip=replaced)
+    originals, copies = dict(model.named_modules()), dict(work.named_modules())
+    for i, kept, out_map, in_map, norm_map in plans:
+        g = groups[i]
+        n = g.size
+        kept = torch.as_tensor(kept, dtype=torch.long).cpu()
+        k = len(kept)
+        selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
+        dropped = torch.ones(n, dtype=torch.bool)
+        dropped[kept] = False
+        remove = torch.nonzero(dropped).flatten().tolist()
+        slots = torch.arange(n).view(n, 1)
+        tracker, folded = IndexTracker(), {}
+        norms = {m.fold_from: m.name for m in g.members if m.role == "norm" and fold}
+        for m in g.members:
+            src, dst = originals[m.name], copies[m.name]
+            if m.role == "norm":
+                if fold:  # the identity it becomes when folded (as _fold_pair leaves it)
+                    folded[m.name] = _batchnorm_state(src)
+                    dst.running_mean.zero_()
+                    dst.running_var.fill_(1.0 - dst.eps)
+                    if dst.affine:
+                        dst.weight.fill_(1.0)
+                        dst.bias.zero_()
+                if not selection:
+                    for attr in ("weight", "bias", "running_mean", "running_var"):
+                        t = getattr(dst, attr, None)
+                        if torch.is_tensor(t):
+                            _merge_tensor(t, 0, slots, slots[kept], norm_map)
+                _handler(m.handler_name)(dst, remove)
+            elif m.role == "out":
+                weight = src.weight.detach()
+                bias = None if src.bias is None else src.bias.detach()
+                if m.name in norms:
+                    weight, bias = folded_weights_as(src, originals[norms[m.name]])
+                    bias = bias.to(weight.device, weight.dtype)
+                rows = weight.reshape(n, -1).contiguous()  # the layout matters to a dense product's sums
+                new = rows.index_select(0, kept.to(rows.device)) if selection else _merged_rows(rows, out_map)
+                dst.weight = nn.Parameter(new.reshape((k,) + tuple(weight.shape[1:])))
+                if bias is not None:
+                    b = bias.reshape(n, 1).contiguous()
+                    b = b.index_select(0, kept.to(b.device)) if selection else _merged_rows(b, out_map)
+                    dst.bias = nn.Parameter(b.reshape(k))
+                if isinstance(dst, nn.Linear):
+                    dst.out_features = k
+                else:
+                    dst.out_channels = k
+            else:  # "in": columns, w consecutive ones per channel
+                weight = src.weight.detach()
+                w = len(m.local_idxs) // n
+                columns = weight.movedim(1, 0)
+                if selection:
+                    keep = (kept.view(k, 1) * w + torch.arange(w)).flatten()
+                    new = columns.index_select(0, keep.to(weight.device))
+                else:
+                    new = _merged_rows(columns.reshape(n, -1).contiguous(), in_map)
+                    new = new.reshape((k * w,) + tuple(columns.shape[1:]))
+                dst.weight = nn.Parameter(new.movedim(0, 1).contiguous())
+                if isinstance(dst, nn.Linear):
+                    dst.in_features = k * w
+                else:
+                    dst.in_channels = k * w
+                tracker.remove(m.name, m.dim, n * w, (torch.tensor(remove).view(-1, 1) * w + torch.arange(w)).flatten().tolist())
+                continue
+            tracker.remove(m.name, m.dim, n, remove)
+        if folded:
+            restore_folded_batchnorms(work, g, kept, norm_map, folded, tracker)
+    return work

@@ -31,8 +31,12 @@ __all__ = ["l1_distances", "l1_backend"]
 _SOURCE = r"""
 #include <math.h>
 #include <stdlib.h>
+#ifndef MA
 #define MA 4
+#endif
+#ifndef NC
 #define NC 64
+#endif
 #define TC 256
 /* out[i * k + j] = sum_t |a[i, t] - b[j, t]|, summed in float32 in the order t = 0, 1, ..., d - 1,
    which is what torch.cdist(p=1) computes on CPU, bit for bit.  Vectorised across pairs (each SIMD
@@ -78,7 +82,7 @@ int ifv_l1_cdist(const float *a, const float *bt, double *out, long n, long k, l
 }
 """
 
-_COLUMNS = 64  # NC in the kernel
+_COLUMNS = 64  # NC in the kernel (set by _load_kernel)
 _lock = threading.Lock()
 _kernel = None  # None: not tried yet; False: unavailable
 
@@ -97,7 +101,7 @@ def _cpu_tag() -> str:
 
 def _load_kernel():
     """The compiled kernel (cached per source and CPU), or None where it cannot be built."""
-    global _kernel
+    global _kernel, _COLUMNS
     if _kernel is not None:
         return _kernel or None
     with _lock:
@@ -109,7 +113,12 @@ def _load_kernel():
         cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
         if cc is None:
             return None
-        key = hashlib.sha256((_SOURCE + _cpu_tag()).encode()).hexdigest()[:16]
+        # Tile shape: MA rows by NC columns of accumulators.  With 32 vector registers (AVX-512),
+        # 8 x 32 fits in registers and wastes less padding than 4 x 64 (about 1.2x faster here).
+        wide = "avx512f" in _cpu_tag()
+        shape = ["-DMA=8", "-DNC=32"] if wide else ["-DMA=4", "-DNC=64"]
+        columns = 32 if wide else 64
+        key = hashlib.sha256((_SOURCE + _cpu_tag() + " ".join(shape)).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("IFV_CACHE_DIR") or Path.home() / ".cache" / "intrafusion_viz")
         lib = cache / f"l1_{key}.so"
         try:
@@ -119,7 +128,7 @@ def _load_kernel():
                     src = Path(tmp) / "l1.c"
                     src.write_text(_SOURCE)
                     built = Path(tmp) / "l1.so"
-                    flags = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
+                    flags = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", *shape]
                     try:  # 512-bit vectors where the CPU has them: about 1.2x faster
                         subprocess.run([cc, *flags, "-mprefer-vector-width=512", str(src), "-o", str(built)],
                                        check=True, capture_output=True, timeout=120)
@@ -131,6 +140,7 @@ def _load_kernel():
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                            ctypes.c_long, ctypes.c_long, ctypes.c_int]
+            _COLUMNS = columns
             _kernel = fn if _self_check(fn) else False
         except (OSError, subprocess.SubprocessError):
             _kernel = False
@@ -141,10 +151,11 @@ def _self_check(fn) -> bool:
     """The built kernel must give torch.cdist's numbers exactly (a compiler that reorders sums fails)."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(9, 133, generator=g), torch.randn(70, 133, generator=g)
-    bt = torch.zeros(133, 2 * _COLUMNS)
+    ldb = -(-70 // _COLUMNS) * _COLUMNS
+    bt = torch.zeros(133, ldb)
     bt[:, :70] = b.T
     out = torch.empty(9, 70, dtype=torch.float64)
-    ok = fn(a.data_ptr(), bt.data_ptr(), out.data_ptr(), 9, 70, 133, 2 * _COLUMNS, 0) == 0
+    ok = fn(a.data_ptr(), bt.data_ptr(), out.data_ptr(), 9, 70, 133, ldb, 0) == 0
     return ok and torch.equal(out, torch.cdist(a, b, p=1).double())
 
 
