@@ -307,6 +307,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     authors_fold = config.bn_eps == "authors"
     model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
     read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
+    own_features = features is None and config.fold_batchnorm and not authors_fold  # folded, as scored
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
@@ -317,7 +318,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     scored = read
     scores = None
     if config.score_folded and not authors_fold and pruned:  # magnitudes straight from the folded weights
-        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator)
+        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator,
+                                              vectors if own_features else None, config.cost_bias)
     if config.score_folded and not authors_fold and pruned and scores is None:
         # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
         # copy of their own; reading weights needs folded copies of the scored layers only.

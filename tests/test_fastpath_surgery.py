@@ -158,3 +158,26 @@ def test_tied_weights_take_the_general_path():
     model.extra = nn.Linear(6, 6)  # holds the consumer's weight too (not called in forward)
     model.extra.weight = model[2].weight
     assert fp.direct_surgery_replaces(model, groups, plan, fold=True) is None
+
+
+@pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "bn_mlp", "vgg11_bn"])
+@pytest.mark.parametrize("importance", ["l1", "l2"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_scores_read_from_the_channel_vectors_equal_the_folded_scores(case, importance, bias):
+    if case == "vgg11_bn":
+        torch.manual_seed(0)
+        model, x = randomize_bn(ifv.models.vgg11_bn(num_classes=10)).eval(), torch.randn(1, 3, 32, 32)
+    else:
+        model, x = _model(case)
+    estimator = ifv._importance.resolve_importance(importance, 0)
+    applied = 0
+    for g in ifv.find_groups(model, x):
+        with fp.fold_memo():
+            features = ifv.channel_features(model, g, bias=bias)
+            expect = fp.folded_magnitude_scores(model, g, estimator)
+            got = fp.magnitude_scores_from_features(model, g, estimator, features, bias)
+        if got is None:  # a flatten before a linear layer: the general path
+            continue
+        applied += 1
+        assert expect is not None and torch.equal(got, expect), g.name
+    assert applied >= 1
