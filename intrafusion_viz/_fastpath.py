@@ -208,8 +208,11 @@ class LazyCost:
             setattr(self, name, value)
 
 
-def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config) -> LazyCost:
+def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config, inplace: bool = False) -> LazyCost:
     """:func:`cost_matrix` at ``p = 1`` onto the kept channels with only the dropped rows computed.
+
+    ``inplace=True``: ``features`` (a float CPU tensor that nobody reads afterwards) is unit-normalised
+    in place and the dropped rows are read where they are, without a copy of them.
 
     Returns
     -------
@@ -227,6 +230,12 @@ def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config) -> Laz
     dropped = torch.ones(len(x), dtype=torch.bool)
     dropped[kept] = False
     dropped = torch.nonzero(dropped).flatten()
+    if inplace and x.data_ptr() == features.data_ptr() and x.is_contiguous():
+        x.div_(norms)  # the same divisions, every row in place
+        targets = x.index_select(0, kept)
+        cost = torch.zeros(len(x), len(kept), dtype=torch.float64)
+        cost.index_copy_(0, dropped, l1_distances(x, targets, rows=dropped))
+        return LazyCost(cost, targets, kept)
     targets = x.index_select(0, kept).div_(norms.index_select(0, kept))
     sources = x.index_select(0, dropped).div_(norms.index_select(0, dropped))
     cost = torch.zeros(len(x), len(kept), dtype=torch.float64)

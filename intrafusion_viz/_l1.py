@@ -42,10 +42,12 @@ _SOURCE = r"""
    which is what torch.cdist(p=1) computes on CPU, bit for bit.  Vectorised across pairs (each SIMD
    lane is one pair), not along t; t is tiled (TC) so the tiles stay in cache, and each pair's partial
    sum is carried over in float32, so the order of its additions is unchanged.
+   Row i of the left side is a[ia[i]] (a[i] where ia is NULL).
    bt is b transposed, (d, ldb), ldb a multiple of NC, zero-padded.  sym: a == b (k == n); only the
    column strips from the diagonal on are computed and the rest mirrored.  Returns 0, or -1 when out
    of memory. */
-int ifv_l1_cdist(const float *a, const float *bt, double *out, long n, long k, long d, long ldb, int sym) {
+int ifv_l1_cdist(const float *a, const long *ia, const float *bt, double *out, long n, long k, long d, long ldb,
+                 int sym) {
     long nb = (n + MA - 1) / MA;
     float *acc_all = calloc((size_t)nb * MA * ldb, sizeof(float));
     if (!acc_all) return -1;
@@ -53,7 +55,10 @@ int ifv_l1_cdist(const float *a, const float *bt, double *out, long n, long k, l
         long t1 = t0 + TC < d ? t0 + TC : d;
         for (long i0 = 0; i0 < n; i0 += MA) {
             const float *rows[MA];
-            for (int r = 0; r < MA; r++) rows[r] = a + (i0 + r < n ? i0 + r : i0) * d;
+            for (int r = 0; r < MA; r++) {
+                long i = i0 + r < n ? i0 + r : i0;
+                rows[r] = a + (ia ? ia[i] : i) * d;
+            }
             for (long j0 = sym ? (i0 / NC) * NC : 0; j0 < k; j0 += NC) {
                 float acc[MA][NC];
                 float *keep = acc_all + i0 * ldb + j0;
@@ -138,7 +143,7 @@ def _load_kernel():
                     os.replace(built, lib)  # atomic: a concurrent process sees all or nothing
             fn = ctypes.CDLL(str(lib)).ifv_l1_cdist
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                            ctypes.c_long, ctypes.c_long, ctypes.c_int]
             _COLUMNS = columns
             _kernel = fn if _self_check(fn) else False
@@ -155,8 +160,12 @@ def _self_check(fn) -> bool:
     bt = torch.zeros(133, ldb)
     bt[:, :70] = b.T
     out = torch.empty(9, 70, dtype=torch.float64)
-    ok = fn(a.data_ptr(), bt.data_ptr(), out.data_ptr(), 9, 70, 133, ldb, 0) == 0
-    return ok and torch.equal(out, torch.cdist(a, b, p=1).double())
+    ok = fn(a.data_ptr(), None, bt.data_ptr(), out.data_ptr(), 9, 70, 133, ldb, 0) == 0
+    ok = ok and torch.equal(out, torch.cdist(a, b, p=1).double())
+    rows = torch.tensor([8, 0, 3], dtype=torch.int64)
+    some = torch.empty(3, 70, dtype=torch.float64)
+    ok = ok and fn(a.data_ptr(), rows.data_ptr(), bt.data_ptr(), some.data_ptr(), 3, 70, 133, ldb, 0) == 0
+    return ok and torch.equal(some, out[rows])
 
 
 def l1_backend() -> str:
@@ -164,7 +173,8 @@ def l1_backend() -> str:
     return "c" if _load_kernel() is not None else "torch"
 
 
-def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None,
+                 rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """All L1 distances between the rows of ``a`` and the rows of ``b``: ``torch.cdist(a, b, p=1)``.
 
     Parameters
@@ -172,6 +182,8 @@ def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Ten
     a : Tensor, shape (n, d)
     b : Tensor, shape (k, d), optional
         Default ``a`` (the result is symmetric and about half of it is computed).
+    rows : Tensor of int, shape (m,), optional
+        Use the rows ``a[rows]`` (in this order) without copying them: the result is (m, k).
 
     Returns
     -------
@@ -179,18 +191,22 @@ def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Ten
         float64 on CPU, holding exactly the values ``torch.cdist(a, b, p=1)`` computes on CPU
         (float32 for float32 inputs; float64 inputs go to ``torch.cdist`` in float64).
     """
-    sym = b is None
-    b = a if sym else b
+    sym = b is None and rows is None
+    b = a if b is None else b
     a = a.detach().cpu()
     b = b.detach().cpu()
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected (n, d) and (k, d) tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
-    n, k = a.shape[0], b.shape[0]
+    if rows is not None:
+        rows = torch.as_tensor(rows, dtype=torch.int64).cpu().contiguous()
+        if rows.dim() != 1 or (len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < len(a))):
+            raise ValueError(f"rows must be indices of rows of a (0..{len(a) - 1}), got {rows.tolist()}")
+    n, k = a.shape[0] if rows is None else len(rows), b.shape[0]
     if n == 0 or k == 0:
         return torch.zeros(n, k, dtype=torch.float64)
     kernel = _load_kernel() if a.dtype == torch.float32 and b.dtype == torch.float32 else None
     if kernel is None:
-        return torch.cdist(a, b, p=1).double()
+        return torch.cdist(a if rows is None else a.index_select(0, rows), b, p=1).double()
     d = a.shape[1]
     ldb = -(-k // _COLUMNS) * _COLUMNS
     bt = torch.empty(d, ldb, dtype=torch.float32)
@@ -198,6 +214,8 @@ def l1_distances(a: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Ten
     bt[:, k:] = 0.0
     a = a.contiguous()
     out = torch.empty(n, k, dtype=torch.float64)
-    if kernel(a.data_ptr(), bt.data_ptr(), out.data_ptr(), n, k, d, ldb, int(sym)) != 0:
-        return torch.cdist(a, b, p=1).double()  # the kernel could not allocate its buffer
+    ia = None if rows is None else rows.data_ptr()
+    if kernel(a.data_ptr(), ia, bt.data_ptr(), out.data_ptr(), n, k, d, ldb, int(sym)) != 0:
+        # the kernel could not allocate its buffer
+        return torch.cdist(a if rows is None else a.index_select(0, rows), b, p=1).double()
     return out

@@ -357,7 +357,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
             if blocks[i] == 1 and config.p == 1 and kept_rows_unused(config, a, b):
-                cost = dropped_rows_cost(vec, kept, config)  # kept rows: computed if the record is read
+                # kept rows: computed if the record is read; our own vectors are normalised in place
+                cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
             else:
                 cost = cost_matrix(vec, kept, config)

@@ -181,3 +181,30 @@ def test_scores_read_from_the_channel_vectors_equal_the_folded_scores(case, impo
         applied += 1
         assert expect is not None and torch.equal(got, expect), g.name
     assert applied >= 1
+
+
+@pytest.mark.parametrize("n, k, d", [(40, 13, 70), (512, 153, 300), (9, 8, 5)])
+def test_dropped_rows_cost_in_place_equals_the_copying_one(n, k, d):
+    g = torch.Generator().manual_seed(n)
+    features = torch.randn(n, d, generator=g)
+    kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
+    cfg = ifv.OTConfig.paper()
+    expect = fp.dropped_rows_cost(features, kept, cfg)
+    work = features.clone()
+    got = fp.dropped_rows_cost(work, kept, cfg, inplace=True)
+    assert torch.equal(got.partial, expect.partial) and torch.equal(got.full(), expect.full())
+    assert torch.equal(got.full(), ifv.cost_matrix(features, kept, cfg))
+    norms = features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    assert torch.equal(work, features / norms)  # unit rows, in place
+
+
+def test_l1_distances_of_chosen_rows():
+    from intrafusion_viz._l1 import l1_distances
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(70, 130, generator=g), torch.randn(33, 130, generator=g)
+    rows = torch.tensor([69, 0, 5, 5, 12, 40, 41, 42, 43, 44])
+    assert torch.equal(l1_distances(a, b, rows=rows), torch.cdist(a[rows], b, p=1).double())
+    assert l1_distances(a, b, rows=rows[:0]).shape == (0, 33)
+    with pytest.raises(ValueError, match="rows must be indices"):
+        l1_distances(a, b, rows=torch.tensor([70]))
