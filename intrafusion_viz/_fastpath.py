@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from collections import OrderedDict
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -156,7 +157,62 @@ def private_copy(model: nn.Module, skip: Optional[Dict[int, torch.Tensor]] = Non
             original = originals.get(key)
             if original is not None and key not in placeholders:
                 aliases[id(clone)] = (clone._version, clone, original, original._version)
-    return copy.deepcopy(model, memo)
+    return _module_copy(model, memo)
+
+
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes, type)
+_EMPTY_HOOKS = (dict, OrderedDict)
+
+
+def _module_copy(module: nn.Module, memo: Dict[int, object]) -> nn.Module:
+    """``copy.deepcopy(module, memo)`` with the module tree walked here instead of by ``copy``.
+
+    What deepcopy does with an ``nn.Module`` (``cls.__new__``, a deep copy of ``__getstate__()``,
+    ``__setstate__``), done directly for the parts every module has: attributes that deepcopy
+    returns as they are (numbers, strings, tuples of them), the ``_modules`` / ``_parameters`` /
+    ``_buffers`` tables (their entries through this function or the memo), empty hook tables and
+    the set of non-persistent buffer names.  Anything else, and any module class that changes how
+    it is copied or pickled, goes to ``copy.deepcopy`` with the same memo.
+    """
+    key = id(module)
+    if key in memo:
+        return memo[key]
+    cls = type(module)
+    if (not isinstance(module, nn.Module) or getattr(cls, "__deepcopy__", None) is not None
+            or cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
+            or cls.__getstate__ is not nn.Module.__getstate__ or cls.__setstate__ is not nn.Module.__setstate__
+            or "__slots__" in cls.__dict__):
+        return copy.deepcopy(module, memo)
+    state = module.__getstate__()
+    new = cls.__new__(cls)
+    memo[key] = new
+    memo.setdefault(id(memo), []).append(module)  # as deepcopy: keep the original alive while memo lives
+    copied = {}
+    for name, value in state.items():
+        kind = type(value)
+        if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in value)):
+            copied[name] = value
+        elif id(value) in memo:
+            copied[name] = memo[id(value)]
+        elif name == "_modules" and kind in _EMPTY_HOOKS:
+            table = kind()
+            memo[id(value)] = table
+            for child_name, child in value.items():
+                table[child_name] = None if child is None else _module_copy(child, memo)
+            copied[name] = table
+        elif name in ("_parameters", "_buffers") and kind in _EMPTY_HOOKS and all(
+                t is None or id(t) in memo for t in value.values()):
+            table = kind((k, None if t is None else memo[id(t)]) for k, t in value.items())
+            memo[id(value)] = table
+            copied[name] = table
+        elif kind in _EMPTY_HOOKS and not value:
+            copied[name] = memo[id(value)] = kind()
+        elif kind is set and all(type(v) in _ATOMIC for v in value):
+            copied[name] = memo[id(value)] = set(value)
+        else:
+            copied[name] = copy.deepcopy(value, memo)
+    new.__setstate__(copied)
+    return new
 
 
 def kept_rows_unused(config, source: torch.Tensor, target: torch.Tensor) -> bool:

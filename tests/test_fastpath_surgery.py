@@ -208,3 +208,60 @@ def test_l1_distances_of_chosen_rows():
     assert l1_distances(a, b, rows=rows[:0]).shape == (0, 33)
     with pytest.raises(ValueError, match="rows must be indices"):
         l1_distances(a, b, rows=torch.tensor([70]))
+
+
+class _Odd(nn.Module):
+    """Attributes of every kind a module may hold: lists, dicts, an alias of a child, a shared child."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.heads = nn.ModuleDict({"a": nn.Linear(4, 2), "b": nn.Linear(4, 3)})
+        self.blocks = nn.ModuleList([self.body[0], nn.Identity()])  # the same conv twice in the tree
+        self.names = ["x", "y"]
+        self.settings = {"scale": 2.0, "mode": "fast"}
+        self.act = nn.GELU(approximate="tanh")
+        self.register_buffer("steps", torch.tensor(3))
+        self.register_buffer("scratch", torch.zeros(2), persistent=False)
+        self.calls = 0
+
+    def forward(self, x):
+        h = self.act(self.body(x)).mean((2, 3))
+        return self.heads["a"](h) * self.settings["scale"], self.heads["b"](h)
+
+
+def test_the_module_tree_copy_is_deepcopy():
+    torch.manual_seed(0)
+    model = _Odd().eval()
+    seen = []
+    model.heads["a"].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    torch.nn.utils.parametrizations.weight_norm(model.heads["b"])  # a class that refuses __getstate__
+    copied, reference = fp.private_copy(model), copy.deepcopy(model)
+    pairs = list(zip(copied.named_modules(remove_duplicate=False), reference.named_modules(remove_duplicate=False)))
+    assert len(pairs) == len(list(model.named_modules(remove_duplicate=False)))
+    for (na, a), (nb, b) in pairs:
+        assert na == nb and type(a) is type(b)
+        assert set(vars(a)) == set(vars(b)), na
+        for key, value in vars(a).items():
+            if not isinstance(value, (torch.Tensor, dict, nn.Module)):
+                assert value == vars(b)[key], (na, key)
+    assert copied.blocks[0] is copied.body[0] and copied.body[0] is not model.body[0]
+    assert copied.names == model.names and copied.names is not model.names
+    assert copied.settings is not model.settings
+    assert "scratch" in copied._non_persistent_buffers_set
+    assert copied._non_persistent_buffers_set is not model._non_persistent_buffers_set
+    x = torch.randn(2, 3, 6, 6)
+    for got, want in zip(copied(x), model(x)):
+        assert torch.equal(got, want)
+    assert len(seen) == 2  # the hook came along (once for the original, once for the copy)
+    assert {t.untyped_storage().data_ptr() for t in copied.state_dict().values()}.isdisjoint(
+        t.untyped_storage().data_ptr() for t in model.state_dict().values())
+
+
+def test_the_module_tree_copy_of_a_torchvision_model():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    copied = fp.private_copy(model)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(copied(x), model(x))
+    assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
