@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 import threading
 from collections import OrderedDict
 from typing import Dict, Iterator, Optional, Tuple
@@ -171,8 +172,10 @@ def _module_copy(module: nn.Module, memo: Dict[int, object]) -> nn.Module:
     ``__setstate__``), done directly for the parts every module has: attributes that deepcopy
     returns as they are (numbers, strings, tuples of them), the ``_modules`` / ``_parameters`` /
     ``_buffers`` tables (their entries through this function or the memo), empty hook tables and
-    the set of non-persistent buffer names.  Anything else, and any module class that changes how
-    it is copied or pickled, goes to ``copy.deepcopy`` with the same memo.
+    the set of non-persistent buffer names; the class's own ``__setstate__`` is called, as deepcopy
+    calls it.  Any other attribute, and any module class that changes how it is copied or pickled
+    (``__deepcopy__``, ``__reduce__``, ``__getstate__``, slots), goes to ``copy.deepcopy`` with the
+    same memo.
     """
     key = id(module)
     if key in memo:
@@ -180,8 +183,7 @@ def _module_copy(module: nn.Module, memo: Dict[int, object]) -> nn.Module:
     cls = type(module)
     if (not isinstance(module, nn.Module) or getattr(cls, "__deepcopy__", None) is not None
             or cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
-            or cls.__getstate__ is not nn.Module.__getstate__ or cls.__setstate__ is not nn.Module.__setstate__
-            or "__slots__" in cls.__dict__):
+            or cls.__getstate__ is not nn.Module.__getstate__ or copyreg._slotnames(cls)):
         return copy.deepcopy(module, memo)
     state = module.__getstate__()
     new = cls.__new__(cls)

@@ -265,3 +265,32 @@ def test_the_module_tree_copy_of_a_torchvision_model():
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(copied(x), model(x))
     assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "bn_mlp", "vgg11_bn"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_channel_vectors_equal_the_folded_weights_laid_side_by_side(case, bias):
+    """Consumers' folded columns are written straight into the vectors: the same numbers as a folded copy."""
+    from intrafusion_viz._fusion import _slots, folded_weights_as
+
+    if case == "vgg11_bn":
+        torch.manual_seed(0)
+        model, x = randomize_bn(ifv.models.vgg11_bn(num_classes=10)).eval(), torch.randn(1, 3, 32, 32)
+    else:
+        model, x = _model(case)
+    modules = dict(model.named_modules())
+    for g in ifv.find_groups(model, x):
+        got = ifv.channel_features(model, g, bias=bias)
+        parts = []
+        for m in g.members:
+            if m.role not in ("out", "in"):
+                continue
+            layer = modules[m.name]
+            w, b = layer.weight.detach(), layer.bias
+            if m.name in g.fold_pairs:
+                w, b = folded_weights_as(layer, modules[g.fold_pairs[m.name]])
+            moved = w.movedim(m.dim, 0).index_select(0, _slots(m, g.size).flatten())
+            parts.append(moved.reshape(g.size, -1))
+            if m.role == "out" and bias and b is not None:
+                parts.append(b.detach().to(w.dtype).reshape(g.size, 1))
+        assert torch.equal(got, torch.cat(parts, 1)), g.name
