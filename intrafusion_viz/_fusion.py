@@ -211,9 +211,12 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
         weight = layer.weight.data.movedim(producer.dim, 0)
         flat = rows.flatten().to(weight.device)
         view = [-1] + [1] * (weight.dim() - 1)
-        scaled = weight.index_select(0, flat)
-        exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
-        weight.index_copy_(0, flat, scaled)
+        if len(flat) == len(weight) and bool((flat == torch.arange(len(flat), device=flat.device)).all()):
+            exact_scale(weight, per_row.to(weight.device).view(view), divide=True, out=weight)  # every row, in place
+        else:
+            scaled = weight.index_select(0, flat)
+            exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
+            weight.index_copy_(0, flat, scaled)
         bias = layer.bias.data
         b_new = (bias[flat].double() - beta[ok].repeat_interleave(rows.shape[1]).to(bias.device)) \
             / per_row.to(bias.device) + mean[ok].repeat_interleave(rows.shape[1]).to(bias.device)
