@@ -617,7 +617,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
         bias = module.bias.detach() if module.bias is not None else None
         bn_name = group.fold_pairs.get(m.name) if fold else None
         whole = len(slots) == weight.shape[m.dim] and bool((slots == torch.arange(len(slots))).all())
-        if (bn_name is not None and m.role == "in" and whole and weight.device.type == "cpu"
+        if (bn_name is not None and m.role == "in" and whole and len(slots) == n and weight.device.type == "cpu"
                 and weight.dtype in (torch.float32, torch.float16, torch.bfloat16)):
             parts.append(_FoldInto(module, modules[bn_name], m.dim, n))  # folded straight into place, below
             continue

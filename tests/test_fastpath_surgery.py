@@ -23,11 +23,17 @@ def _bn_mlp():
                          nn.Linear(10, 3))
 
 
+def _flatten_bn():  # a flatten before a linear layer that has a BatchNorm of its own
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 4 * 4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
 CASES = {  # name: (model factory, example input shape)
     "tinyresnet": (lambda: TinyResNet(w=8), (2, 3, 8, 8)),
     "conv_bn_net": (lambda: conv_bn_net(c=8), (2, 1, 8, 8)),
     "mlp": (lambda: mlp(widths=(9, 7)), (4, 5)),
     "bn_mlp": (_bn_mlp, (4, 5)),
+    "flatten_bn": (_flatten_bn, (4, 1, 4, 4)),
 }
 CONFIGS = {"paper": ifv.OTConfig.paper(), "default": ifv.OTConfig(), "paper_p2": ifv.OTConfig.paper(p=2.0)}
 
@@ -267,7 +273,7 @@ def test_the_module_tree_copy_of_a_torchvision_model():
     assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
 
 
-@pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "bn_mlp", "vgg11_bn"])
+@pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "bn_mlp", "flatten_bn", "vgg11_bn"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_channel_vectors_equal_the_folded_weights_laid_side_by_side(case, bias):
     """Consumers' folded columns are written straight into the vectors: the same numbers as a folded copy."""
