@@ -637,7 +637,8 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
                     dst.in_features = k * w
                 else:
                     dst.in_channels = k * w
-                tracker.remove(m.name, m.dim, n * w, (torch.tensor(remove).view(-1, 1) * w + torch.arange(w)).flatten().tolist())
+                positions = torch.tensor(remove).view(-1, 1) * w + torch.arange(w)
+                tracker.remove(m.name, m.dim, n * w, positions.flatten().tolist())
                 continue
             tracker.remove(m.name, m.dim, n, remove)
         if folded:

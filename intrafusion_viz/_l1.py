@@ -143,8 +143,7 @@ def _load_kernel():
                     os.replace(built, lib)  # atomic: a concurrent process sees all or nothing
             fn = ctypes.CDLL(str(lib)).ifv_l1_cdist
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
-                           ctypes.c_long, ctypes.c_long, ctypes.c_int]
+            fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 4 + [ctypes.c_int]
             _COLUMNS = columns
             _kernel = fn if _self_check(fn) else False
         except (OSError, subprocess.SubprocessError):
