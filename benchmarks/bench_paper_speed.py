@@ -15,11 +15,31 @@ For VGG11-BN and ResNet18 (CIFAR widths) groups G1-G3 at 30/50/70 %, one CPU thr
   checkout whose fork is already renamed ``authors_tp/`` works too).
   Without a checkout, their recorded times (0.31-2.06 s per Intra-Fusion cell) are printed instead.
 
+What each side's timed region covers (the same result: a new pruned model, the caller's untouched):
+
+* authors: ``copy.deepcopy`` of the whole model; building their pruner, which traces the model
+  (``DependencyGraph``) and folds *every* BatchNorm of the copy (without eps); importance on the
+  folded weights; their cost (``torch.cdist(p=1)`` on all n x k pairs) and ``ot.emd``; cutting the
+  group's layers.  Their pruned model keeps the folded BatchNorms as identities.
+* ours, warm: a private copy of the model (every tensor the group does not change is cloned, the
+  changed layers are computed from the caller's tensors in their pruned shape); the group's own
+  BatchNorm fold (exact, with eps) for channel vectors, importance and merge; importance; the cost
+  of the n - k dropped channels (the only rows an exact plan with uniform masses reads; the rest is
+  computed if ``GroupResult.cost`` is read); EMD; the merge; the BatchNorms given back their scale
+  and statistics (the result is an ordinary network); the checks of the inputs.  Not included: the
+  trace, which is cached on the model object after the first call (the authors re-trace every call).
+* ours, cold: the same on a model object never seen before, so the trace is included, as theirs.
+
+Before timing, one untimed call of each side on a throwaway copy takes one-time costs (lazy imports,
+building the L1 kernel) out of the first cell.  ``--breakdown`` prints where one warm call of ours
+spends its time, phase by phase.
+
 Times are the best of ``--repeats`` runs, CPU time of this process (``time.process_time``; with one
 thread it is the single-thread time, and robust on a shared machine) and wall time.  Weights are the
 golden ones from ``shared/golden/paper`` when present, else random with randomised BatchNorms.
 
     python benchmarks/bench_paper_speed.py --authors /path/to/Intra-Fusion
+    python benchmarks/bench_paper_speed.py --breakdown
 """
 from __future__ import annotations
 
@@ -97,6 +117,55 @@ def cost_times(model, group, kept, repeats):
     return theirs, ours
 
 
+PHASES = (  # (label, module, attribute): top-level steps of one prune() call, timed inclusively
+    ("channel vectors (+ folds)", "intrafusion_viz._prune", "channel_features"),
+    ("importance", "intrafusion_viz._prune", "folded_magnitude_importances"),
+    ("cost: L1 kernel", "intrafusion_viz._l1", "l1_distances"),
+    ("cost: rest", "intrafusion_viz._prune", "dropped_rows_cost"),
+    ("EMD", "intrafusion_viz._prune", "transport_plan"),
+    ("model copy", "intrafusion_viz._fastpath", "private_copy"),
+    ("BatchNorm restore", "intrafusion_viz._fusion", "restore_folded_batchnorms"),
+    ("merge + cut", "intrafusion_viz._prune", "direct_surgery"),
+)
+
+
+def breakdown(model, x, cell, cfg, repeats: int) -> dict:
+    """CPU seconds of each phase of the fastest of ``repeats`` warm calls (nested phases subtracted)."""
+    spent: dict = {}
+    originals = []
+    for label, module, attr in PHASES:
+        mod = importlib.import_module(module)
+        fn = getattr(mod, attr)
+        originals.append((mod, attr, fn))
+
+        def timed_fn(*a, __fn=fn, __label=label, **k):
+            c = time.process_time()
+            try:
+                return __fn(*a, **k)
+            finally:
+                spent[__label] = spent.get(__label, 0.0) + time.process_time() - c
+
+        setattr(mod, attr, timed_fn)
+    best = None
+    try:
+        ifv.prune(model, x, cell, config=cfg)
+        for _ in range(repeats):
+            spent.clear()
+            c = time.process_time()
+            ifv.prune(model, x, cell, config=cfg)
+            total = time.process_time() - c
+            if best is None or total < best["total"]:
+                best = dict(spent, total=total)
+    finally:
+        for mod, attr, fn in originals:
+            setattr(mod, attr, fn)
+    best["cost: rest"] = best.get("cost: rest", 0.0) - best.get("cost: L1 kernel", 0.0)
+    inner = best.get("model copy", 0.0) + best.get("BatchNorm restore", 0.0)
+    best["merge + cut"] = best.get("merge + cut", 0.0) - inner
+    best["other (checks, tables, Python)"] = best["total"] - sum(v for k, v in best.items() if k != "total")
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors", default=os.environ.get("IFV_AUTHORS_CODE"),
@@ -105,6 +174,8 @@ def main(argv=None):
     parser.add_argument("--groups", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="print where one warm call of ours spends its time, phase by phase, instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     authors = import_authors(Path(args.authors)) if args.authors else None
@@ -114,6 +185,28 @@ def main(argv=None):
           f"authors' code: {args.authors or 'not given (their recorded 0.31-2.06 s per IF cell)'}")
     x = torch.randn(1, 3, 32, 32)
     cfg = ifv.OTConfig.paper()
+    warm, _ = load_model(args.models[0])  # one-time costs (imports, the L1 kernel) out of the timings
+    warm_group = next(g for g in ifv.find_groups(warm, x) if g.paper_index == args.groups[0])
+    ifv.prune(copy.deepcopy(warm), x, {warm_group.index: args.sparsities[0]}, config=cfg)
+    if authors:
+        authors[0](copy.deepcopy(warm), None, x, 10, "l1", -1, sparsity=args.sparsities[0],
+                   optimal_transport=authors[1], group_idxs=[args.groups[0]])
+    if args.breakdown:
+        rows = []
+        for arch in args.models:
+            model, _ = load_model(arch)
+            groups = {g.paper_index: g for g in ifv.find_groups(model, x)}
+            for p in args.groups:
+                for s in args.sparsities:
+                    parts = breakdown(model, x, {groups[p].index: s}, cfg, args.repeats)
+                    labels = [label for label, _, _ in PHASES] + ["other (checks, tables, Python)"]
+                    rows.append([arch, f"G{p}", f"{s:.0%}", f"{1000 * parts['total']:.1f}"]
+                                + [f"{1000 * parts.get(label, 0.0):.1f}" for label in labels])
+                    print(" | ".join(rows[-1]), flush=True)
+        print()
+        print(markdown_table(["model", "group", "sparsity", "total ms"]
+                             + [f"{label} ms" for label, _, _ in PHASES] + ["other ms"], rows))
+        return
     rows, summary = [], {"ratio": [], "ratio_cold": [], "vgg_g1": []}
     for arch in args.models:
         model, weights = load_model(arch)

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 import threading
+from collections import OrderedDict
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = ["fold_memo", "memo_lookup", "memo_store", "all_finite", "private_copy", "LazyCost",
-           "kept_rows_unused", "dropped_rows_cost", "exact_scale"]
+           "kept_rows_unused", "dropped_rows_cost", "exact_scale", "direct_surgery", "direct_surgery_replaces"]
 
 _local = threading.local()
 
@@ -121,13 +123,17 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
-def private_copy(model: nn.Module) -> nn.Module:
+def private_copy(model: nn.Module, skip: Optional[Dict[int, torch.Tensor]] = None) -> nn.Module:
     """``copy.deepcopy(model)``, faster: every plain ``nn.Parameter`` is cloned up front.
 
     The result shares no tensor with ``model`` (exactly as deepcopy: a Parameter becomes
     ``nn.Parameter(p.data.clone(), p.requires_grad)``; buffers and everything else go through deepcopy).
+    ``skip``: ``{id: Parameter}`` that the caller replaces right after; they become empty placeholders.
     """
     memo: Dict[int, object] = {}
+    for key, p in (skip or {}).items():
+        memo[key] = nn.Parameter(torch.empty(0, dtype=p.dtype, device=p.device), p.requires_grad)
+    placeholders = set(memo)
     aliases = getattr(_local, "aliases", None)
     buffers = list(model.buffers())
     storages: Dict[int, int] = {}
@@ -150,9 +156,65 @@ def private_copy(model: nn.Module) -> nn.Module:
         originals = {id(t): t for t in list(model.parameters()) + buffers}
         for key, clone in memo.items():
             original = originals.get(key)
-            if original is not None:
+            if original is not None and key not in placeholders:
                 aliases[id(clone)] = (clone._version, clone, original, original._version)
-    return copy.deepcopy(model, memo)
+    return _module_copy(model, memo)
+
+
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes, type)
+_EMPTY_HOOKS = (dict, OrderedDict)
+
+
+def _module_copy(module: nn.Module, memo: Dict[int, object]) -> nn.Module:
+    """``copy.deepcopy(module, memo)`` with the module tree walked here instead of by ``copy``.
+
+    What deepcopy does with an ``nn.Module`` (``cls.__new__``, a deep copy of ``__getstate__()``,
+    ``__setstate__``), done directly for the parts every module has: attributes that deepcopy
+    returns as they are (numbers, strings, tuples of them), the ``_modules`` / ``_parameters`` /
+    ``_buffers`` tables (their entries through this function or the memo), empty hook tables and
+    the set of non-persistent buffer names; the class's own ``__setstate__`` is called, as deepcopy
+    calls it.  Any other attribute, and any module class that changes how it is copied or pickled
+    (``__deepcopy__``, ``__reduce__``, ``__getstate__``, slots), goes to ``copy.deepcopy`` with the
+    same memo.
+    """
+    key = id(module)
+    if key in memo:
+        return memo[key]
+    cls = type(module)
+    if (not isinstance(module, nn.Module) or getattr(cls, "__deepcopy__", None) is not None
+            or cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
+            or cls.__getstate__ is not nn.Module.__getstate__ or copyreg._slotnames(cls)):
+        return copy.deepcopy(module, memo)
+    state = module.__getstate__()
+    new = cls.__new__(cls)
+    memo[key] = new
+    memo.setdefault(id(memo), []).append(module)  # as deepcopy: keep the original alive while memo lives
+    copied = {}
+    for name, value in state.items():
+        kind = type(value)
+        if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in value)):
+            copied[name] = value
+        elif id(value) in memo:
+            copied[name] = memo[id(value)]
+        elif name == "_modules" and kind in _EMPTY_HOOKS:
+            table = kind()
+            memo[id(value)] = table
+            for child_name, child in value.items():
+                table[child_name] = None if child is None else _module_copy(child, memo)
+            copied[name] = table
+        elif name in ("_parameters", "_buffers") and kind in _EMPTY_HOOKS and all(
+                t is None or id(t) in memo for t in value.values()):
+            table = kind((k, None if t is None else memo[id(t)]) for k, t in value.items())
+            memo[id(value)] = table
+            copied[name] = table
+        elif kind in _EMPTY_HOOKS and not value:
+            copied[name] = memo[id(value)] = kind()
+        elif kind is set and all(type(v) in _ATOMIC for v in value):
+            copied[name] = memo[id(value)] = set(value)
+        else:
+            copied[name] = copy.deepcopy(value, memo)
+    new.__setstate__(copied)
+    return new
 
 
 def kept_rows_unused(config, source: torch.Tensor, target: torch.Tensor) -> bool:
@@ -204,8 +266,11 @@ class LazyCost:
             setattr(self, name, value)
 
 
-def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config) -> LazyCost:
+def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config, inplace: bool = False) -> LazyCost:
     """:func:`cost_matrix` at ``p = 1`` onto the kept channels with only the dropped rows computed.
+
+    ``inplace=True``: ``features`` (a float CPU tensor that nobody reads afterwards) is unit-normalised
+    in place and the dropped rows are read where they are, without a copy of them.
 
     Returns
     -------
@@ -223,6 +288,12 @@ def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config) -> Laz
     dropped = torch.ones(len(x), dtype=torch.bool)
     dropped[kept] = False
     dropped = torch.nonzero(dropped).flatten()
+    if inplace and x.data_ptr() == features.data_ptr() and x.is_contiguous():
+        x.div_(norms)  # the same divisions, every row in place
+        targets = x.index_select(0, kept)
+        cost = torch.zeros(len(x), len(kept), dtype=torch.float64)
+        cost.index_copy_(0, dropped, l1_distances(x, targets, rows=dropped))
+        return LazyCost(cost, targets, kept)
     targets = x.index_select(0, kept).div_(norms.index_select(0, kept))
     sources = x.index_select(0, dropped).div_(norms.index_select(0, dropped))
     cost = torch.zeros(len(x), len(kept), dtype=torch.float64)
@@ -291,15 +362,285 @@ def folded_magnitude_scores(model: nn.Module, group, estimator) -> Optional[torc
     return safe._normalize(estimator._reduce(imps, roots), safe.normalizer)
 
 
-def folded_magnitude_importances(model: nn.Module, groups, estimator) -> Optional[Dict[int, torch.Tensor]]:
+def magnitude_scores_from_features(model: nn.Module, group, estimator, features: torch.Tensor,
+                                   bias: bool) -> Optional[torch.Tensor]:
+    """:func:`folded_magnitude_scores` read from the group's channel vectors, bit for bit.
+
+    ``features`` is ``channel_features(model, group, fold=True, bias=bias)``: its columns already
+    hold every folded producer row and consumer column in the layout the estimator reduces (a
+    producer's ``weight.flatten(1)``, a consumer's ``weight.transpose(0, 1).flatten(1)``), so the
+    scores are the same sums over slices of it, taken row block by row block in cache instead of
+    over fresh copies of whole weights (``abs``, ``pow``, a transposed copy: several times the
+    weights' size, most of the cost of scoring).
+
+    Returns
+    -------
+    Tensor, shape (group.size,), or None
+        ``None`` where it does not apply (see :func:`folded_magnitude_scores`; also layers other
+        than plain conv/linear/BatchNorm holding one position per channel).
+    """
+    import torch_pruning as tp
+    from torch_pruning.pruner import function as tpf
+
+    from ._fusion import _slots
+    from ._importance import _zero_safe
+
+    default_types = {nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm}
+    if (type(estimator) is not tp.importance.GroupMagnitudeImportance or estimator.bias
+            or set(estimator.target_types) != default_types or features.dim() != 2):
+        return None
+    n = group.size
+    modules = dict(model.named_modules())
+    identities = {group.fold_pairs[m.name] for m in group.members
+                  if m.role in ("out", "in") and m.name in group.fold_pairs}
+    spans, strided, start = {}, {}, 0
+    for m in group.members:  # the columns channel_features gives each layer, in its order
+        layer = modules.get(m.name)
+        if m.role == "norm":
+            if not isinstance(layer, nn.modules.batchnorm._BatchNorm) or m.dim != 0 or m.layer_type == "Parameter" \
+                    or getattr(tpf, m.handler_name, None) != tpf.prune_batchnorm_out_channels:
+                return None
+            continue
+        if m.role not in ("out", "in") or type(layer) not in _CONV_LINEAR \
+                or getattr(layer, "transposed", False) or getattr(layer, "groups", 1) != 1 \
+                or m.handler_name != _HANDLERS[(m.role, isinstance(layer, nn.modules.conv._ConvNd))] \
+                or m.dim != (0 if m.role == "out" else 1) or layer.weight.shape[m.dim] != n:
+            return None
+        slots = _slots(m, n)
+        if slots.shape[1] != 1 or not bool((slots[:, 0] == torch.arange(n)).all()):
+            return None
+        if not layer.weight.is_contiguous():
+            return None
+        width = layer.weight.numel() // n
+        spans[m.name] = (start, start + width)
+        shape = layer.weight.shape
+        if m.role == "in" and (shape[0] == 1 or shape[2:].numel() == 1):
+            strided[m.name] = shape  # the estimator sums a strided view of this weight: done as it does
+        start += width
+        if m.role == "out" and bias and (layer.bias is not None or m.name in group.fold_pairs):
+            start += 1
+    if start != features.shape[1] or features.shape[0] != n or features.dtype != torch.float32:
+        return None
+    x = features.detach()
+    sums = {}
+    for name, shape in strided.items():  # the weight itself again (a small one), then the estimator's sums
+        a, b = spans.pop(name)
+        weight = x[:, a:b].reshape((n, shape[0]) + tuple(shape[2:])).transpose(0, 1).contiguous()
+        sums[name] = weight.transpose(0, 1).flatten(1).abs().pow(estimator.p).sum(1)
+    sums.update({name: torch.empty(n, dtype=x.dtype) for name in spans})
+    rows = max(1, (1 << 17) // max(1, x.shape[1]))
+    for r0 in range(0, n if spans else 0, rows):  # |x| ** p of a block of rows, in cache, then row sums
+        block = x[r0:r0 + rows].abs()
+        if estimator.p != 1:
+            block = block.pow(estimator.p)
+        for name, (a, b) in spans.items():
+            sums[name][r0:r0 + len(block)] = block[:, a:b].contiguous().sum(1)  # as over the whole weight
+    imps, roots = [], []
+    for m in group.members:
+        if m.role == "norm":
+            layer = modules[m.name]
+            if not layer.affine:
+                continue
+            w = torch.ones_like(layer.weight) if m.name in identities else layer.weight.detach()
+            imps.append(w[list(m.local_idxs)].abs().pow(estimator.p))
+        else:
+            imps.append(sums[m.name])
+        roots.append(list(m.root_idxs))
+    if not imps:
+        return None
+    safe = _zero_safe(estimator)
+    return safe._normalize(estimator._reduce(imps, roots), safe.normalizer)
+
+
+def folded_magnitude_importances(model: nn.Module, groups, estimator,
+                                 features: Optional[Dict[int, torch.Tensor]] = None,
+                                 bias: bool = False) -> Optional[Dict[int, torch.Tensor]]:
     """:func:`folded_magnitude_scores` of each group as ``{group.index: float64 scores}``
-    (checked as :func:`group_importance` checks any scores), or ``None`` unless it applies to all."""
+    (checked as :func:`group_importance` checks any scores), or ``None`` unless it applies to all.
+
+    ``features``: ``{group.index: channel_features(model, group, fold=True, bias=bias)}`` where
+    known; the scores are then read from them (:func:`magnitude_scores_from_features`)."""
     from ._importance import group_importance
 
     raw = {}
     for g in groups:
-        scores = folded_magnitude_scores(model, g, estimator)
+        scores = None
+        if features is not None and g.index in features:
+            scores = magnitude_scores_from_features(model, g, estimator, features[g.index], bias)
+        if scores is None:
+            scores = folded_magnitude_scores(model, g, estimator)
         if scores is None:
             return None
         raw[g.index] = scores
     return {g.index: group_importance(g, lambda _, s=raw[g.index]: s) for g in groups}
+
+
+# ----------------------------------------------------------------------------------------------
+# Direct surgery: the pruned copy built from the caller's tensors, without cloning what is replaced
+
+DIRECT_SURGERY = True  # tests switch it off to compare with the general path
+
+_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_HANDLERS = {("out", True): "prune_conv_out_channels", ("in", True): "prune_conv_in_channels",
+             ("out", False): "prune_linear_out_channels", ("in", False): "prune_linear_in_channels"}
+
+
+def direct_surgery_replaces(model: nn.Module, groups, plans, fold: bool) -> Optional[Dict[int, nn.Parameter]]:
+    """Whether :func:`direct_surgery` applies, and the caller's Parameters it replaces (by id).
+
+    It applies to plain layers only (conv without groups or transposition, linear, BatchNorm with
+    running statistics), each holding all of its channels in one group in order, no module in two
+    groups, no Parameter shared between modules, and every BatchNorm folded into a producer of its
+    own group.  Everything else takes the general path (copy, then merge in place).
+
+    Returns
+    -------
+    dict or None
+        ``{id(parameter): parameter}`` of the conv/linear weights and biases the surgery computes
+        anew (a copy of them would be overwritten), or ``None`` where it does not apply.
+    """
+    if not DIRECT_SURGERY or not plans:
+        return None
+    from ._fusion import _slots
+
+    modules = dict(model.named_modules())
+    seen, replaced, users = set(), {}, {}
+    for i, *_ in plans:
+        g = groups[i]
+        producers = {m.name for m in g.members if m.role == "out"}
+        for m in g.members:
+            module = modules.get(m.name)
+            if m.name in seen or module is None or m.layer_type == "Parameter":
+                return None
+            seen.add(m.name)
+            if m.role in ("out", "in"):
+                conv = isinstance(module, nn.modules.conv._ConvNd)
+                if (type(module) not in _CONV_LINEAR or m.handler_name != _HANDLERS[(m.role, conv)]
+                        or m.dim != (0 if m.role == "out" else 1)
+                        or (conv and (module.groups != 1 or module.transposed))
+                        or module.weight.shape[m.dim] != len(m.local_idxs)):
+                    return None
+                tensors = [module.weight] + ([module.bias] if m.role == "out" and module.bias is not None else [])
+                if any(type(t) is not nn.Parameter for t in tensors):
+                    return None
+                replaced.update((id(t), t) for t in tensors)
+            elif m.role == "norm":
+                if (type(module) not in _BATCHNORMS or not module.track_running_stats or m.dim != 0
+                        or module.running_mean is None or module.num_features != g.size
+                        or (fold and m.fold_from not in producers)):
+                    return None
+            else:
+                return None
+            slots = _slots(m, g.size)  # channel c holds positions c*w, ..., c*w + w - 1 (w > 1: a flatten)
+            if ((slots.shape[1] != 1 and m.role != "in")
+                    or not bool((slots.flatten() == torch.arange(slots.numel())).all())):
+                return None
+    for name, module in model.named_modules(remove_duplicate=False):  # no tied Parameters
+        for _, p in module.named_parameters(recurse=False):
+            users.setdefault(id(p), set()).add(name)
+    if any(len(users.get(key, ())) > 1 for key in replaced) or any(
+            len(users.get(id(p), ())) > 1 for name in seen for p in modules[name].parameters(recurse=False)):
+        return None
+    return replaced
+
+
+def _merged_rows(src: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
+    """``merge.T @ src`` as :func:`intrafusion_viz._fusion._merge_tensor` computes it (same kernel)."""
+    merge_t = merge.T.to(src.device, src.dtype)
+    if (merge_t != 0).sum() < 0.1 * merge_t.numel():
+        merge_t = merge_t.to_sparse()
+    return merge_t @ src
+
+
+@torch.no_grad()
+def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[int, nn.Parameter]) -> nn.Module:
+    """The pruned copy of ``model`` that ``private_copy`` + fold + ``apply_merge`` + restore give, bit for bit.
+
+    Every tensor that the surgery leaves alone is cloned (:func:`private_copy`); the weights it
+    changes are computed straight from the caller's (BatchNorm-folded where the general path folds
+    them) into their pruned shape, so they are neither cloned, folded in place, merged in place nor
+    cut by Torch-Pruning afterwards.  The arithmetic is the general path's: the same fold (the
+    memo), the same merge product on the same values; BatchNorms (small) take the general path's
+    own functions.  ``model`` is read only.
+
+    Parameters
+    ----------
+    groups : list of Group
+        Bound to ``model``.
+    plans : list of (index, kept, out_map, in_map, norm_map)
+    replaced : dict
+        From :func:`direct_surgery_replaces`.
+    """
+    from ._fusion import (IndexTracker, _batchnorm_state, _handler, _is_selection, _merge_tensor,
+                          folded_weights_as, restore_folded_batchnorms)
+
+    work = private_copy(model, skip=replaced)
+    originals, copies = dict(model.named_modules()), dict(work.named_modules())
+    for i, kept, out_map, in_map, norm_map in plans:
+        g = groups[i]
+        n = g.size
+        kept = torch.as_tensor(kept, dtype=torch.long).cpu()
+        k = len(kept)
+        selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
+        dropped = torch.ones(n, dtype=torch.bool)
+        dropped[kept] = False
+        remove = torch.nonzero(dropped).flatten().tolist()
+        slots = torch.arange(n).view(n, 1)
+        tracker, folded = IndexTracker(), {}
+        norms = {m.fold_from: m.name for m in g.members if m.role == "norm" and fold}
+        for m in g.members:
+            src, dst = originals[m.name], copies[m.name]
+            if m.role == "norm":
+                if fold:  # the identity it becomes when folded (as _fold_pair leaves it)
+                    folded[m.name] = _batchnorm_state(src)
+                    dst.running_mean.zero_()
+                    dst.running_var.fill_(1.0 - dst.eps)
+                    if dst.affine:
+                        dst.weight.fill_(1.0)
+                        dst.bias.zero_()
+                if not selection:
+                    for attr in ("weight", "bias", "running_mean", "running_var"):
+                        t = getattr(dst, attr, None)
+                        if torch.is_tensor(t):
+                            _merge_tensor(t, 0, slots, slots[kept], norm_map)
+                _handler(m.handler_name)(dst, remove)
+            elif m.role == "out":
+                weight = src.weight.detach()
+                bias = None if src.bias is None else src.bias.detach()
+                if m.name in norms:
+                    weight, bias = folded_weights_as(src, originals[norms[m.name]])
+                    bias = bias.to(weight.device, weight.dtype)
+                rows = weight.reshape(n, -1).contiguous()  # the layout matters to a dense product's sums
+                new = rows.index_select(0, kept.to(rows.device)) if selection else _merged_rows(rows, out_map)
+                dst.weight = nn.Parameter(new.reshape((k,) + tuple(weight.shape[1:])))
+                if bias is not None:
+                    b = bias.reshape(n, 1).contiguous()
+                    b = b.index_select(0, kept.to(b.device)) if selection else _merged_rows(b, out_map)
+                    dst.bias = nn.Parameter(b.reshape(k))
+                if isinstance(dst, nn.Linear):
+                    dst.out_features = k
+                else:
+                    dst.out_channels = k
+            else:  # "in": columns, w consecutive ones per channel
+                weight = src.weight.detach()
+                w = len(m.local_idxs) // n
+                columns = weight.movedim(1, 0)
+                if selection:
+                    keep = (kept.view(k, 1) * w + torch.arange(w)).flatten()
+                    new = columns.index_select(0, keep.to(weight.device))
+                else:
+                    new = _merged_rows(columns.reshape(n, -1).contiguous(), in_map)
+                    new = new.reshape((k * w,) + tuple(columns.shape[1:]))
+                dst.weight = nn.Parameter(new.movedim(0, 1).contiguous())
+                if isinstance(dst, nn.Linear):
+                    dst.in_features = k * w
+                else:
+                    dst.in_channels = k * w
+                positions = torch.tensor(remove).view(-1, 1) * w + torch.arange(w)
+                tracker.remove(m.name, m.dim, n * w, positions.flatten().tolist())
+                continue
+            tracker.remove(m.name, m.dim, n, remove)
+        if folded:
+            restore_folded_batchnorms(work, g, kept, norm_map, folded, tracker)
+    return work

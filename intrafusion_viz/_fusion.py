@@ -211,9 +211,12 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
         weight = layer.weight.data.movedim(producer.dim, 0)
         flat = rows.flatten().to(weight.device)
         view = [-1] + [1] * (weight.dim() - 1)
-        scaled = weight.index_select(0, flat)
-        exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
-        weight.index_copy_(0, flat, scaled)
+        if len(flat) == len(weight) and bool((flat == torch.arange(len(flat), device=flat.device)).all()):
+            exact_scale(weight, per_row.to(weight.device).view(view), divide=True, out=weight)  # every row, in place
+        else:
+            scaled = weight.index_select(0, flat)
+            exact_scale(scaled, per_row.to(weight.device).view(view), divide=True, out=scaled)
+            weight.index_copy_(0, flat, scaled)
         bias = layer.bias.data
         b_new = (bias[flat].double() - beta[ok].repeat_interleave(rows.shape[1]).to(bias.device)) \
             / per_row.to(bias.device) + mean[ok].repeat_interleave(rows.shape[1]).to(bias.device)
@@ -613,11 +616,16 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
             continue
         bias = module.bias.detach() if module.bias is not None else None
         bn_name = group.fold_pairs.get(m.name) if fold else None
+        whole = len(slots) == weight.shape[m.dim] and bool((slots == torch.arange(len(slots))).all())
+        if (bn_name is not None and m.role == "in" and whole and len(slots) == n and weight.device.type == "cpu"
+                and weight.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+            parts.append(_FoldInto(module, modules[bn_name], m.dim, n))  # folded straight into place, below
+            continue
         if bn_name is not None:
             weight, bias = folded_weights_as(module, modules[bn_name])
             bias = bias.to(weight.dtype)
         moved = weight.movedim(m.dim, 0)
-        if len(slots) != moved.shape[0] or not bool((slots == torch.arange(len(slots))).all()):
+        if not whole:
             moved = moved.index_select(0, slots.to(weight.device))  # the group holds part of this layer
         parts.append(moved.reshape((n, -1) + tuple(moved.shape[1:])))  # a view: copied once, below
         if m.role in _PRODUCERS and bias is not None and include_bias:
@@ -631,6 +639,41 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
     out = torch.empty(n, sum(widths), dtype=dtype)
     start = 0
     for part, width in zip(parts, widths):  # one strided copy per layer, straight into place
-        out[:, start:start + width].view(part.shape).copy_(part)
+        if isinstance(part, _FoldInto):
+            part.write(out[:, start:start + width])
+        else:
+            out[:, start:start + width].view(part.shape).copy_(part)
         start += width
     return out
+
+
+class _FoldInto:
+    """A consumer's BatchNorm-folded columns, written into the vectors without a folded copy first.
+
+    The same numbers as :func:`folded_weights_as` (the same per-row float64 factor applied by
+    :func:`exact_scale`), written through a view of the destination laid out like the weight.
+    """
+
+    def __init__(self, layer: nn.Module, bn: nn.Module, dim: int, n: int):
+        self.layer, self.bn, self.dim, self.n = layer, bn, dim, n
+        weight = layer.weight
+        self.dtype = weight.dtype
+        self.shape = (n, weight.numel() // n)  # as a part: shape[0] rows, shape[1] per row
+        self._moved_shape = tuple(weight.movedim(dim, 0).shape)
+
+    def __getitem__(self, i):  # part[0].numel(): the width of one channel's columns
+        return torch.empty(self.shape[1], dtype=self.dtype, device="meta")
+
+    def write(self, dest: torch.Tensor) -> None:
+        from ._fastpath import exact_scale
+
+        if dest.dtype != self.dtype:  # another layer's dtype wins: round to ours first, as a folded copy does
+            folded = folded_weights_as(self.layer, self.bn)[0].movedim(self.dim, 0)
+            dest.view(self._moved_shape).copy_(folded)
+            return
+        weight = self.layer.weight.detach()
+        transposed = getattr(self.layer, "transposed", False)
+        shape = [1] * weight.dim()
+        shape[1 if transposed else 0] = weight.shape[1 if transposed else 0]
+        factor, _ = _fold_formula(self.layer, torch.ones(shape, dtype=torch.float64), self.bn, "exact")
+        exact_scale(weight, factor, out=dest.view(self._moved_shape).movedim(0, self.dim))

@@ -151,14 +151,20 @@ class Group:
         self.model = model
         if modules is None:  # name -> module table (bind_groups builds it once for all groups)
             modules = _module_table(model)
-        items = []
-        for m in self.members:
-            node = tp.dependency.Node(modules[m.name], None, m.name)
-            node.pruning_dim = m.pruning_dim
-            item = GroupItem(_DependencyView(_handler(m.handler_name), node), list(m.local_idxs))
-            item.root_idxs = list(m.root_idxs)
-            items.append(item)
-        self._items = tuple(items)
+        self._table, self._built = modules, None  # the items are built on first use (most groups never are)
+
+    @property
+    def _items(self) -> tuple:
+        if self._built is None:
+            items = []
+            for m in self.members:
+                node = tp.dependency.Node(self._table[m.name], None, m.name)
+                node.pruning_dim = m.pruning_dim
+                item = GroupItem(_DependencyView(_handler(m.handler_name), node), list(m.local_idxs))
+                item.root_idxs = list(m.root_idxs)
+                items.append(item)
+            self._built, self._table = tuple(items), None
+        return self._built
 
     def __getitem__(self, k):
         return self._items[k]

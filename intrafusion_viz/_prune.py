@@ -14,8 +14,8 @@ import torch_pruning as tp
 
 from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
-from ._fastpath import (LazyCost, all_finite, dropped_rows_cost, fold_memo, folded_magnitude_importances,
-                        kept_rows_unused, private_copy)
+from ._fastpath import (LazyCost, all_finite, direct_surgery, direct_surgery_replaces, dropped_rows_cost, fold_memo,
+                        folded_magnitude_importances, kept_rows_unused, private_copy)
 from ._fusion import check_tied_weights
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
@@ -307,6 +307,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     authors_fold = config.bn_eps == "authors"
     model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
     read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
+    own_features = features is None and config.fold_batchnorm and not authors_fold  # folded, as scored
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
@@ -317,7 +318,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     scored = read
     scores = None
     if config.score_folded and not authors_fold and pruned:  # magnitudes straight from the folded weights
-        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator)
+        scores = folded_magnitude_importances(model, [originals[i] for i in pruned], estimator,
+                                              vectors if own_features else None, config.cost_bias)
     if config.score_folded and not authors_fold and pruned and scores is None:
         # "Score what you merge": importance of the BatchNorm-folded weights.  Gradients need a folded
         # copy of their own; reading weights needs folded copies of the scored layers only.
@@ -355,7 +357,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
             if blocks[i] == 1 and config.p == 1 and kept_rows_unused(config, a, b):
-                cost = dropped_rows_cost(vec, kept, config)  # kept rows: computed if the record is read
+                # kept rows: computed if the record is read; our own vectors are normalised in place
+                cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
             else:
                 cost = cost_matrix(vec, kept, config)
@@ -402,17 +405,23 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
             plans.append(planned)
 
     params_before = sum(p.numel() for p in model.parameters())
+    fold = fuse and config.fold_batchnorm and not authors_fold  # the authors leave folded BatchNorms as identities
+    # plain layers: the pruned copy is computed from the caller's tensors (the same numbers, less copying)
+    direct = None if inplace or authors_fold or sequential else direct_surgery_replaces(model, originals, plans, fold)
+    frozen = {name: p.requires_grad for name, p in model.named_parameters()} if direct is not None else None
     if authors_fold and not inplace:
         work = model_read  # already the folded copy the authors' code prunes
+    elif direct is not None:
+        work = direct_surgery(model, originals, plans, fold, direct)
     else:
         work = model if inplace else private_copy(model)
-    bound = bind_groups(trace.specs, work, trace.fold_pairs)
+    bound = bind_groups(trace.specs, work, trace.fold_pairs) if direct is None else originals
     # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
     touched = ({name for name, _ in work.named_modules()} if authors_fold
                else {m.name for i in pruned for m in bound[i].members})
     snapshot = ModelSnapshot(work, touched) if inplace else None
-    frozen = {name: p.requires_grad for name, p in work.named_parameters()}
-    fold = fuse and config.fold_batchnorm and not authors_fold  # the authors leave folded BatchNorms as identities
+    if frozen is None:
+        frozen = {name: p.requires_grad for name, p in work.named_parameters()}
     try:
         with saved_modes(work):  # each module keeps its own train/eval mode
             if authors_fold and inplace:
@@ -425,7 +434,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                     records.append(record)
                     _merge(work, bound, [planned], fold, tracker)
                 records.sort(key=lambda r: r.index)
-            else:
+            elif direct is None:
                 _merge(work, bound, plans, fold)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
