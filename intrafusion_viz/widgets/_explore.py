@@ -302,7 +302,7 @@ class ExploreDashboard(ExportMixin):
             while self._dirty:
                 self._dirty = False
                 generation = self._generation
-                self._move = dict(start=time.perf_counter(), generation=generation)
+                self._move = dict(start=time.perf_counter(), wall=time.time(), generation=generation)
                 self.status.value = "<span style='color:#666'>computing&hellip;</span>"
                 ok = self._compute()
                 if self._generation != generation:
