@@ -498,11 +498,14 @@ def test_explore_dashboard_in_jupyterlab(lab_server):
             print(_latency_report("SmallCNN on digits (450 images), 1366x768, file browser open", times))
             # plotly's front-end would send every trace's data back after each update (MBs per move)
             assert max(t.get("out_max", 0) for t in times) < 64_000, [t.get("out_max") for t in times]
+            _screenshot(page, NOTEBOOK, "laptop-moved", plots)
+            moved_problems = page.evaluate(LAYOUT_JS)
             page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
             page.wait_for_timeout(1500)
             _screenshot(page, NOTEBOOK, "desktop", plots)
             desktop_problems = page.evaluate(LAYOUT_JS)
             assert not laptop_problems, f"layout at 1366x768 with the file browser open: {laptop_problems}"
+            assert not moved_problems, f"layout at 1366x768 after the slider moves: {moved_problems}"
             assert not desktop_problems, f"layout at 1920x1080: {desktop_problems}"
         except Exception:
             page.screenshot(path=str(_artifact("explore_failure.png")), full_page=True)
@@ -542,7 +545,13 @@ def test_sweep_dashboard_in_jupyterlab(lab_server):
             page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .widget-html')]"
                                    ".some(h => h.textContent.includes('settings changed'))", timeout=30_000)
             _screenshot(page, notebook, "laptop-stale", plots.first)
+            page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
+            page.wait_for_timeout(1500)
+            _screenshot(page, notebook, "desktop", plots.first)
+            _screenshot(page, notebook, "desktop-bars", plots.nth(1))
+            desktop_problems = page.evaluate(LAYOUT_JS)
             assert not problems, f"layout at 1366x768 with the file browser open: {problems}"
+            assert not desktop_problems, f"layout at 1920x1080: {desktop_problems}"
         except Exception:
             page.screenshot(path=str(_artifact("sweep_failure.png")), full_page=True)
             _artifact("browser_console_05.log").write_text("\n".join(console))

@@ -248,7 +248,8 @@ def test_group_figure_titles_name_model_group_method_importance_sparsity(small, 
         assert x_title == "kept neuron"
     # the embedding explains its colours: one colour per merge cluster, grey for dropped neurons
     neurons = figs[1].data[1]
-    colors = list(neurons.marker.color)
+    steps = [color for _, color in neurons.marker.colorscale][::2]  # a stepped scale: one colour per step
+    colors = [steps[int(v)] for v in neurons.marker.color]
     assignment = g.assignment.numpy()
     if method == "default":
         assert "grey" in neurons.name

@@ -629,7 +629,7 @@ class ExploreDashboard(ExportMixin):
         if self._curve is None or self._curve["key"] != current:
             return go.Figure().update_layout(
                 title="Accuracy vs sparsity of this group: press 'accuracy curve of this group'", height=260,
-                xaxis=dict(visible=False), yaxis=dict(visible=False))
+                xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="rgba(0,0,0,0)")
         return accuracy_vs_sparsity(self._curve["rows"], group=self.group.value, marker_at=self.sparsity.value,
                                     model_name=self.model_name)
 
