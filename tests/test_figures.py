@@ -293,3 +293,25 @@ def test_sweep_figure_titles_and_chance_line():
     assert bars.layout.shapes[0].y0 == pytest.approx(80.0)  # drop that leaves the model at chance
     heat = ifv.figures.sweep_heatmap(rows, model_name="VGG11-BN")
     assert "VGG11-BN" in heat.layout.title.text and "importance lamp" in heat.layout.title.text
+
+
+def test_plan_comparison_panels_are_named_and_uncrowded():
+    """Side by side: one heatmap per method, rows and columns named by neuron, at most 24 column labels
+    across the panels (16 kept columns in three panels showed 16 overlapping labels in each)."""
+    torch.manual_seed(0)
+    model, x = ifv.models.SmallCNN(width=(16, 32)).eval(), torch.randn(4, 1, 8, 8)
+    group = max(ifv.find_groups(model, x), key=lambda g: g.size)
+    records = [ifv.prune(model, x, {group.index: 0.5}, groups=[group.index], method=m).group(group.index)
+               for m in ("intra-fusion", "default", "fold")]
+    assert records[0].k == 16
+    fig = ifv.figures.plan_comparison(records, model_name="SmallCNN")
+    assert [type(t).__name__ for t in fig.data] == ["Heatmap"] * 3
+    labels = 0
+    for i, (g, trace) in enumerate(zip(records, fig.data), start=1):
+        assert list(trace.y) == [str(v) for v in ifv.figures.source_order(g)]
+        assert list(trace.x) == [str(v) for v in g.kept.tolist()]
+        xaxis = fig.layout[f"xaxis{'' if i == 1 else i}"]
+        assert xaxis.type == "category" and set(xaxis.tickvals) <= set(trace.x)
+        labels += len(xaxis.tickvals)
+    assert labels <= 24
+    assert "SmallCNN" in fig.layout.title.text
