@@ -57,3 +57,15 @@ def test_empty_trace_delta_completes_the_edit_in_python():
     fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": fig._last_trace_edit_id}
     assert done == [True] and not fig._trace_edit_in_process
     np.testing.assert_array_equal(np.asarray(fig.data[0].z), np.ones((20, 20)))  # the data stay Python's
+
+
+def test_update_shows_the_new_figure_not_a_mix():
+    """A layout property the old figure set and the new one does not is reset, not carried over."""
+    import plotly.graph_objects as go
+
+    slot = _render.FigureSlot(go.Figure().update_layout(title="placeholder", plot_bgcolor="rgba(0,0,0,0)",
+                                                        xaxis=dict(visible=False)), "widget")
+    slot.update(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])).update_layout(title="curve"))
+    layout = slot.figure.layout
+    assert layout.title.text == "curve" and layout.plot_bgcolor is None and layout.xaxis.visible is None
+    assert layout.template.layout.plot_bgcolor is not None  # the template's background shows again

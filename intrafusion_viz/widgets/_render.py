@@ -159,8 +159,11 @@ class FigureSlot:
                     old.update(new.to_plotly_json(), overwrite=True)
             layout = new_figure.layout.to_plotly_json()
             layout.setdefault("width", self.width)
+            shown = fig.layout.to_plotly_json()
+            for key in set(shown) - set(layout):  # set before, not in the new figure: back to the default
+                layout[key] = None
             # The template is large and the same every time: re-validating it costs more than the data.
-            if layout.get("template") == fig.layout.template.to_plotly_json():
+            if layout.get("template") == shown.get("template"):
                 layout.pop("template")
             if list(fig.layout.shapes) or layout.get("shapes"):
                 fig.layout.shapes = layout.pop("shapes", ())
