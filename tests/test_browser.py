@@ -500,6 +500,16 @@ def test_explore_dashboard_in_jupyterlab(lab_server):
             assert max(t.get("out_max", 0) for t in times) < 64_000, [t.get("out_max") for t in times]
             _screenshot(page, NOTEBOOK, "laptop-moved", plots)
             moved_problems = page.evaluate(LAYOUT_JS)
+            # the curve replaces its placeholder: the whole update reaches the page (title, axes)
+            page.locator(".jp-OutputArea-output button:has-text('accuracy curve of this group')").first.click()
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot"
+                                   " .gtitle')].some(t => t.textContent.startsWith('Accuracy vs sparsity \u00b7'))",
+                                   timeout=120_000)
+            curve = page.locator(".jp-OutputArea-output .js-plotly-plot:has(.gtitle:text-matches("
+                                 "'^Accuracy vs sparsity \u00b7'))").first
+            assert curve.locator(".xtitle").first.text_content().startswith("sparsity")
+            _screenshot(page, NOTEBOOK, "laptop-curve", curve)
+            moved_problems += page.evaluate(LAYOUT_JS)
             page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
             page.wait_for_timeout(1500)
             _screenshot(page, NOTEBOOK, "desktop", plots)

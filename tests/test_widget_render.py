@@ -60,12 +60,13 @@ def test_empty_trace_delta_completes_the_edit_in_python():
 
 
 def test_update_shows_the_new_figure_not_a_mix():
-    """A layout property the old figure set and the new one does not is reset, not carried over."""
+    """A layout property the old figure set and the new one does not is reset to the template's value,
+    not carried over (the browser side is checked in tests/test_browser.py: the curve's title)."""
     import plotly.graph_objects as go
 
     slot = _render.FigureSlot(go.Figure().update_layout(title="placeholder", plot_bgcolor="rgba(0,0,0,0)",
                                                         xaxis=dict(visible=False)), "widget")
     slot.update(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])).update_layout(title="curve"))
     layout = slot.figure.layout
-    assert layout.title.text == "curve" and layout.plot_bgcolor is None and layout.xaxis.visible is None
-    assert layout.template.layout.plot_bgcolor is not None  # the template's background shows again
+    assert layout.title.text == "curve" and layout.xaxis.visible is None
+    assert layout.plot_bgcolor == layout.template.layout.plot_bgcolor != "rgba(0,0,0,0)"  # the template's again

@@ -148,8 +148,8 @@ def plan_comparison(group_results, titles=None, model_name: Optional[str] = None
         trace = single.data[0]
         trace.update(showscale=col == len(group_results))
         fig.add_trace(trace, row=1, col=col)
-        # a panel is a fraction of the figure's width: at most 24 column labels across all of them
-        every = max(1, int(np.ceil(g.k / max(4, 24 // len(group_results)))))
+        # a panel is a fraction of the figure's width: at most 18 column labels across all of them
+        every = max(1, int(np.ceil(g.k / max(3, 18 // len(group_results)))))
         columns = [str(v) for v in to_numpy(g.kept).astype(int)[::every]]
         fig.update_xaxes(title_text=target_axis_title(g, config), type="category", tickmode="array",
                          tickvals=columns, ticktext=columns, tickangle=0,

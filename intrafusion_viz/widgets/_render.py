@@ -160,8 +160,12 @@ class FigureSlot:
             layout = new_figure.layout.to_plotly_json()
             layout.setdefault("width", self.width)
             shown = fig.layout.to_plotly_json()
-            for key in set(shown) - set(layout):  # set before, not in the new figure: back to the default
-                layout[key] = None
+            # Set before, not in the new figure: back to the template's value (a null here makes
+            # plotly's front-end fail on the whole update).
+            defaults = (layout.get("template") or {}).get("layout", {})
+            for key in set(shown) - set(layout) - {"template"}:
+                if key in defaults:
+                    layout[key] = defaults[key]
             # The template is large and the same every time: re-validating it costs more than the data.
             if layout.get("template") == shown.get("template"):
                 layout.pop("template")
