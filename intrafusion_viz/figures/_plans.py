@@ -91,7 +91,7 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     custom = np.repeat(scores[order][:, None], k, axis=1) if n else np.zeros((0, k))
     zmax = float(z.max()) if z.size else 1.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=[str(v) for v in kept], y=[str(v) for v in order], customdata=custom,
+        z=z, x=kept.astype(str), y=order.astype(str), customdata=custom,  # arrays: plotly checks lists per item
         colorscale=[[0.0, "#ffffff"], [0.02, "#e8eefc"], [1.0, "#1f3a93"]], zmin=0.0, zmax=zmax or 1.0,
         colorbar=dict(title="mass"),
         hovertemplate=("source neuron %{y} (importance %{customdata:.3g})<br>"
@@ -112,11 +112,11 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     xtitle = target_axis_title(group_result, config)
     fig.update_layout(
         title=title, height=height, margin=TITLE_MARGIN,
-        xaxis=dict(title=xtitle, type="category", tickmode="array", tickvals=[str(v) for v in kept[::tick_every]],
-                   ticktext=[str(v) for v in kept[::tick_every]], ticklabeloverflow=TICKS_MAY_OVERFLOW),
+        xaxis=dict(title=xtitle, type="category", tickmode="array", tickvals=kept[::tick_every].astype(str),
+                   ticktext=kept[::tick_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW),
         yaxis=dict(title="source neuron (by cluster)", type="category", autorange="reversed",
-                   tickmode="array", tickvals=[str(v) for v in order[::row_every]],
-                   ticktext=[str(v) for v in order[::row_every]], ticklabeloverflow=TICKS_MAY_OVERFLOW))
+                   tickmode="array", tickvals=order[::row_every].astype(str),
+                   ticktext=order[::row_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW))
     return fig
 
 
@@ -150,7 +150,7 @@ def plan_comparison(group_results, titles=None, model_name: Optional[str] = None
         fig.add_trace(trace, row=1, col=col)
         # a panel is a fraction of the figure's width: at most 18 column labels across all of them
         every = max(1, int(np.ceil(g.k / max(3, 18 // len(group_results)))))
-        columns = [str(v) for v in to_numpy(g.kept).astype(int)[::every]]
+        columns = to_numpy(g.kept).astype(int)[::every].astype(str)
         fig.update_xaxes(title_text=target_axis_title(g, config), type="category", tickmode="array",
                          tickvals=columns, ticktext=columns, tickangle=0,
                          ticklabeloverflow=TICKS_MAY_OVERFLOW, row=1, col=col)
