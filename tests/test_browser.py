@@ -622,11 +622,11 @@ def test_vgg_slider_latency_in_jupyterlab(lab_server, tmp_path):
             for option in [o.strip() for o in groups.locator("option").all_text_contents()]:
                 if option.split()[0] not in wanted:
                     continue
+                _select(page, "importance", "l1")  # before the group: (group, 0.50, l2) stays new for the last move
                 if groups.evaluate("s => s.options[s.selectedIndex].textContent.trim()") != option:
                     groups.select_option(label=option)  # a new group: its prefix is recorded once
                     page.wait_for_timeout(1000)
                     _wait_kernel_settled(page, 300)
-                _select(page, "importance", "l1")
                 times = _slider_moves(page, "ArrowLeft", moves, timeout_s=300)  # 0.50 -> 0.05 (9 moves)
                 _select(page, "importance", "l2")
                 times += _slider_moves(page, "ArrowRight", moves, timeout_s=300)  # back to 0.50, new settings
