@@ -72,9 +72,9 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``, rows named by
-        source neuron (``y``, category axis: ``source_order``), columns by kept neuron (``x``:
-        ``kept``); ``customdata`` (n, k) holds each row's importance for the hover.
+        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; rows are named
+        by source neuron and its importance (``y``, a category axis: ``"17 (importance 0.123)"`` in
+        ``source_order``, tick labels the numbers), columns by kept neuron (``x``: ``kept``).
     """
     import plotly.graph_objects as go
 
@@ -84,18 +84,17 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     scores = to_numpy(group_result.importance)
     order = source_order(group_result)
     z = plan[order]
-    # Rows and columns are categories named by neuron (source neurons in cluster order, kept neurons),
-    # so the hover reads the neurons from the axes and carries only the importance per cell: a (n, k)
-    # array, where [source, kept, importance] per cell was (n, k, 3) and took plotly.js 70 ms to unpack
-    # for a 512x300 plan on every slider move.
-    custom = np.repeat(scores[order][:, None], k, axis=1) if n else np.zeros((0, k))
+    # Rows and columns are categories named by neuron: kept neurons, and source neurons in cluster order
+    # with their importance ("17 (importance 0.123)"; the tick labels show the number only), so the
+    # hover needs no per-cell data.  [source, kept, importance] per cell, (n, k, 3), took plotly.js
+    # 70 ms to unpack for a 512x300 plan on every slider move and doubled the message.
+    rows = np.array([f"{i} (importance {v:.3g})" for i, v in zip(order, scores[order])])
     zmax = float(z.max()) if z.size else 1.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=kept.astype(str), y=order.astype(str), customdata=custom,  # arrays: plotly checks lists per item
+        z=z, x=kept.astype(str), y=rows,  # numpy arrays: plotly checks a list item by item
         colorscale=[[0.0, "#ffffff"], [0.02, "#e8eefc"], [1.0, "#1f3a93"]], zmin=0.0, zmax=zmax or 1.0,
         colorbar=dict(title="mass"),
-        hovertemplate=("source neuron %{y} (importance %{customdata:.3g})<br>"
-                       "-> kept neuron %{x}<br>mass %{z:.3g}<extra></extra>")))
+        hovertemplate="source neuron %{y}<br>-> kept neuron %{x}<br>mass %{z:.3g}<extra></extra>"))
     if show_cluster_lines is None:
         show_cluster_lines = k <= 64
     if show_cluster_lines and n:
@@ -115,7 +114,7 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
         xaxis=dict(title=xtitle, type="category", tickmode="array", tickvals=kept[::tick_every].astype(str),
                    ticktext=kept[::tick_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW),
         yaxis=dict(title="source neuron (by cluster)", type="category", autorange="reversed",
-                   tickmode="array", tickvals=order[::row_every].astype(str),
+                   tickmode="array", tickvals=rows[::row_every],
                    ticktext=order[::row_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW))
     return fig
 
