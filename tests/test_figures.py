@@ -1,4 +1,6 @@
 """Figure helpers: trace types, shapes, axis labels, and values equal to what prune recorded."""
+import re
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -75,10 +77,17 @@ def test_plan_heatmap_values_equal_recorded_plan(small, method, config):
         order = ifv.figures.source_order(g)
         assert sorted(order.tolist()) == list(range(g.n))
         np.testing.assert_allclose(z, g.plan.numpy()[order], rtol=0, atol=0)
-        custom = np.asarray(fig.data[0].customdata)
-        np.testing.assert_array_equal(custom[:, 0, 0], order)           # hover: source neuron index
-        np.testing.assert_array_equal(custom[0, :, 1], g.kept.numpy())  # hover: kept neuron index
-        np.testing.assert_allclose(custom[:, 0, 2], g.importance.numpy()[order])
+        rows = [re.fullmatch(r"(\d+) \(importance (\S+)\)", name) for name in fig.data[0].y]
+        assert all(rows), list(fig.data[0].y)[:3]
+        assert [int(r.group(1)) for r in rows] == order.tolist()        # hover: source neuron index
+        np.testing.assert_allclose([float(r.group(2)) for r in rows], g.importance.numpy()[order], rtol=5e-3)
+        assert list(fig.data[0].x) == [str(j) for j in g.kept.tolist()]   # hover: kept neuron index
+        assert fig.layout.xaxis.type == fig.layout.yaxis.type == "category"
+        assert fig.data[0].customdata is None  # no per-cell hover data
+        # tick labels: the neuron numbers of the rows they mark
+        ticks = list(fig.layout.yaxis.tickvals)
+        assert set(ticks) <= set(fig.data[0].y)
+        assert [name.split()[0] for name in ticks] == list(fig.layout.yaxis.ticktext)
         # clusters are contiguous blocks: the argmax column never returns once left
         has = z.sum(1) > 0
         cols = z[has].argmax(1)
@@ -246,7 +255,8 @@ def test_group_figure_titles_name_model_group_method_importance_sparsity(small, 
         assert x_title == "kept neuron"
     # the embedding explains its colours: one colour per merge cluster, grey for dropped neurons
     neurons = figs[1].data[1]
-    colors = list(neurons.marker.color)
+    steps = [color for _, color in neurons.marker.colorscale][::2]  # a stepped scale: one colour per step
+    colors = [steps[int(v)] for v in neurons.marker.color]
     assignment = g.assignment.numpy()
     if method == "default":
         assert "grey" in neurons.name
@@ -290,3 +300,25 @@ def test_sweep_figure_titles_and_chance_line():
     assert bars.layout.shapes[0].y0 == pytest.approx(80.0)  # drop that leaves the model at chance
     heat = ifv.figures.sweep_heatmap(rows, model_name="VGG11-BN")
     assert "VGG11-BN" in heat.layout.title.text and "importance lamp" in heat.layout.title.text
+
+
+def test_plan_comparison_panels_are_named_and_uncrowded():
+    """Side by side: one heatmap per method, rows and columns named by neuron, at most 18 column labels
+    across the panels (16 kept columns in three panels showed 16 overlapping labels in each)."""
+    torch.manual_seed(0)
+    model, x = ifv.models.SmallCNN(width=(16, 32)).eval(), torch.randn(4, 1, 8, 8)
+    group = max(ifv.find_groups(model, x), key=lambda g: g.size)
+    records = [ifv.prune(model, x, {group.index: 0.5}, groups=[group.index], method=m).group(group.index)
+               for m in ("intra-fusion", "default", "fold")]
+    assert records[0].k == 16
+    fig = ifv.figures.plan_comparison(records, model_name="SmallCNN")
+    assert [type(t).__name__ for t in fig.data] == ["Heatmap"] * 3
+    labels = 0
+    for i, (g, trace) in enumerate(zip(records, fig.data), start=1):
+        assert [name.split()[0] for name in trace.y] == [str(v) for v in ifv.figures.source_order(g)]
+        assert list(trace.x) == [str(v) for v in g.kept.tolist()]
+        xaxis = fig.layout[f"xaxis{'' if i == 1 else i}"]
+        assert xaxis.type == "category" and set(xaxis.tickvals) <= set(trace.x)
+        labels += len(xaxis.tickvals)
+    assert labels <= 18
+    assert "SmallCNN" in fig.layout.title.text

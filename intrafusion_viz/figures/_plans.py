@@ -42,6 +42,12 @@ def target_axis_title(group_result, config=None) -> str:
     return "kept neuron"
 
 
+# plotly.js checks every tick label against the figure's edges ("hide past div") once per label drawn,
+# measuring all of them each time: 200 ms of a 512-row plan's redraw in the browser.  The margins
+# leave room for the labels, so they are drawn without the check.
+TICKS_MAY_OVERFLOW = "allow"
+
+
 def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None,
                  model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
     """Heatmap of a transport plan: n source neurons (rows) x k kept neurons (columns).
@@ -66,8 +72,9 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; ``customdata``
-        holds ``[source neuron, kept neuron, importance]`` per cell for the hover.
+        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; rows are named
+        by source neuron and its importance (``y``, a category axis: ``"17 (importance 0.123)"`` in
+        ``source_order``, tick labels the numbers), columns by kept neuron (``x``: ``kept``).
     """
     import plotly.graph_objects as go
 
@@ -77,17 +84,17 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     scores = to_numpy(group_result.importance)
     order = source_order(group_result)
     z = plan[order]
-    custom = np.empty((n, k, 3))
-    custom[..., 0] = order[:, None]
-    custom[..., 1] = kept[None, :]
-    custom[..., 2] = scores[order][:, None]
+    # Rows and columns are categories named by neuron: kept neurons, and source neurons in cluster order
+    # with their importance ("17 (importance 0.123)"; the tick labels show the number only), so the
+    # hover needs no per-cell data.  [source, kept, importance] per cell, (n, k, 3), took plotly.js
+    # 70 ms to unpack for a 512x300 plan on every slider move and doubled the message.
+    rows = np.array([f"{i} (importance {v:.3g})" for i, v in zip(order, scores[order])])
     zmax = float(z.max()) if z.size else 1.0
     fig = go.Figure(go.Heatmap(
-        z=z, x=np.arange(k), y=np.arange(n), customdata=custom,
+        z=z, x=kept.astype(str), y=rows,  # numpy arrays: plotly checks a list item by item
         colorscale=[[0.0, "#ffffff"], [0.02, "#e8eefc"], [1.0, "#1f3a93"]], zmin=0.0, zmax=zmax or 1.0,
         colorbar=dict(title="mass"),
-        hovertemplate=("source neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<br>"
-                       "-> kept neuron %{customdata[1]:.0f}<br>mass %{z:.3g}<extra></extra>")))
+        hovertemplate="source neuron %{y}<br>-> kept neuron %{x}<br>mass %{z:.3g}<extra></extra>"))
     if show_cluster_lines is None:
         show_cluster_lines = k <= 64
     if show_cluster_lines and n:
@@ -104,11 +111,11 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     xtitle = target_axis_title(group_result, config)
     fig.update_layout(
         title=title, height=height, margin=TITLE_MARGIN,
-        xaxis=dict(title=xtitle, tickmode="array", tickvals=np.arange(0, k, tick_every),
-                   ticktext=[str(v) for v in kept[::tick_every]]),
-        yaxis=dict(title="source neuron (by cluster)", autorange="reversed",
-                   tickmode="array", tickvals=np.arange(0, n, row_every),
-                   ticktext=[str(v) for v in order[::row_every]]))
+        xaxis=dict(title=xtitle, type="category", tickmode="array", tickvals=kept[::tick_every].astype(str),
+                   ticktext=kept[::tick_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW),
+        yaxis=dict(title="source neuron (by cluster)", type="category", autorange="reversed",
+                   tickmode="array", tickvals=rows[::row_every],
+                   ticktext=order[::row_every].astype(str), ticklabeloverflow=TICKS_MAY_OVERFLOW))
     return fig
 
 
@@ -140,10 +147,14 @@ def plan_comparison(group_results, titles=None, model_name: Optional[str] = None
         trace = single.data[0]
         trace.update(showscale=col == len(group_results))
         fig.add_trace(trace, row=1, col=col)
-        fig.update_xaxes(title_text=target_axis_title(g, config), tickmode="array",
-                         tickvals=single.layout.xaxis.tickvals, ticktext=single.layout.xaxis.ticktext, row=1, col=col)
-        fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=single.layout.yaxis.tickvals,
-                         ticktext=single.layout.yaxis.ticktext, row=1, col=col)
+        # a panel is a fraction of the figure's width: at most 18 column labels across all of them
+        every = max(1, int(np.ceil(g.k / max(3, 18 // len(group_results)))))
+        columns = to_numpy(g.kept).astype(int)[::every].astype(str)
+        fig.update_xaxes(title_text=target_axis_title(g, config), type="category", tickmode="array",
+                         tickvals=columns, ticktext=columns, tickangle=0,
+                         ticklabeloverflow=TICKS_MAY_OVERFLOW, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", type="category", tickmode="array", tickvals=single.layout.yaxis.tickvals,
+                         ticktext=single.layout.yaxis.ticktext, ticklabeloverflow=TICKS_MAY_OVERFLOW, row=1, col=col)
     fig.update_yaxes(title_text="source neuron (by cluster)", row=1, col=1)
     height, _ = row_layout(first.n)
     title = group_title("Plans side by side", first, model_name, importance, config)

@@ -10,7 +10,7 @@ import torch
 from .._fusion import channel_features
 from .._groups import find_groups, resolve_group_keys
 from .._importance import IMPORTANCES, group_importance, resolve_importance
-from .._prune import METHODS, num_kept, prune
+from .._prune import METHODS, prune
 from .._transport import OTConfig
 from ._export import ExportMixin
 from ._prefix import PrefixEvaluator
@@ -302,7 +302,7 @@ class ExploreDashboard(ExportMixin):
             while self._dirty:
                 self._dirty = False
                 generation = self._generation
-                self._move = dict(start=time.perf_counter(), generation=generation)
+                self._move = dict(start=time.perf_counter(), wall=time.time(), generation=generation)
                 self.status.value = "<span style='color:#666'>computing&hellip;</span>"
                 ok = self._compute()
                 if self._generation != generation:
@@ -591,7 +591,9 @@ class ExploreDashboard(ExportMixin):
             key = keys.get(m)
             accs[m] = None if key is None else self._acc.get((key, samples))  # None: off or pending
             params[m] = self._results[key][1] if key is not None and key in self._results else (None, None)
-        self.readout = {"group": index, "sparsity": sparsity, "k": num_kept(group.size, sparsity), "n": group.size,
+        # the count kept by the prune itself: with a grouped conv or GroupNorm every block keeps the same
+        # count (Torch-Pruning's rule), which can differ from num_kept(n, sparsity)
+        self.readout = {"group": index, "sparsity": sparsity, "k": self.result.k, "n": group.size,
                         "original": self._evaluator.original_accuracy_on(samples), **accs,
                         "params_before": self.params_before, "macs_before": self.macs_before,
                         **{f"params_{m}": params[m][0] for m in METHODS},
@@ -627,7 +629,7 @@ class ExploreDashboard(ExportMixin):
         if self._curve is None or self._curve["key"] != current:
             return go.Figure().update_layout(
                 title="Accuracy vs sparsity of this group: press 'accuracy curve of this group'", height=260,
-                xaxis=dict(visible=False), yaxis=dict(visible=False))
+                xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="rgba(0,0,0,0)")
         return accuracy_vs_sparsity(self._curve["rows"], group=self.group.value, marker_at=self.sparsity.value,
                                     model_name=self.model_name)
 

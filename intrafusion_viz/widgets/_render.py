@@ -33,12 +33,49 @@ def compact_arrays(value):
     return value
 
 
+def esm_without_trace_deltas(source: str):
+    """plotly's FigureWidget front-end (``source``) with its trace deltas cut, or None where the code
+    is not as expected (then the widget keeps plotly's own).
+
+    After every update, plotly's front-end sends each updated trace's full data back to Python (its
+    "trace deltas": what plotly.js holds that the Python figure lacks, so that Python learns plotly.js
+    defaults).  Arrays that went out as binary typed arrays come back as one buffer per row or cell:
+    for a 32x17 plan with its (32, 17, 3) hover data, 3.6-5 MB per slider move, which the browser
+    builds, the server relays and the kernel decodes before the next figure's message gets through.
+    The dashboards never read those defaults, so the front-end here answers every update with an empty
+    delta (Python still sees each edit complete: ``on_edits_completed`` callbacks run).
+    """
+    import re
+
+    definitions = list(re.finditer(r"_sendTraceDeltas\((\w+)\)\{", source))
+    if len(definitions) != 1:
+        return None
+    match = definitions[0]
+    edit_id = match.group(1)
+    empty = (f'this.model.set("_js2py_traceDeltas",{{trace_deltas:[],trace_edit_id:{edit_id}}});'
+             f"this.touch();return;")
+    return source[:match.end()] + empty + source[match.end():]
+
+
 def _compact_figure_widget_class():
     """A ``go.FigureWidget`` whose messages to the browser carry large arrays as binary (see
-    :func:`compact_arrays`); in Python its data stay numpy arrays."""
+    :func:`compact_arrays`) and whose front-end sends no trace data back (see
+    :func:`esm_without_trace_deltas`); in Python its data stay numpy arrays."""
+    import pathlib
+
     import plotly.graph_objects as go
 
+    esm = go.FigureWidget._esm
+    try:  # anywidget holds it as FileContents (str() is the text), a path or the text itself
+        source = esm.read_text() if isinstance(esm, pathlib.PurePath) else str(esm)
+    except (OSError, TypeError, ValueError):
+        source = None
+    patched = esm_without_trace_deltas(source) if isinstance(source, str) else None
+
     class CompactFigureWidget(go.FigureWidget):
+        if patched is not None:
+            _esm = patched
+
         def _send_restyle_msg(self, restyle_data, trace_indexes=None, source_view_id=None):
             super()._send_restyle_msg(compact_arrays(restyle_data), trace_indexes, source_view_id)
 
@@ -122,8 +159,15 @@ class FigureSlot:
                     old.update(new.to_plotly_json(), overwrite=True)
             layout = new_figure.layout.to_plotly_json()
             layout.setdefault("width", self.width)
+            shown = fig.layout.to_plotly_json()
+            # Set before, not in the new figure: back to the template's value (a null here makes
+            # plotly's front-end fail on the whole update).
+            defaults = (layout.get("template") or {}).get("layout", {})
+            for key in set(shown) - set(layout) - {"template"}:
+                if key in defaults:
+                    layout[key] = defaults[key]
             # The template is large and the same every time: re-validating it costs more than the data.
-            if layout.get("template") == fig.layout.template.to_plotly_json():
+            if layout.get("template") == shown.get("template"):
                 layout.pop("template")
             if list(fig.layout.shapes) or layout.get("shapes"):
                 fig.layout.shapes = layout.pop("shapes", ())
