@@ -6,7 +6,8 @@ the network was trained: start from Gaussian noise and minimise, by Adam on the 
 
     sum over BatchNorms of  mean_c (mu_c(x) - running_mean_c)^2 + mean_c (sigma_c(x) - running_std_c)^2
 
-(ZeroQ's loss, per channel ``c``, over the batch and spatial positions).  A merged network's BatchNorm
+(per channel ``c``, over the batch and spatial positions; ZeroQ sums the squared differences over a
+layer's channels, here they are averaged so that wide layers do not dominate).  A merged network's BatchNorm
 statistics re-estimated on such inputs (``ifv.repair(result, model, synthetic_inputs(model, x),
 mode="bn")``) need no training image at all; unlike the data-free repair's prediction
 (:mod:`._data_free`), they also follow every layer *after* a merged one, whose inputs the merge
