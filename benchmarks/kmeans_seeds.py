@@ -93,7 +93,10 @@ def tables(cache, args) -> str:
         seeds = [sd for sd in args.seeds if _key(arch, sd, "base") in cache]
         if not seeds:
             continue
-        out.append(f"\n#### {arch}, every group pruned, k-means seeds 0-{args.kmeans_seeds - 1} for each training "
+        present = sorted({int(k.rsplit("|", 1)[1]) for k in cache
+                          if k.startswith(f"{arch}|") and k.split("|")[-1].isdigit()
+                          and int(k.rsplit("|", 1)[1]) < args.kmeans_seeds})
+        out.append(f"\n#### {arch}, every group pruned, k-means seeds {present} for each training "
                    f"seed {seeds} (accuracy %, 2,000 test images)\n")
         out.append("| sparsity | method | repair | mean ± std over all draws | per training seed: mean over "
                    "k-means seeds (k-means seed 0) | min - max | draws |")
@@ -119,6 +122,7 @@ def figure(cache, arch, args):
 
     seeds = [sd for sd in args.seeds if _key(arch, sd, "base") in cache]
     fig = go.Figure()
+    drawn = set()
     for label in args.methods:
         xs, ys, text = [], [], []
         for s in args.sparsity:
@@ -129,10 +133,11 @@ def figure(cache, arch, args):
                         xs.append(f"{s:.0%}")
                         ys.append(v["data_free"])
                         text.append(f"training seed {sd}, k-means seed {ks}")
+                        drawn.add(ks)
         if ys:
             fig.add_trace(go.Box(x=xs, y=ys, name=label, boxpoints="all", text=text, jitter=0.4))
     fig.update_layout(boxmode="group", title=f"{arch} (MNIST), every group pruned, l1, data-free repair:<br>accuracy over "
-                                             f"k-means seeds 0-{args.kmeans_seeds - 1} x training seeds {seeds}",
+                                             f"k-means seeds {sorted(drawn)} x training seeds {seeds}",
                       xaxis_title="sparsity of every group", yaxis_title="test accuracy (%)")
     return fig
 
