@@ -109,15 +109,17 @@ def save_text(name: str, text: str, out: Optional[Path] = None) -> Path:
     return path
 
 
-def save_figure(fig, name: str, out: Optional[Path] = None) -> List[Path]:
-    """HTML always (plotly from a CDN, small files); PNG too when kaleido is installed."""
+def save_figure(fig, name: str, out: Optional[Path] = None, width: Optional[int] = None,
+                height: Optional[int] = None) -> List[Path]:
+    """HTML always (plotly from a CDN, small files); PNG too (``width`` x ``height`` pixels, plotly's
+    default size when None) when kaleido is installed."""
     out = Path(out or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.html"]
     fig.write_html(paths[0], include_plotlyjs="cdn")
     try:
         import kaleido  # noqa: F401
-        fig.write_image(out / f"{name}.png")
+        fig.write_image(out / f"{name}.png", width=width, height=height)
         paths.append(out / f"{name}.png")
     except Exception:
         pass

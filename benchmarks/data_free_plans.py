@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header  # noqa: E402
+from _bench_common import RESULTS, header, save_figure  # noqa: E402
 
 PLANS = {  # label -> (method, OTConfig factory arguments)
     "IF-bary": ("intra-fusion", {}),
@@ -214,7 +214,7 @@ def figure(cache, arch, seed, s, plans):
                                  name=f"{p}: measured ({c['data_free']:.1f} % with data-free repair)"))
         fig.add_trace(go.Scatter(x=layers, y=[r["estimated"] for r in c["clusters"]], mode="lines",
                                  line=dict(dash="dot"), name=f"{p}: repair's estimate"))
-    fig.update_layout(title=f"{arch} (MNIST, seed {seed}), every group at {s:.0%}, l1: correlation of the channels "
+    fig.update_layout(title=f"{arch} (MNIST, seed {seed}), every group at {s:.0%}, l1:<br>correlation of the channels "
                             "merged together (BatchNorm inputs, 256 images) vs the data-free repair's estimate",
                       xaxis_title="layer (forward order)", yaxis_title="mean within-cluster correlation")
     return fig
@@ -239,8 +239,7 @@ def main(argv=None):
             for s in args.sparsity:
                 fig = figure(cache, arch, seed, s, args.plans)
                 if fig.data:
-                    fig.write_html(RESULTS / f"data_free_plans_{arch}_s{seed}_{int(100 * s)}.html",
-                                   include_plotlyjs="cdn")
+                    save_figure(fig, f"data_free_plans_{arch}_s{seed}_{int(100 * s)}", width=1400, height=650)  # HTML (+ PNG)
 
 
 if __name__ == "__main__":

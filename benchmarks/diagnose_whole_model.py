@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS  # noqa: E402
+from _bench_common import save_figure  # noqa: E402
 
 
 def main(argv=None):
@@ -55,8 +55,7 @@ def main(argv=None):
                       f"{r['corr']:.3f} |" + (f" top-1 agreement {r['agreement']:.1f} %" if "agreement" in r else ""))
         fig = drift_figure(variants, model_name=f"{args.arch} (MNIST, seed {args.seed})", method=label,
                            importance="l1", sparsity=args.sparsity)
-        fig.write_html(RESULTS / f"diagnose_{args.arch}_s{args.seed}_{label}_{int(100 * args.sparsity)}.html",
-                       include_plotlyjs="cdn")
+        save_figure(fig, f"diagnose_{args.arch}_s{args.seed}_{label}_{int(100 * args.sparsity)}", width=1400, height=650)  # HTML (+ PNG)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ each without data, with the data-free repair, and with data repairs on 512 unlab
 ("bn": re-estimated BatchNorm statistics; "repair": REPAIR).  Accuracy on the 2,000 test images of the
 MNIST split.  Results are cached in benchmarks/results/whole_model.json (rerun to resume; several runs,
 e.g. one per seed, may write it at once); tables (mean ± std over seeds, each seed in brackets) go to
-stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html.
+stdout and benchmarks/results/whole_model.md, figures to benchmarks/results/whole_model_*.html (and .png).
 
     python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2
     python benchmarks/whole_model.py --arch vgg11_bn resnet18 --seeds 0 1 2 --tables-only
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header  # noqa: E402
+from _bench_common import RESULTS, header, save_figure  # noqa: E402
 
 CACHE = RESULTS / "whole_model.json"
 METHODS = {  # label -> (prune method, OTConfig settings)
@@ -197,10 +197,10 @@ def figures(cache, args):
                     ys.append(sum(vals) / len(vals) if vals else None)
                 fig.add_trace(go.Scatter(x=[100 * s for s in args.whole], y=ys, mode="lines+markers",
                                          name=f"{label} + {r}"))
-        fig.update_layout(title=f"{arch} on MNIST, every group pruned, l1 importance, no fine-tuning: "
+        fig.update_layout(title=f"{arch} on MNIST, every group pruned, l1 importance, no fine-tuning:<br>"
                                 f"accuracy vs sparsity (mean of seeds {seeds})",
                           xaxis_title="sparsity of every group (%)", yaxis_title="test accuracy (%)")
-        fig.write_html(RESULTS / f"whole_model_{arch}.html", include_plotlyjs="cdn")
+        save_figure(fig, f"whole_model_{arch}", width=1400, height=650)  # HTML, and PNG when kaleido works
 
 
 def main(argv=None):

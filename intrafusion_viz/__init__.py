@@ -37,6 +37,7 @@ _LAZY_NAMES = {
     "reference_model": "_reference",
     "reference_data": "_reference",
     "layer_drift": "_diagnostics",
+    "synthetic_inputs": "_synthetic",
 }
 
 __all__ = [

@@ -209,7 +209,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         (default :func:`channel_features`, the channels' weights with BatchNorm folded).  Called on
         the caller's model, read only.
     seed : int
-        Seed of the random importance.
+        Seed of the random importance, and of the k-means clusterings (``method="fold"``, and
+        ``OTConfig(centroid_init="k-means++")`` such as :meth:`OTConfig.data_free`).  At high
+        sparsity the clusters, and the accuracy after merging, can change a lot from seed to seed
+        (``BENCHMARKS.md``, section 5.5): try a few.
     inplace : bool
         Prune ``model`` itself.
     progress : bool
@@ -361,7 +364,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
             else:
-                cost = cost_matrix(vec, kept, config)
+                cost = cost_matrix(vec, kept, config, seed=seed)
 
                 def solve(rows, kb):  # the kept channels of this block, their own transport problem
                     local = kept[(kept >= rows[0]) & (kept <= rows[-1])] - rows[0]

@@ -224,7 +224,7 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = OTConfig(),
-                importance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                importance: Optional[torch.Tensor] = None, seed: int = 0) -> torch.Tensor:
     """Cost of moving each channel onto each target.
 
     Parameters
@@ -235,6 +235,9 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
         Indices of the kept channels.
     config : OTConfig
         Uses ``p``, ``target``, ``centroid_init``, ``standardize`` and ``normalize``.
+    seed : int
+        Seed of the k-means++ seeding (``centroid_init="k-means++"``); the clusters it finds can
+        differ from seed to seed.
 
     Returns
     -------
@@ -253,7 +256,7 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     if config.target == "most_important":
         targets = x[kept]
     else:
-        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize))
+        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize, seed=seed))
     targets = targets.to(x.dtype)
     if config.p == 2 and config.normalize:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
         cost = (2.0 - 2.0 * (x @ targets.T)).double().clamp_min_(0).sqrt_()
@@ -280,11 +283,12 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(RobustScaler().fit_transform(x.double().numpy())).to(x.dtype)
 
 
-def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True) -> torch.Tensor:
+def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True,
+               seed: int = 0) -> torch.Tensor:
     """k-means centroids of the rows ``x``; centroid j is the one matched to kept[j].
 
     ``init="kept"``: Lloyd's k-means started from the kept channels.  ``"k-means++"``: k-means with
-    k-means++ seeding, best of 10 starts, seed 0; ``spherical`` (for unit rows): centres normalised
+    k-means++ seeding, best of 10 starts, ``seed``; ``spherical`` (for unit rows): centres normalised
     after every update, so a channel's nearest centre by the cost is its cluster's.
     """
     from scipy.optimize import linear_sum_assignment
@@ -296,7 +300,7 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherica
         z = span_coordinates(x.double())
         # Model Folding's 20 Lloyd iterations for plain k-means (the same clusters as method="fold");
         # spherical k-means runs to convergence so that nearest centres by the cost are the clusters
-        labels = kmeans(z, k, n_init=10, max_iter=100 if spherical else 20, seed=0, spherical=spherical)
+        labels = kmeans(z, k, n_init=10, max_iter=100 if spherical else 20, seed=seed, spherical=spherical)
         if len(torch.unique(labels)) < k:
             labels = _fill_empty(labels, k, torch.zeros(len(x), dtype=torch.float64))
         xd = x.double()

@@ -149,3 +149,44 @@ def test_preset_plan_is_a_spherical_kmeans_clustering_of_the_standardised_channe
     merged = torch.stack([w[labels == j].mean(0) for j in range(g.k)])
     got, _ = folded_weights(res.model[0], res.model[1])
     assert torch.allclose(got, merged, atol=1e-10)
+
+
+def _partition(plan: torch.Tensor) -> frozenset:
+    assigned = plan.argmax(1)
+    return frozenset(frozenset(torch.nonzero(assigned == c).flatten().tolist()) for c in assigned.unique())
+
+
+@pytest.mark.parametrize("method, config", [("intra-fusion", ifv.OTConfig.data_free()), ("fold", None)])
+def test_prune_seed_draws_the_kmeans_clustering(method, config):
+    """``prune(seed=...)`` seeds the k-means++ clusterings (OTConfig.data_free() and method="fold"):
+    seed 0 is the default, a seed reproduces its clusters exactly, and other seeds can find others."""
+    model = _cnn(2)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(8, 3, 8, 8, dtype=torch.float64)
+    kw = dict(method=method, repair="none", **({"config": config} if config is not None else {}))
+    default = ifv.prune(model, x[:1], 0.75, **kw)
+    by_seed = {s: ifv.prune(model, x[:1], 0.75, seed=s, **kw) for s in range(6)}
+    for a, b in zip(default.groups, by_seed[0].groups):
+        assert torch.equal(a.plan, b.plan)
+    again = ifv.prune(model, x[:1], 0.75, seed=3, **kw)
+    for a, b in zip(again.groups, by_seed[3].groups):
+        assert torch.equal(a.plan, b.plan)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), by_seed[3].model(x))
+    partitions = {tuple(_partition(g.plan) for g in r.groups) for r in by_seed.values()}
+    assert len(partitions) > 1, "six seeds found one clustering: the seed is not used"
+    for r in by_seed.values():  # every draw is still a hard clustering with no empty cluster
+        for g in r.groups:
+            assert ((g.plan > 0).sum(1) == 1).all() and ((g.plan > 0).sum(0) >= 1).all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the caller's model changed"
+
+
+def test_cost_matrix_seed_is_the_centroids_seed():
+    features, _ = _clustered(k=6, per=4, noise=0.8)
+    kept = torch.arange(0, 24, 4)
+    cfg = ifv.OTConfig.data_free(standardize=False)
+    assert torch.equal(ifv.cost_matrix(features, kept, cfg), ifv.cost_matrix(features, kept, cfg, seed=0))
+    x = _unit_rows(features)
+    for seed in (0, 5):
+        centres = _unit_rows(_centroids(x, kept, "k-means++", spherical=True, seed=seed))
+        assert torch.allclose(ifv.cost_matrix(features, kept, cfg, seed=seed), torch.cdist(x, centres), atol=1e-7)

@@ -1,0 +1,131 @@
+"""Inputs made from a model's BatchNorm statistics alone, for a statistics repair without any data.
+
+ZeroQ (Cai et al., CVPR 2020, "distilled data") and DeepInversion (Yin et al., CVPR 2020) make inputs
+whose activations have, at every BatchNorm, the mean and standard deviation that BatchNorm stored while
+the network was trained: start from Gaussian noise and minimise, by Adam on the inputs,
+
+    sum over BatchNorms of  mean_c (mu_c(x) - running_mean_c)^2 + mean_c (sigma_c(x) - running_std_c)^2
+
+(per channel ``c``, over the batch and spatial positions; ZeroQ sums the squared differences over a
+layer's channels, here they are averaged so that wide layers do not dominate).  A merged network's BatchNorm
+statistics re-estimated on such inputs (``ifv.repair(result, model, synthetic_inputs(model, x),
+mode="bn")``) need no training image at all; unlike the data-free repair's prediction
+(:mod:`._data_free`), they also follow every layer *after* a merged one, whose inputs the merge
+changed (``BENCHMARKS.md``, section 5.5).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["synthetic_inputs"]
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps: int = 200, lr: float = 0.1,
+                     seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """A batch of ``n`` inputs whose activations match ``model``'s stored BatchNorm statistics (ZeroQ).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained, unpruned model (read only: its weights, mode and ``requires_grad`` flags are left
+        as they were).  It needs at least one BatchNorm with running statistics.
+    example : Tensor
+        One input (or a batch; only its shape from dimension 1 on, dtype and device are used).
+    n : int
+        Batch size, >= 2 (a batch statistic needs two samples); 64 is enough for the BatchNorm repair.
+    steps, lr : int, float
+        Adam steps on the inputs and their learning rate.
+    seed : int
+        Seed of the starting noise.
+    progress : bool
+        Show a tqdm progress bar over the steps.
+
+    Returns
+    -------
+    Tensor, shape (n, *example.shape[1:])
+        Detached, on ``example``'s device and dtype.
+
+    Examples
+    --------
+    >>> x = synthetic_inputs(model, example)                      # doctest: +SKIP
+    >>> fixed = ifv.repair(result, model, x, mode="bn")           # doctest: +SKIP
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (a batch statistic needs two samples), got {n!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not torch.is_tensor(example) or example.dim() < 1 or not example.is_floating_point():
+        raise TypeError("example must be a floating-point input tensor of the model (one sample or a batch), "
+                        f"got {type(example).__name__}")
+    norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats
+             and m.running_mean is not None]
+    if not norms:
+        raise ValueError("the model has no BatchNorm with running statistics to match; repair merged channels "
+                         "with ifv.repair(result, model, mode='data-free') or a batch of real inputs instead")
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = (n,) + tuple(example.shape[1:])
+    x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=example.device, dtype=example.dtype)
+    x.requires_grad_(True)
+    losses = []
+
+    def hook(module, inputs, _output):
+        a = inputs[0]
+        dims = [d for d in range(a.dim()) if d != 1]
+        mean = a.mean(dims)
+        std = torch.sqrt(a.var(dims, unbiased=False) + module.eps)
+        want_std = torch.sqrt(module.running_var + module.eps)
+        losses.append(((mean - module.running_mean) ** 2).mean() + ((std - want_std) ** 2).mean())
+
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    hooks = [m.register_forward_hook(hook) for m in norms]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        opt = torch.optim.Adam([x], lr=lr)
+        for _ in tqdm(range(steps), desc="synthetic inputs", disable=not progress):
+            losses.clear()
+            opt.zero_grad()
+            model(x)
+            loss = torch.stack(losses).sum()
+            loss.backward()
+            opt.step()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return x.detach()
+
+
+def bn_statistics_gap(model: nn.Module, x: torch.Tensor) -> float:
+    """ZeroQ's loss of inputs ``x`` (summed over BatchNorms): how far their statistics are from the stored ones."""
+    norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats
+             and m.running_mean is not None]
+    total = []
+
+    def hook(module, inputs, _output):
+        a = inputs[0].double()
+        dims = [d for d in range(a.dim()) if d != 1]
+        std = torch.sqrt(a.var(dims, unbiased=False) + module.eps)
+        total.append(float(((a.mean(dims) - module.running_mean.double()) ** 2).mean()
+                           + ((std - torch.sqrt(module.running_var.double() + module.eps)) ** 2).mean()))
+
+    hooks = [m.register_forward_hook(hook) for m in norms]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sum(total)
