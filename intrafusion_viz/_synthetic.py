@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._state import saved_modes
+
 __all__ = ["synthetic_inputs"]
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -81,27 +83,26 @@ def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps
         want_std = torch.sqrt(module.running_var + module.eps)
         losses.append(((mean - module.running_mean) ** 2).mean() + ((std - want_std) ** 2).mean())
 
-    was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     hooks = [m.register_forward_hook(hook) for m in norms]
     try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        opt = torch.optim.Adam([x], lr=lr)
-        for _ in tqdm(range(steps), desc="synthetic inputs", disable=not progress):
-            losses.clear()
-            opt.zero_grad()
-            model(x)
-            loss = torch.stack(losses).sum()
-            loss.backward()
-            opt.step()
+        with saved_modes(model):  # every submodule gets its own train/eval mode back
+            model.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            opt = torch.optim.Adam([x], lr=lr)
+            for _ in tqdm(range(steps), desc="synthetic inputs", disable=not progress):
+                losses.clear()
+                opt.zero_grad()
+                model(x)
+                loss = torch.stack(losses).sum()
+                loss.backward()
+                opt.step()
     finally:
         for h in hooks:
             h.remove()
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
     return x.detach()
 
 
@@ -119,13 +120,11 @@ def bn_statistics_gap(model: nn.Module, x: torch.Tensor) -> float:
                            + ((std - torch.sqrt(module.running_var.double() + module.eps)) ** 2).mean()))
 
     hooks = [m.register_forward_hook(hook) for m in norms]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with saved_modes(model), torch.no_grad():
+            model.eval()
             model(x)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return sum(total)

@@ -62,6 +62,15 @@ def test_synthetic_inputs_are_seeded_and_keep_train_mode():
     assert model.training
 
 
+def test_synthetic_inputs_keep_each_submodules_own_mode():
+    model, data = _cnn_with_statistics(1)
+    model.train()
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0].eval()  # a frozen BatchNorm
+    modes = [m.training for m in model.modules()]
+    ifv.synthetic_inputs(model, data[:1], n=4, steps=2)
+    assert [m.training for m in model.modules()] == modes and not frozen.training
+
+
 def test_synthetic_inputs_refuse_bad_input():
     model, data = _cnn_with_statistics()
     with pytest.raises(ValueError, match="n must be"):
