@@ -107,18 +107,43 @@ def run(model, x, sparsity: float, old: bool, groups=None):
     return res, totals
 
 
+def kmeans_only(n: int, k: int, argv) -> None:
+    """One k-means start (k-means++ seeding and up to 20 Lloyd steps), direct vs Gram-matrix distances."""
+    import torch
+
+    from intrafusion_viz import _fold
+
+    x = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times, labels = {}, {}
+    for label, fn in (("after (Gram matrix)", _fold.kmeans), ("before (direct)", _kmeans_direct)):
+        t = time.perf_counter()
+        labels[label] = fn(x, k, n_init=1)
+        times[label] = time.perf_counter() - t
+        print(label, f"{times[label]:.1f} s", file=sys.stderr, flush=True)
+    same = torch.equal(*labels.values())
+    rows = [[f"{n} x {n}", k, label, f"{t:.2f}", "identical" if same else "DIFFERENT"] for label, t in times.items()]
+    text = header("python benchmarks/fold_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])) \
+        + "\n" + markdown_table(["points", "k", "k-means", "s (one start)", "labels"], rows)
+    save_text(f"fold_speed_kmeans_{n}.md", text + "\n")
+    print(text)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["resnext50_32x4d"], help="torchvision model names")
     parser.add_argument("--sparsity", type=float, default=0.3)
     parser.add_argument("--input", type=int, default=32, help="input size (pixels)")
     parser.add_argument("--groups", nargs="*", type=int, help="only these group indices (default: every group)")
+    parser.add_argument("--kmeans", nargs=2, type=int, metavar=("N", "K"),
+                        help="instead: k-means alone (one start) on N random points in N dimensions, K clusters")
     parser.add_argument("--skip-before", action="store_true", help="only the new scaler (the old one takes minutes)")
     args = parser.parse_args(argv)
     import torch
     import torchvision
 
     torch.set_num_threads(1)
+    if args.kmeans:
+        return kmeans_only(*args.kmeans, argv)
     rows = []
     for name in args.models:
         torch.manual_seed(0)

@@ -320,9 +320,9 @@ def _not_run(name: str, max_params: float, memory_gb: float) -> str:
     """Why a model over ``--max-params`` was not run: what its parameters alone take."""
     gb = _size(name) * 4 / 2 ** 30
     return (f"not run here: {_size(name) / 1e6:.0f}M parameters (over --max-params {max_params / 1e6:.0f}M) are "
-            f"{gb:.1f} GB per float32 copy, and a run holds at least 4 copies (the model, Torch-Pruning's, the "
-            f"pruned ones) plus the work of pruning: about {4 * gb + 3:.0f} GB or more, over the {memory_gb:g} GB "
-            "cap of this shared machine")
+            f"{gb:.1f} GB per float32 copy; the models measured here peak at 10-27 times their parameter bytes "
+            f"(peak_rss_mb: resnext101_64x4d 4.7 GB for 0.33 GB), so about {10 * gb:.0f} GB or more, over the "
+            f"{memory_gb:g} GB cap of this shared machine")
 
 
 def _store(name: str, rec: dict) -> dict:
