@@ -201,6 +201,7 @@ def _worker(name: str, out: str, memory_gb: float, cpu_s: float) -> None:
         rec = run_one(name)
     except BaseException as err:  # noqa: BLE001 - the record says what failed
         rec = {"model": name, "error": _short(err, 300), "traceback": traceback.format_exc()[-2000:]}
+    rec["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # of this child (Linux: KiB)
     Path(out).write_text(json.dumps(rec))
 
 
@@ -315,6 +316,28 @@ def table(records: list) -> str:
                      + (notes or ["- none"]))
 
 
+def _not_run(name: str, max_params: float, memory_gb: float) -> str:
+    """Why a model over ``--max-params`` was not run: what its parameters alone take."""
+    gb = _size(name) * 4 / 2 ** 30
+    return (f"not run here: {_size(name) / 1e6:.0f}M parameters (over --max-params {max_params / 1e6:.0f}M) are "
+            f"{gb:.1f} GB per float32 copy; the models measured here peak at 10-27 times their parameter bytes "
+            f"(peak_rss_mb: resnext101_64x4d 4.7 GB for 0.33 GB), so about {10 * gb:.0f} GB or more, over the "
+            f"{memory_gb:g} GB cap of this shared machine")
+
+
+def _store(name: str, rec: dict) -> dict:
+    """Write one record into the cache, re-read first so that runs side by side do not drop each other's."""
+    import os
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    cache[name] = rec
+    tmp = CACHE.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    tmp.replace(CACHE)
+    return cache
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", help="model names (default: every torchvision classifier)")
@@ -324,6 +347,8 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=300.0, help="CPU seconds per model (the machine may be loaded)")
     parser.add_argument("--wall-timeout", type=float, default=900.0, help="wall-clock seconds per model")
     parser.add_argument("--memory-gb", type=float, default=12.0, help="address-space cap per model process")
+    parser.add_argument("--max-params", type=float, default=400e6,
+                        help="models with more parameters are recorded as not run (the machine's memory)")
     args = parser.parse_args(argv)
     import torch
     import torch_pruning  # noqa: F401 - imported once here, shared by the forked children
@@ -336,12 +361,14 @@ def main(argv=None):
     names = args.models or sorted(torchvision.models.list_models(module=torchvision.models), key=_size)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     for name in [] if args.report else names:
+        cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}  # another run may have filled it in
         if name in cache and not args.force:
             continue
-        rec = measure(name, args.timeout, args.memory_gb, args.wall_timeout)
-        cache[name] = rec
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        CACHE.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        if _size(name) > args.max_params:
+            rec = {"model": name, "params": _size(name), "error": _not_run(name, args.max_params, args.memory_gb)}
+        else:
+            rec = measure(name, args.timeout, args.memory_gb, args.wall_timeout)
+        cache = _store(name, rec)
         status = rec.get("error") or rec.get("trace_error") or "ok"
         print(f"{name}: {rec.get('wall_time', 0):.0f} s, {status[:120]}", file=sys.stderr, flush=True)
     text = header("python benchmarks/zoo.py " + " ".join(argv if argv is not None else sys.argv[1:])) + "\n" \

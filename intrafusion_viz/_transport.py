@@ -278,9 +278,9 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
 
 def _standardized(x: torch.Tensor) -> torch.Tensor:
     """Every column centred on its median and divided by its interquartile range (``RobustScaler``)."""
-    from sklearn.preprocessing import RobustScaler
+    from ._fold import robust_scale  # RobustScaler's result, all columns at once
 
-    return torch.from_numpy(RobustScaler().fit_transform(x.double().numpy())).to(x.dtype)
+    return torch.from_numpy(robust_scale(x.double().numpy())).to(x.dtype)
 
 
 def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True,

@@ -1,0 +1,115 @@
+"""Model Folding's fast paths give the same clusters as the direct computations they replace.
+
+``robust_scale`` (all columns' percentiles at once) against scikit-learn's ``RobustScaler``, bit for bit;
+``kmeans`` (distances from the Gram matrix) against the direct k-means it replaced (kept here as the
+reference); and ``prune(method="fold")`` on a small grouped-conv net with both, state dicts equal.
+"""
+import numpy as np
+import pytest
+import torch
+
+import intrafusion_viz as ifv
+from intrafusion_viz import _fold
+from helpers import assert_state_equal
+from test_layer_types import GroupedBlock
+
+
+def kmeans_reference(x, k, n_init=10, max_iter=20, seed=0, spherical=False):
+    """The direct k-means (k-means++ seeding, Lloyd on explicit centres) that ``_fold.kmeans`` replaced."""
+    gen = torch.Generator().manual_seed(seed)
+    x = x.double()
+    n = x.shape[0]
+    sq = (x * x).sum(1)
+    best, best_inertia = None, float("inf")
+    for _ in range(n_init):
+        first = int(torch.randint(n, (1,), generator=gen))
+        centers = [x[first]]
+        d2 = ((x - x[first]) ** 2).sum(1)
+        for _ in range(1, k):
+            total = float(d2.sum())
+            idx = (int(torch.randint(n, (1,), generator=gen)) if total <= 0
+                   else int(torch.multinomial(d2 / total, 1, generator=gen)))
+            centers.append(x[idx])
+            d2 = torch.minimum(d2, ((x - x[idx]) ** 2).sum(1))
+        c = torch.stack(centers)
+        labels = None
+        for _ in range(max_iter):
+            dist = sq[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
+            new = dist.argmin(1)
+            if labels is not None and torch.equal(new, labels):
+                break
+            labels = new
+            counts = torch.bincount(labels, minlength=k).double()
+            sums = torch.zeros_like(c).index_add_(0, labels, x)
+            filled = counts > 0
+            c[filled] = sums[filled] / counts[filled, None]
+            if spherical:
+                c[filled] = c[filled] / c[filled].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        inertia = float(dist.gather(1, labels[:, None]).sum())
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
+
+
+def _sklearn_scale(x):
+    from sklearn.preprocessing import RobustScaler
+
+    return RobustScaler().fit_transform(x)
+
+
+def test_robust_scale_is_sklearns_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        n, d = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        x = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-8, 3)
+        if t % 3 == 0:
+            x = np.round(x, 1)  # ties
+        if t % 5 == 0:
+            x[:, : d // 2] = 1.5  # constant columns: scale 1
+        np.testing.assert_array_equal(_fold.robust_scale(x), _sklearn_scale(x))
+    x = rng.standard_normal((5, 4))
+    x[1, 2] = np.nan  # scikit-learn's NaN handling is kept
+    np.testing.assert_array_equal(_fold.robust_scale(x), _sklearn_scale(x))
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_kmeans_gives_the_reference_clusters(gram, monkeypatch):
+    if not gram:
+        monkeypatch.setattr(_fold, "GRAM_MAX_POINTS", 0)
+    g = torch.Generator().manual_seed(1)
+    for t in range(20):
+        n = int(torch.randint(3, 40, (1,), generator=g))
+        d = int(torch.randint(1, 30, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        if t % 4 == 0:
+            x = torch.cat([x[: n // 2], x[: n - n // 2]])  # exact duplicates
+        spherical = t % 5 == 0
+        if spherical:
+            x = x / x.norm(dim=1, keepdim=True)
+        assert torch.equal(_fold.kmeans(x, k, spherical=spherical),
+                           kmeans_reference(x, k, spherical=spherical)), (t, n, d, k)
+
+
+def test_kmeans_never_separates_exact_duplicates():
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.cat([x, x, x])  # every point three times: 6 clusters of 3 duplicates each
+    labels = _fold.kmeans(x, 6)
+    assert torch.equal(labels[:6], labels[6:12]) and torch.equal(labels[:6], labels[12:])
+    assert len(torch.unique(labels)) == 6
+
+
+def test_fold_on_a_grouped_conv_net_is_unchanged(monkeypatch):
+    torch.manual_seed(0)
+    model = GroupedBlock(c=8, width=16, groups=4).double().eval()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    new = ifv.prune(model, x, 0.5, method="fold")
+    monkeypatch.setattr(_fold, "robust_scale", _sklearn_scale)
+    monkeypatch.setattr(_fold, "kmeans", kmeans_reference)
+    old = ifv.prune(model, x, 0.5, method="fold")
+    assert new.params_after < new.params_before
+    assert any(r.k < r.n and len(torch.unique(r.plan.argmax(1))) == r.k for r in new.groups)  # clusters merged
+    assert [r.index for r in new.groups] == [r.index for r in old.groups]
+    for a, b in zip(new.groups, old.groups):
+        assert torch.equal(a.kept, b.kept) and torch.equal(a.plan, b.plan)
+    assert_state_equal(new.model, old.model.state_dict())
