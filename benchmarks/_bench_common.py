@@ -171,3 +171,28 @@ def executor_from_args(args):
         print(f"running on the Dask cluster at {scheduler}: {len(client.scheduler_info()['workers'])} workers",
               flush=True)
         yield client
+
+
+def cache_key(*parts) -> str:
+    """A results-cache key: the parts joined by ``|``."""
+    return "|".join(str(p) for p in parts)
+
+
+def save_cache(path: Path, cache: dict) -> None:
+    """Merge ``cache`` into the JSON file at ``path`` under a lock, and ``cache`` with what is on disk.
+
+    Several runs (other archs or seeds) may write the same file at once; each write re-reads it under the
+    lock and replaces it atomically, so none loses the others' results.
+    """
+    import fcntl
+    import json
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"ifv_{path.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.exists() else {}
+        on_disk.update(cache)
+        cache.update(on_disk)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
+        os.replace(tmp, path)

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header, save_figure  # noqa: E402
+from _bench_common import RESULTS, header, save_cache, save_figure  # noqa: E402
 
 PLANS = {  # label -> (method, OTConfig factory arguments)
     "IF-bary": ("intra-fusion", {}),
@@ -49,20 +49,6 @@ PLANS = {  # label -> (method, OTConfig factory arguments)
 }
 
 
-def _save(path: Path, cache: dict) -> None:
-    """Merge into the file under a lock (several runs may write at once)."""
-    import fcntl
-    import os
-    import tempfile
-
-    with open(Path(tempfile.gettempdir()) / "ifv_data_free_plans.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(path.read_text()) if path.exists() else {}
-        on_disk.update(cache)
-        cache.update(on_disk)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
-        os.replace(tmp, path)
 
 
 def _config(ifv, settings):
@@ -142,7 +128,7 @@ def run(args):
                                          if k in r} | ({"agreement": r["agreement"]} if "agreement" in r else {})
                                         for r in drift])
                     cache[key] = entry
-                    _save(path, cache)
+                    save_cache(path, cache)
                     print(f"{key}: none {entry['none']:.1f} data-free {entry['data_free']:.1f}", flush=True)
     return cache
 

@@ -18,37 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header, save_figure  # noqa: E402
+from _bench_common import RESULTS, cache_key, header, save_cache, save_figure  # noqa: E402
 
 CACHE = RESULTS / "kmeans_seeds.json"
 METHODS = ("IF-df", "fold")
 
 
-def _save(cache: dict) -> None:
-    """Merge ``cache`` into the file under a lock (runs for other archs or seeds may write at once)."""
-    import fcntl
-
-    with open(Path(tempfile.gettempdir()) / "ifv_kmeans_seeds.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-        on_disk.update(cache)
-        cache.update(on_disk)
-        tmp = CACHE.with_suffix(".tmp")
-        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
-        os.replace(tmp, CACHE)
 
 
-def _key(*parts) -> str:
-    return "|".join(str(p) for p in parts)
 
 
 def run(args) -> dict:
@@ -61,12 +45,12 @@ def run(args) -> dict:
     for arch in args.arch:
         for seed in args.seeds:
             model = ifv.reference_model(arch, seed, train_if_missing=False)
-            if _key(arch, seed, "base") not in cache:
-                cache[_key(arch, seed, "base")] = ifv.accuracy(model, (x_test, y_test))
-                _save(cache)
+            if cache_key(arch, seed, "base") not in cache:
+                cache[cache_key(arch, seed, "base")] = ifv.accuracy(model, (x_test, y_test))
+                save_cache(CACHE, cache)
             jobs = [(s, m, ks) for s in args.sparsity for m in args.methods for ks in range(args.kmeans_seeds)]
             for s, label, ks in tqdm(jobs, desc=f"{arch} seed {seed}"):
-                key = _key(arch, seed, s, label, ks)
+                key = cache_key(arch, seed, s, label, ks)
                 if key in cache:
                     continue
                 start = time.perf_counter()
@@ -74,14 +58,14 @@ def run(args) -> dict:
                 res = ifv.prune(model, x_test[:1], s, importance="l1", repair="none", seed=ks, **kw)
                 cache[key] = dict(none=ifv.accuracy(res.model, (x_test, y_test)),
                                   data_free=ifv.accuracy(ifv.repair(res, model, mode="data-free"), (x_test, y_test)))
-                _save(cache)
+                save_cache(CACHE, cache)
                 tqdm.write(f"{key}: none {cache[key]['none']:.2f} data-free {cache[key]['data_free']:.2f} "
                            f"({time.perf_counter() - start:.1f} s)")
     return cache
 
 
 def _draws(cache, arch, seed, s, label, kmeans_seeds, repair):
-    vals = [cache.get(_key(arch, seed, s, label, ks)) for ks in range(kmeans_seeds)]
+    vals = [cache.get(cache_key(arch, seed, s, label, ks)) for ks in range(kmeans_seeds)]
     return [v[repair] for v in vals if v is not None]
 
 
@@ -90,7 +74,7 @@ def tables(cache, args) -> str:
 
     out = []
     for arch in args.arch:
-        seeds = [sd for sd in args.seeds if _key(arch, sd, "base") in cache]
+        seeds = [sd for sd in args.seeds if cache_key(arch, sd, "base") in cache]
         if not seeds:
             continue
         present = sorted({int(k.rsplit("|", 1)[1]) for k in cache
@@ -120,7 +104,7 @@ def figure(cache, arch, args):
     """Every draw's accuracy with the data-free repair, by sparsity: one box per method."""
     import plotly.graph_objects as go
 
-    seeds = [sd for sd in args.seeds if _key(arch, sd, "base") in cache]
+    seeds = [sd for sd in args.seeds if cache_key(arch, sd, "base") in cache]
     fig = go.Figure()
     drawn = set()
     for label in args.methods:
@@ -128,7 +112,7 @@ def figure(cache, arch, args):
         for s in args.sparsity:
             for sd in seeds:
                 for ks in range(args.kmeans_seeds):
-                    v = cache.get(_key(arch, sd, s, label, ks))
+                    v = cache.get(cache_key(arch, sd, s, label, ks))
                     if v is not None:
                         xs.append(f"{s:.0%}")
                         ys.append(v["data_free"])

@@ -14,37 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header  # noqa: E402
+from _bench_common import RESULTS, cache_key, header, save_cache  # noqa: E402
 
 CACHE = RESULTS / "synthetic_repair.json"
 METHODS = ("IF-df", "fold", "default")
 REPAIRS = ("data-free", "synthetic", "bn")
 
 
-def _save(cache: dict) -> None:
-    import fcntl
-
-    with open(Path(tempfile.gettempdir()) / "ifv_synthetic_repair.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-        on_disk.update(cache)
-        cache.update(on_disk)
-        tmp = CACHE.with_suffix(".tmp")
-        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
-        os.replace(tmp, CACHE)
 
 
-def _key(*parts) -> str:
-    return "|".join(str(p) for p in parts)
 
 
 def run(args) -> dict:
@@ -58,22 +43,22 @@ def run(args) -> dict:
     for arch in args.arch:
         for seed in args.seeds:
             model = ifv.reference_model(arch, seed, train_if_missing=False)
-            if _key(arch, seed, "base") not in cache:
-                cache[_key(arch, seed, "base")] = ifv.accuracy(model, (x_test, y_test))
-                _save(cache)
+            if cache_key(arch, seed, "base") not in cache:
+                cache[cache_key(arch, seed, "base")] = ifv.accuracy(model, (x_test, y_test))
+                save_cache(CACHE, cache)
             jobs = [("whole", s, m, None) for s in args.whole for m in args.methods]
             n_groups = len(ifv.find_groups(model, x_test[:1]))
             jobs += [("one", args.one_group, m, gi) for gi in range(n_groups if args.one_group else 0)
                      for m in args.methods]
             synthetic = None
             for scope, s, label, gi in tqdm(jobs, desc=f"{arch} seed {seed}"):
-                todo = [r for r in args.repairs if _key(arch, seed, scope, s, label, gi, r) not in cache]
+                todo = [r for r in args.repairs if cache_key(arch, seed, scope, s, label, gi, r) not in cache]
                 if not todo:
                     continue
                 if synthetic is None and "synthetic" in todo:
                     start = time.perf_counter()
                     synthetic = ifv.synthetic_inputs(model, x_test[:1], n=64, steps=args.steps)
-                    cache[_key(arch, seed, "synthetic_s")] = time.perf_counter() - start
+                    cache[cache_key(arch, seed, "synthetic_s")] = time.perf_counter() - start
                 kw = dict(method=label if label != "IF-df" else "intra-fusion")
                 if label == "IF-df":
                     kw["config"] = ifv.OTConfig.data_free()
@@ -83,10 +68,10 @@ def run(args) -> dict:
                         net = ifv.repair(res, model, mode="data-free")
                     else:
                         net = ifv.repair(res, model, synthetic if r == "synthetic" else batch, mode="bn")
-                    cache[_key(arch, seed, scope, s, label, gi, r)] = ifv.accuracy(net, (x_test, y_test))
-                _save(cache)
+                    cache[cache_key(arch, seed, scope, s, label, gi, r)] = ifv.accuracy(net, (x_test, y_test))
+                save_cache(CACHE, cache)
                 tqdm.write(f"{arch} s{seed} {scope} {s} {label} g{gi}: " + ", ".join(
-                    f"{r} {cache[_key(arch, seed, scope, s, label, gi, r)]:.2f}" for r in todo))
+                    f"{r} {cache[cache_key(arch, seed, scope, s, label, gi, r)]:.2f}" for r in todo))
     return cache
 
 
@@ -95,11 +80,11 @@ def tables(cache, args) -> str:
 
     out = []
     for arch in args.arch:
-        seeds = [sd for sd in args.seeds if _key(arch, sd, "base") in cache]
+        seeds = [sd for sd in args.seeds if cache_key(arch, sd, "base") in cache]
         if not seeds:
             continue
-        base = {sd: cache[_key(arch, sd, "base")] for sd in seeds}
-        spent = [cache.get(_key(arch, sd, "synthetic_s")) for sd in seeds]
+        base = {sd: cache[cache_key(arch, sd, "base")] for sd in seeds}
+        spent = [cache.get(cache_key(arch, sd, "synthetic_s")) for sd in seeds]
         spent = [v for v in spent if v is not None]
         out.append(f"\n#### {arch}, seeds {seeds}: base {np.mean(list(base.values())):.2f} %"
                    + (f"; synthetic inputs took {min(spent):.0f}-{max(spent):.0f} s per model (loaded machine)"
@@ -111,7 +96,7 @@ def tables(cache, args) -> str:
             for label in args.methods:
                 cells = []
                 for r in args.repairs:
-                    vals = [cache.get(_key(arch, sd, "whole", s, label, None, r)) for sd in seeds]
+                    vals = [cache.get(cache_key(arch, sd, "whole", s, label, None, r)) for sd in seeds]
                     vals = [v for v in vals if v is not None]
                     if not vals:
                         cells.append("-")
@@ -131,8 +116,8 @@ def tables(cache, args) -> str:
                     within, total, worst = 0, 0, 0.0
                     for sd in seeds:
                         gi = 0
-                        while _key(arch, sd, "one", s, label, gi, r) in cache:
-                            drop = cache[_key(arch, sd, "one", s, label, gi, r)] - base[sd]
+                        while cache_key(arch, sd, "one", s, label, gi, r) in cache:
+                            drop = cache[cache_key(arch, sd, "one", s, label, gi, r)] - base[sd]
                             within += drop >= -1.5
                             worst = min(worst, drop)
                             total += 1

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import RESULTS, header, save_figure  # noqa: E402
+from _bench_common import RESULTS, cache_key, header, save_cache, save_figure  # noqa: E402
 
 CACHE = RESULTS / "whole_model.json"
 METHODS = {  # label -> (prune method, OTConfig settings)
@@ -40,8 +38,6 @@ METHODS = {  # label -> (prune method, OTConfig settings)
 REPAIRS = ("none", "data-free", "bn", "repair")
 
 
-def _key(*parts) -> str:
-    return "|".join(str(p) for p in parts)
 
 
 def _config(ifv, settings: dict):
@@ -50,18 +46,6 @@ def _config(ifv, settings: dict):
     return getattr(ifv.OTConfig, preset)(**settings) if preset else ifv.OTConfig(**settings)
 
 
-def _save(cache: dict) -> None:
-    """Merge ``cache`` into the file under a lock, so runs for other seeds or archs may run at the same time."""
-    import fcntl
-
-    with open(Path(tempfile.gettempdir()) / "ifv_whole_model.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-        on_disk.update(cache)
-        cache.update(on_disk)
-        tmp = CACHE.with_suffix(".tmp")
-        tmp.write_text(json.dumps(on_disk, indent=1, sort_keys=True))
-        os.replace(tmp, CACHE)
 
 
 def run(args):
@@ -71,7 +55,7 @@ def run(args):
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
 
     def save():
-        _save(cache)
+        save_cache(CACHE, cache)
 
     (x_train, _), (x_test, y_test) = ifv.reference_data()
     batch = x_train[:512]
@@ -81,7 +65,7 @@ def run(args):
     for arch in args.arch:
         for seed in args.seeds:
             model = ifv.reference_model(arch, seed, train_if_missing=False)
-            base_key = _key(arch, seed, "base")
+            base_key = cache_key(arch, seed, "base")
             if base_key not in cache:
                 cache[base_key] = ifv.accuracy(model, (x_test, y_test))
                 save()
@@ -96,7 +80,7 @@ def run(args):
                 for label in args.methods:
                     jobs.append(("one", args.one_group, label, gi, tuple(args.one_group_repairs), False))
             for scope, s, label, gi, repairs, sequential in tqdm(jobs, desc=f"{arch} seed {seed}"):
-                todo = [r for r in repairs if _key(arch, seed, scope, s, label, gi, r) not in cache]
+                todo = [r for r in repairs if cache_key(arch, seed, scope, s, label, gi, r) not in cache]
                 if not todo:
                     continue
                 method, settings = METHODS[label]
@@ -112,7 +96,7 @@ def run(args):
                     else:
                         net = ifv.repair(res, model, batch, mode=r)
                     acc = ifv.accuracy(net, (x_test, y_test))
-                    cache[_key(arch, seed, scope, s, label, gi, r)] = acc
+                    cache[cache_key(arch, seed, scope, s, label, gi, r)] = acc
                     save()
                     tqdm.write(f"{arch} s{seed} {scope} {s} {label} g{gi} {r}: {acc:.2f} "
                                f"({time.perf_counter() - start:.1f} s)")
@@ -124,10 +108,10 @@ def tables(cache, args) -> str:
 
     out = []
     for arch in args.arch:
-        seeds = [s for s in args.seeds if _key(arch, s, "base") in cache]
+        seeds = [s for s in args.seeds if cache_key(arch, s, "base") in cache]
         if not seeds:
             continue
-        base = [cache[_key(arch, s, "base")] for s in seeds]
+        base = [cache[cache_key(arch, s, "base")] for s in seeds]
         out.append(f"\n### {arch}, seeds {seeds}: base accuracy {np.mean(base):.2f} % "
                    f"({', '.join(f'{b:.2f}' for b in base)})\n")
         out.append(f"Every group pruned at once (accuracy %, 2,000 test images; mean ± std over seeds "
@@ -136,7 +120,7 @@ def tables(cache, args) -> str:
         out.append("|---|---|" + "---:|" * len(args.repairs))
 
         def cell(scope, s, label, gi, r):
-            vals = [cache.get(_key(arch, seed, scope, s, label, gi, r)) for seed in seeds]
+            vals = [cache.get(cache_key(arch, seed, scope, s, label, gi, r)) for seed in seeds]
             vals = [v for v in vals if v is not None]
             if not vals:
                 return "-"
@@ -164,10 +148,10 @@ def tables(cache, args) -> str:
                 for r in ("none", "data-free"):
                     within, total, worst, per_seed = 0, 0, 100.0, []
                     for seed in seeds:
-                        b = cache[_key(arch, seed, "base")]
+                        b = cache[cache_key(arch, seed, "base")]
                         gi, w = 0, 0
-                        while _key(arch, seed, "one", s, label, gi, r) in cache:
-                            acc = cache[_key(arch, seed, "one", s, label, gi, r)]
+                        while cache_key(arch, seed, "one", s, label, gi, r) in cache:
+                            acc = cache[cache_key(arch, seed, "one", s, label, gi, r)]
                             w += acc >= b - 1.5
                             worst = min(worst, acc)
                             gi += 1
@@ -184,7 +168,7 @@ def figures(cache, args):
     import plotly.graph_objects as go
 
     for arch in args.arch:
-        seeds = [s for s in args.seeds if _key(arch, s, "base") in cache]
+        seeds = [s for s in args.seeds if cache_key(arch, s, "base") in cache]
         if not seeds:
             continue
         fig = go.Figure()
@@ -192,7 +176,7 @@ def figures(cache, args):
             for r in args.repairs:
                 ys = []
                 for s in args.whole:
-                    vals = [cache.get(_key(arch, seed, "whole", s, label, None, r)) for seed in seeds]
+                    vals = [cache.get(cache_key(arch, seed, "whole", s, label, None, r)) for seed in seeds]
                     vals = [v for v in vals if v is not None]
                     ys.append(sum(vals) / len(vals) if vals else None)
                 fig.add_trace(go.Scatter(x=[100 * s for s in args.whole], y=ys, mode="lines+markers",
