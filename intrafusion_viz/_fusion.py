@@ -635,7 +635,7 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
     dtype = parts[0].dtype
     for part in parts[1:]:
         dtype = torch.promote_types(dtype, part.dtype)
-    widths = [part[0].numel() for part in parts]
+    widths = [part.width if isinstance(part, _FoldInto) else part[0].numel() for part in parts]
     out = torch.empty(n, sum(widths), dtype=dtype)
     start = 0
     for part, width in zip(parts, widths):  # one strided copy per layer, straight into place
@@ -655,14 +655,11 @@ class _FoldInto:
     """
 
     def __init__(self, layer: nn.Module, bn: nn.Module, dim: int, n: int):
-        self.layer, self.bn, self.dim, self.n = layer, bn, dim, n
+        self.layer, self.bn, self.dim = layer, bn, dim
         weight = layer.weight
         self.dtype = weight.dtype
-        self.shape = (n, weight.numel() // n)  # as a part: shape[0] rows, shape[1] per row
+        self.width = weight.numel() // n  # the columns of one channel
         self._moved_shape = tuple(weight.movedim(dim, 0).shape)
-
-    def __getitem__(self, i):  # part[0].numel(): the width of one channel's columns
-        return torch.empty(self.shape[1], dtype=self.dtype, device="meta")
 
     def write(self, dest: torch.Tensor) -> None:
         from ._fastpath import exact_scale
