@@ -12,7 +12,9 @@ trained on the MNIST 8,000-image split; trained and cached when missing) is prun
 * ``IF, residual skipped``: Intra-Fusion as it was before the attention merge existed (the residual
   stream group left unpruned, ``PruneResult.skipped``): the MLP groups only;
 * ``IF, residual merged``: Intra-Fusion with the residual plan and the per-head q.k / v plans;
-* ``IF merged, no q scale``: the same with the temperature compensation undone (an ablation).
+* ``IF merged, no q scale``: the same with the temperature compensation undone (an ablation);
+* ``IF, heads selected``: the residual stream merged, but each head's q/k/v dims pruned by selection (the
+  same kept dims, no per-head merge; q scale kept): what the per-head plans add (an ablation).
 
 Accuracy (%) on the 2,000 test images, mean ± std over the seeds with each seed in brackets; parameters
 after pruning.  Output: stdout and ``benchmarks/results/vit_attention.md``.
@@ -34,7 +36,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import header, markdown_table, mean_spread, save_text  # noqa: E402
 
-COLUMNS = ("default", "default + q scale", "IF, residual skipped", "IF, residual merged", "IF merged, no q scale")
+COLUMNS = ("default", "default + q scale", "IF, residual skipped", "IF, residual merged", "IF merged, no q scale",
+           "IF, heads selected")
 SCOPES = ("every group", "residual stream alone", "MLP groups alone")
 
 
@@ -51,6 +54,17 @@ def scale_queries(model: nn.Module, original: nn.Module, power: float = 1.0) -> 
             if m.in_proj_bias is not None:
                 m.in_proj_bias[:e] *= factor
     return model
+
+
+def heads_selected(plan):
+    """The same AttentionPlan with its per-head merges replaced by selections of the same kept dims."""
+    import dataclasses
+
+    import intrafusion_viz as ifv
+
+    qk = ifv.merge_matrices(ifv.selection_plan(plan.n, plan.qk_kept))
+    v = ifv.merge_matrices(ifv.selection_plan(plan.n, plan.v_kept))
+    return dataclasses.replace(plan, qk_out_map=qk[0], qk_in_map=qk[1], v_out_map=v[0], v_in_map=v[1])
 
 
 def run_seed(seed: int, sparsities, data, progress: bool):
@@ -77,6 +91,15 @@ def run_seed(seed: int, sparsities, data, progress: bool):
             cells["IF, residual merged"] = (ifv.accuracy(new.model, (x_test, y_test)), new.params_after)
             scale_queries(new.model, model, power=-1)
             cells["IF merged, no q scale"] = (ifv.accuracy(new.model, (x_test, y_test)), new.params_after)
+            from intrafusion_viz import _attention
+
+            planner = _attention.attention_plan
+            _attention.attention_plan = lambda *a, **kw: heads_selected(planner(*a, **kw))
+            try:
+                sel = ifv.prune(model, example, s, method="intra-fusion", importance="l1", groups=chosen)
+            finally:
+                _attention.attention_plan = planner
+            cells["IF, heads selected"] = (ifv.accuracy(sel.model, (x_test, y_test)), sel.params_after)
             old_groups = [i for i in chosen if i not in residual]
             if old_groups:
                 with warnings.catch_warnings():

@@ -243,6 +243,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     conv group loses ``floor(removed / groups)`` channels; ``GroupResult.k`` is the count kept) and
     channels merge only inside their conv group (a block-diagonal plan).  A GroupNorm's
     ``num_groups`` must divide the kept count, else a ``ValueError`` names the counts that work.
+    A group holding an ``nn.MultiheadAttention`` keeps a multiple of its ``num_heads``; Intra-Fusion
+    and ``"fold"`` merge its q/k/v dims with per-head plans of their own (importance ``"l2"`` if asked,
+    else l1, on those dims' weights; ``GroupResult.attention``; see ``intrafusion_viz/_attention.py``).
 
     Returns
     -------

@@ -29,7 +29,7 @@ RECIPES = {
     "vgg11_bn": dict(epochs=8, lr=0.05),
     "resnet18": dict(epochs=6, lr=0.05),
     # torchvision VisionTransformer: AdamW (weight decay 0.05), batch 128, random shifts of up to 2 pixels.
-    "vit": dict(epochs=20, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=128, shift=2),
+    "vit": dict(epochs=30, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=128, shift=2),
 }
 
 
