@@ -17,13 +17,15 @@ trained on the MNIST 8,000-image split; trained and cached when missing) is prun
   same kept dims, no per-head merge; q scale kept): what the per-head plans add (an ablation).
 
 Accuracy (%) on the 2,000 test images, mean ± std over the seeds with each seed in brackets; parameters
-after pruning.  Output: stdout and ``benchmarks/results/vit_attention.md``.
+after pruning.  Output: stdout and ``benchmarks/results/vit_attention.md``; each seed's cells are cached in
+``benchmarks/results/vit_attention.json`` (keyed by the checkpoint's training date; ``--force`` re-measures).
 
     python benchmarks/vit_attention.py --seeds 0 1
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -34,7 +36,9 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import header, markdown_table, mean_spread, save_text  # noqa: E402
+from _bench_common import RESULTS, cache_key, header, markdown_table, mean_spread, save_cache, save_text  # noqa: E402
+
+CACHE = RESULTS / "vit_attention.json"
 
 COLUMNS = ("default", "default + q scale", "IF, residual skipped", "IF, residual merged", "IF merged, no q scale",
            "IF, heads selected")
@@ -121,12 +125,31 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--force", action="store_true", help="re-measure seeds that are cached")
     parser.add_argument("--out", type=Path, default=None, help="folder for vit_attention.md (default benchmarks/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = reference_data()
-    per_seed = {seed: run_seed(seed, args.sparsities, data, progress=False) for seed in args.seeds}
+    from intrafusion_viz._reference import reference_dir, reference_model
+
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    per_seed = {}
+    for seed in args.seeds:
+        reference_model("vit", seed=seed, progress=False)  # trained (and cached) when missing
+        trained = int((reference_dir() / f"vit_s{seed}.pt").stat().st_mtime)
+        key = cache_key("vit", seed, trained, *args.sparsities)
+        if key not in cache or args.force:
+            base, params, rows = run_seed(seed, args.sparsities, data, progress=False)
+            cache[key] = dict(base=base, params=params,
+                              rows=[[scope, s, col, acc, p] for (scope, s), cells in rows.items()
+                                    for col, (acc, p) in cells.items()])
+            save_cache(CACHE, cache)
+        entry = cache[key]
+        rows = {}
+        for scope, s, col, acc, p in entry["rows"]:
+            rows.setdefault((scope, s), {})[col] = (acc, p)
+        per_seed[seed] = (entry["base"], entry["params"], rows)
     bases = [per_seed[s][0] for s in args.seeds]
     params = per_seed[args.seeds[0]][1]
 
