@@ -126,7 +126,8 @@ def main(argv=None):
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.1, 0.3, 0.5])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="re-measure seeds that are cached")
-    parser.add_argument("--out", type=Path, default=None, help="folder for vit_attention.md (default benchmarks/results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for vit_attention.md (default benchmarks/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Converged reference models: wide VGG11-BN and ResNet18 trained on the real MNIST 8,000-image split.
+"""Converged reference models: wide VGG11-BN, ResNet18 and a ViT trained on the real MNIST 8,000-image split.
 
 The accuracy evidence (``benchmarks/whole_model.py``), the notebooks' full mode and the dashboards use
 these instead of tiny under-trained nets. Checkpoints live outside git, in

@@ -1,11 +1,10 @@
-"""Intra-Fusion through nn.MultiheadAttention: residual plan + per-head q.k / v plans (intrafusion_viz/_attention.py)."""
+"""Intra-Fusion through nn.MultiheadAttention: residual plan + per-head q.k / v plans (_attention.py)."""
 import math
 import warnings
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import intrafusion_viz as ifv
 from intrafusion_viz._attention import attention_plan, merge_heads
