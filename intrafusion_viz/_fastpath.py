@@ -568,7 +568,8 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
     ----------
     groups : list of Group
         Bound to ``model``.
-    plans : list of (index, kept, out_map, in_map, norm_map)
+    plans : list of (index, kept, MergeMaps)
+        One group's dense maps are built when that group is reached (none for a known selection).
     replaced : dict
         From :func:`direct_surgery_replaces`.
     """
@@ -577,12 +578,17 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
 
     work = private_copy(model, skip=replaced)
     originals, copies = dict(model.named_modules()), dict(work.named_modules())
-    for i, kept, out_map, in_map, norm_map in plans:
+    for i, kept, maps in plans:
         g = groups[i]
         n = g.size
         kept = torch.as_tensor(kept, dtype=torch.long).cpu()
         k = len(kept)
-        selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
+        if maps.selection:  # index operations only; the BatchNorm map is built if a fold needs it
+            out_map = in_map = norm_map = None
+            selection = True
+        else:
+            out_map, in_map, norm_map = maps.build()
+            selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
         dropped = torch.ones(n, dtype=torch.bool)
         dropped[kept] = False
         remove = torch.nonzero(dropped).flatten().tolist()
@@ -642,5 +648,7 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
                 continue
             tracker.remove(m.name, m.dim, n, remove)
         if folded:
-            restore_folded_batchnorms(work, g, kept, norm_map, folded, tracker)
+            restore_folded_batchnorms(work, g, kept, maps.norm_map() if norm_map is None else norm_map, folded,
+                                      tracker)
+        out_map = in_map = norm_map = None  # this group's maps go before the next group's are built
     return work
