@@ -385,6 +385,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 # kept rows: computed if the record is read; our own vectors are normalised in place
                 cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
+                cost.compact()  # the record keeps the dropped rows only until its cost is read
             else:
                 cost = cost_matrix(vec, kept, config, seed=seed)
 
@@ -424,7 +425,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                                        CompactPlan.selection(n, kept), DerivedMap("barycentric", 0),
                                        DerivedMap("barycentric", 1), members=list(g.members), method=method))
         elif not sequential:
-            record, planned = plan_group(i, vectors.get(i))
+            record, planned = plan_group(i, vectors.pop(i, None))  # each group's vectors go once planned
             records.append(record)
             plans.append(planned)
 

@@ -180,3 +180,26 @@ def test_the_surgery_holds_one_groups_dense_maps_at_a_time(direct, method, monke
     assert len(res.groups) > 1 and len(surgeries) == int(direct)
     assert most[0] == 0  # no earlier group's map was still alive when the next was built
     assert builds[0] == (0 if direct and method == "default" else len(res.groups))  # selections: index ops
+
+
+@pytest.mark.parametrize("n, k, d", [(40, 13, 70), (9, 8, 5)])
+def test_compacted_lazy_cost_completes_to_cost_matrix_bit_for_bit(n, k, d):
+    g = torch.Generator().manual_seed(n)
+    features = torch.randn(n, d, generator=g)
+    kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
+    cfg = ifv.OTConfig.paper()
+    expect = ifv.cost_matrix(features, kept, cfg)
+    lazy = fp.dropped_rows_cost(features, kept, cfg).compact()
+    assert lazy.partial.shape == (n - k, k)  # the dropped rows only
+    clone = pickle.loads(pickle.dumps(lazy))
+    assert torch.equal(lazy.full(), expect) and torch.equal(clone.full(), expect)
+    assert torch.equal(lazy.compact().full(), expect)  # completed: compact() changes nothing
+
+
+def test_intra_fusion_records_hold_the_dropped_cost_rows_only():
+    model, x = _net()
+    res = ifv.prune(model, x, 0.5, config=ifv.OTConfig.paper())
+    for rec in res.groups:
+        stored = vars(rec)["_cost"]
+        assert isinstance(stored, fp.LazyCost) and stored.partial.shape == (rec.n - rec.k, rec.k)
+        assert rec.cost.shape == (rec.n, rec.k) and bool((rec.cost[rec.kept, torch.arange(rec.k)] == 0).all())
