@@ -136,16 +136,27 @@ class MergeMaps:
         """``(out_map, in_map, norm_map)``, dense, as :func:`intrafusion_viz.prune` used to hold them."""
         from ._transport import merge_matrices, selection_plan
 
+        if self.selection:  # merge_matrices of a selection plan: both maps are its 0/1 matrix (one tensor here)
+            return (self._selection_map(),) * 3
         plan = densify(self.plan)
         out_map, in_map = merge_matrices(plan, self.fusion)
         if self.fusion == "barycentric":
             return out_map, in_map, out_map
         return out_map, in_map, merge_matrices(selection_plan(plan.shape[0], self.kept))[0]
 
+    def _selection_map(self) -> torch.Tensor:
+        """1 at ``(kept[j], j)``, 0 elsewhere: ``merge_matrices(selection_plan(n, kept))`` gives it for both maps."""
+        n, k = self.plan.shape
+        sel = torch.zeros(n, k, dtype=torch.float64)
+        sel[torch.as_tensor(self.kept, dtype=torch.long), torch.arange(k)] = 1.0
+        return sel
+
     def norm_map(self) -> torch.Tensor:
         """``build()[2]`` alone."""
         from ._transport import merge_matrices, selection_plan
 
+        if self.selection:
+            return self._selection_map()
         if self.fusion == "barycentric":
             return merge_matrices(densify(self.plan))[0]
         return merge_matrices(selection_plan(self.plan.shape[0], self.kept))[0]

@@ -203,3 +203,15 @@ def test_intra_fusion_records_hold_the_dropped_cost_rows_only():
         stored = vars(rec)["_cost"]
         assert isinstance(stored, fp.LazyCost) and stored.partial.shape == (rec.n - rec.k, rec.k)
         assert rec.cost.shape == (rec.n, rec.k) and bool((rec.cost[rec.kept, torch.arange(rec.k)] == 0).all())
+
+
+def test_merge_maps_of_a_selection_are_merge_matrices_of_the_selection_plan():
+    kept = torch.tensor([1, 4, 5, 8])
+    maps = _compact.MergeMaps(_compact.CompactPlan.selection(10, kept), kept)
+    assert maps.selection
+    out_map, in_map = ifv.merge_matrices(ifv.selection_plan(10, kept))
+    built = maps.build()
+    assert torch.equal(built[0], out_map) and torch.equal(built[1], in_map) and torch.equal(built[2], out_map)
+    assert torch.equal(maps.norm_map(), out_map)
+    paper = _compact.MergeMaps(_compact.CompactPlan.selection(10, kept), kept, "paper")
+    assert not paper.selection and torch.equal(paper.build()[1], in_map)
