@@ -248,7 +248,7 @@ def _cell(rec: dict, key: str) -> str:
     if c.get("train") is not True:
         bad.append("train mode fails")
     if c.get("skipped"):
-        bad.append(f"{c['skipped']} groups skipped")
+        bad.append(f"{c['skipped']} group{'' if c['skipped'] == 1 else 's'} skipped")
     return _fmt_params(c["params_after"]) + (f" ({', '.join(bad)})" if bad else "")
 
 

@@ -181,8 +181,11 @@ def _repair_group(model: nn.Module, g, snap: Dict[str, dict], folded: bool,
     from ._data_aware import _apply_affine, _pruned_positions
 
     modules = dict(model.named_modules())
-    applied = g.out_map.double().cpu()  # what merging did to each producer row
-    target = _target_weights(g.plan.cpu())  # the plan-weighted sources each merged channel stands for
+    from ._compact import read_field
+
+    # (built for this group only, not kept in the record: a prune holds no dense plans afterwards)
+    applied = read_field(g, "out_map", cache=False).double().cpu()  # what merging did to each producer row
+    target = _target_weights(read_field(g, "plan", cache=False).cpu())  # the sources each merged channel stands for
     for m in g.members:
         if m.role != "out" or m.name not in snap:
             continue

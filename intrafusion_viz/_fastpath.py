@@ -239,12 +239,27 @@ class LazyCost:
     targets : Tensor, shape (k, d)
         The unit-normalised kept channel vectors (the kept-vs-kept block is their pairwise L1 distance).
     kept : Tensor, shape (k,)
+
+    After the plan is solved, :meth:`compact` keeps only the dropped rows of ``partial`` (the kept
+    rows are zero until :meth:`full` computes them), which is what a record holds until it is read.
     """
 
-    __slots__ = ("partial", "targets", "kept")
+    __slots__ = ("partial", "targets", "kept", "n")
 
     def __init__(self, partial: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor):
-        self.partial, self.targets, self.kept = partial, targets, kept
+        self.partial, self.targets, self.kept, self.n = partial, targets, kept, None
+
+    def compact(self) -> "LazyCost":
+        """Hold the dropped rows of ``partial`` only (``n - k`` of its ``n`` rows); :meth:`full` puts them back."""
+        if self.targets is not None and self.n is None:
+            self.n = len(self.partial)
+            self.partial = self.partial.index_select(0, self._dropped())
+        return self
+
+    def _dropped(self) -> torch.Tensor:
+        dropped = torch.ones(self.n, dtype=torch.bool)
+        dropped[self.kept] = False
+        return torch.nonzero(dropped).flatten()
 
     def full(self) -> torch.Tensor:
         """The whole (n, k) cost, equal bit for bit to :func:`cost_matrix`'s."""
@@ -253,15 +268,20 @@ class LazyCost:
         cost = self.partial
         if self.targets is None:  # already completed
             return cost
+        if self.n is not None:  # compacted: the dropped rows back in place, the kept rows zero
+            cost = torch.zeros(self.n, len(self.kept), dtype=self.partial.dtype)
+            cost.index_copy_(0, self._dropped(), self.partial)
+            self.partial, self.n = cost, None
         cost[self.kept] = l1_distances(self.targets)
         cost[self.kept, torch.arange(len(self.kept))] = 0.0
         self.targets = None
         return cost
 
     def __getstate__(self):
-        return {"partial": self.partial, "targets": self.targets, "kept": self.kept}
+        return {"partial": self.partial, "targets": self.targets, "kept": self.kept, "n": self.n}
 
     def __setstate__(self, state):
+        self.n = None  # (states pickled before compact() existed have no "n")
         for name, value in state.items():
             setattr(self, name, value)
 
@@ -568,7 +588,8 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
     ----------
     groups : list of Group
         Bound to ``model``.
-    plans : list of (index, kept, out_map, in_map, norm_map)
+    plans : list of (index, kept, MergeMaps)
+        One group's dense maps are built when that group is reached (none for a known selection).
     replaced : dict
         From :func:`direct_surgery_replaces`.
     """
@@ -577,12 +598,17 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
 
     work = private_copy(model, skip=replaced)
     originals, copies = dict(model.named_modules()), dict(work.named_modules())
-    for i, kept, out_map, in_map, norm_map in plans:
+    for i, kept, maps in plans:
         g = groups[i]
         n = g.size
         kept = torch.as_tensor(kept, dtype=torch.long).cpu()
         k = len(kept)
-        selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
+        if maps.selection:  # index operations only; the BatchNorm map is built if a fold needs it
+            out_map = in_map = norm_map = None
+            selection = True
+        else:
+            out_map, in_map, norm_map = maps.build()
+            selection = _is_selection(out_map, kept) and _is_selection(in_map, kept)
         dropped = torch.ones(n, dtype=torch.bool)
         dropped[kept] = False
         remove = torch.nonzero(dropped).flatten().tolist()
@@ -642,5 +668,7 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
                 continue
             tracker.remove(m.name, m.dim, n, remove)
         if folded:
-            restore_folded_batchnorms(work, g, kept, norm_map, folded, tracker)
+            restore_folded_batchnorms(work, g, kept, maps.norm_map() if norm_map is None else norm_map, folded,
+                                      tracker)
+        out_map = in_map = norm_map = None  # this group's maps go before the next group's are built
     return work

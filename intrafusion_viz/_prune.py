@@ -17,11 +17,12 @@ from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_featu
 from ._fastpath import (LazyCost, all_finite, direct_surgery, direct_surgery_replaces, dropped_rows_cost, fold_memo,
                         folded_magnitude_importances, kept_rows_unused, private_copy)
 from ._fusion import check_tied_weights
+from ._compact import CompactPlan, DerivedMap, MergeMaps, compact_plan, read_field
 from ._groups import Group, _trace, bind_groups, resolve_group_keys
 from ._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
 from ._importance import group_importance, resolve_importance, taylor_gradients
 from ._state import ModelSnapshot, saved_modes
-from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
+from ._transport import OTConfig, cost_matrix, masses, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
@@ -63,6 +64,13 @@ class GroupResult:
     attention : dict
         ``{name: AttentionPlan}``: the per-head plans of the q/k/v dims of every
         ``nn.MultiheadAttention`` the group merged (empty otherwise; see :mod:`._attention`).
+
+    ``plan``, ``out_map`` and ``in_map`` are dense float64 tensors when read, but :func:`prune` stores
+    them compactly (:mod:`._compact`): a selection as its kept indices, an exact plan as its nonzeros,
+    each map as the rule that derives it from the plan (:func:`merge_matrices`).  The first read of a
+    field builds the dense tensor and keeps it in the record (as ``cost`` does), so later reads are
+    free and return the same tensor; reading a map keeps the plan too.  Constructed by hand, the
+    fields hold whatever tensors are given.
     """
 
     index: int
@@ -99,6 +107,21 @@ def _set_cost(record: GroupResult, cost) -> None:
 
 
 GroupResult.cost = property(_cost_of, _set_cost, doc="Transport cost, shape (n, k), or None for default pruning.")
+
+
+def _dense_field(name: str, doc: str) -> property:
+    def get(record: GroupResult):
+        return read_field(record, name)
+
+    def put(record: GroupResult, value) -> None:
+        record.__dict__["_" + name] = value
+
+    return property(get, put, doc=doc)
+
+
+GroupResult.plan = _dense_field("plan", "Transport plan, shape (n, k), float64 (built on first read, then kept).")
+GroupResult.out_map = _dense_field("out_map", "Merge matrix of producer rows, shape (n, k) (built on first read).")
+GroupResult.in_map = _dense_field("in_map", "Merge matrix of consumer columns, shape (n, k) (built on first read).")
 
 
 @dataclass
@@ -361,8 +384,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 kept, plan = _per_block(n, k, blocks[i],
                                         lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
             cost = cost_matrix(vec, kept, config)
-            out_map, in_map = merge_matrices(plan)
-            norm_map = out_map
+            fusion = "barycentric"
         elif group_method != "default":
             a = masses(config.source_mass, imp, n)
             b = masses(config.target_mass, imp[kept], k)
@@ -370,6 +392,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 # kept rows: computed if the record is read; our own vectors are normalised in place
                 cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
+                cost.compact()  # the record keeps the dropped rows only until its cost is read
             else:
                 cost = cost_matrix(vec, kept, config, seed=seed)
 
@@ -384,12 +407,11 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                     plan = transport_plan(cost, a, b, config, kept=kept)
                 else:  # block diagonal: every block carries its own channels' mass
                     _, plan = _per_block(n, k, blocks[i], solve, weights=a)
-            out_map, in_map = merge_matrices(plan, config.fusion)
-            norm_map = out_map if config.fusion == "barycentric" else merge_matrices(selection_plan(n, kept))[0]
+            fusion = config.fusion
         else:
-            plan = selection_plan(n, kept)
-            out_map, in_map = merge_matrices(plan)
-            norm_map = out_map
+            plan, fusion = CompactPlan.selection(n, kept), "barycentric"
+        # held compactly (kept indices or nonzeros); dense maps are built per group during the surgery
+        plan = compact_plan(plan)
         g = originals[i]
         attention = {}
         if group_method != "default":  # every MultiheadAttention: per-head plans of its q/k/v dims
@@ -403,8 +425,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         if attention:
             attention_plans[i] = attention
         record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
-                             out_map, in_map, members=list(g.members), method=group_method, attention=attention)
-        return record, (i, kept, out_map, in_map, norm_map)
+                             DerivedMap(fusion, 0), DerivedMap(fusion, 1), members=list(g.members),
+                             method=group_method, attention=attention)
+        return record, (i, kept, MergeMaps(plan, kept, fusion))
 
     records, plans, attention_plans = [], [], {}
     items = selected.items()
@@ -416,12 +439,11 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         n, k = sizes[i]
         if k == n:  # nothing to remove: not scored, the model is not touched
             kept, imp = torch.arange(n), torch.full((n,), float("nan"), dtype=torch.float64)
-            plan = selection_plan(n, kept)
-            out_map, in_map = merge_matrices(plan)
-            records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, None, plan,
-                                       out_map, in_map, members=list(g.members), method=method))
+            records.append(GroupResult(g.index, g.paper_index, g.name, n, k, s, kept, imp, None,
+                                       CompactPlan.selection(n, kept), DerivedMap("barycentric", 0),
+                                       DerivedMap("barycentric", 1), members=list(g.members), method=method))
         elif not sequential:
-            record, planned = plan_group(i, vectors.get(i))
+            record, planned = plan_group(i, vectors.pop(i, None))  # each group's vectors go once planned
             records.append(record)
             plans.append(planned)
 
@@ -558,17 +580,21 @@ def _per_block(n: int, k: int, blocks: int, solve, weights: Optional[torch.Tenso
 
 def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None,
            attention: Optional[dict] = None) -> None:
-    """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand)."""
+    """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand).
+
+    ``plans``: ``(index, kept, MergeMaps)`` per group; each group's dense maps are built when it is merged.
+    ``attention``: ``{index: {name: AttentionPlan}}`` of the groups holding an ``nn.MultiheadAttention``.
+    """
     folded = {}
     if fold:
         for i, *_ in plans:
             folded.update(fold_group_batchnorms(work, bound[i]))
     tracker = tracker if tracker is not None else IndexTracker()
-    for i, kept, out_map, in_map, norm_map in plans:
-        apply_merge(work, bound[i], kept, out_map, in_map, norm_map, tracker, (attention or {}).get(i))
+    for i, kept, maps in plans:  # one group's dense maps at a time
+        apply_merge(work, bound[i], kept, *maps.build(), tracker, (attention or {}).get(i))
     if folded:
-        for i, kept, _, _, norm_map in plans:
-            restore_folded_batchnorms(work, bound[i], kept, norm_map, folded, tracker)
+        for i, kept, maps in plans:
+            restore_folded_batchnorms(work, bound[i], kept, maps.norm_map(), folded, tracker)
 
 
 def _checked_features(features: Callable, model: nn.Module, group: Group) -> torch.Tensor:
