@@ -1,9 +1,10 @@
-"""Train the converged reference models (wide VGG11-BN, ResNet18 width 32) on the MNIST 8,000-image split.
+"""Train the converged reference models (wide VGG11-BN, ResNet18 width 32, a ViT) on the MNIST 8,000-image split.
 
 Checkpoints go to ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference/<arch>_s<seed>.pt``
 (outside git); ``intrafusion_viz.reference_model(arch, seed)`` loads them (and trains when missing).
 
     python benchmarks/train_reference.py --arch vgg11_bn resnet18 --seeds 0 1 2
+    python benchmarks/train_reference.py --arch vit --seeds 0 1     # torchvision VisionTransformer, AdamW
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def main(argv=None):
             _, acc = train_reference(arch, seed, data=data, path=path)
             print(f"{arch} seed {seed}: test accuracy {acc:.2f} % ({time.perf_counter() - start:.0f} s) -> {path}",
                   flush=True)
+            from intrafusion_viz import load_checkpoint
+
+            curve = load_checkpoint(path)[1].get("eval_curve")
+            if curve:
+                print(f"  test accuracy after each epoch: {curve}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def _folding_gram(modules: Dict[str, nn.Module], members, n: int) -> torch.Tenso
 
     by_producer = {m.fold_from: m for m in members if m.role == "norm" and m.fold_from}
     for m in members:
-        module = modules[m.name]
+        module = modules.get(m.name)  # None: a bare Parameter (pos_embedding), not part of the Gram
         if m.role == "out":
             rows = _rows(module, m, n)
             slots = _slots(m, n)[:, 0]

@@ -376,7 +376,7 @@ def _prune_parameter(model: nn.Module, name: str, dim: int, remove: List[int]) -
 @torch.no_grad()
 def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: torch.Tensor,
                 in_map: torch.Tensor, norm_map: Optional[torch.Tensor] = None,
-                tracker: Optional[IndexTracker] = None) -> None:
+                tracker: Optional[IndexTracker] = None, attention: Optional[dict] = None) -> None:
     """Merge a group's channels into the kept ones and remove the others, in place.
 
     Parameters
@@ -394,6 +394,11 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
         Applied to BatchNorm parameters and statistics that were not folded (default ``out_map``).
     tracker : IndexTracker, optional
         Shared across groups merged into the same model, for layers shared between groups.
+    attention : dict, optional
+        ``{name: AttentionPlan}`` for the group's ``nn.MultiheadAttention`` layers (the per-head plans
+        of their q/k/v dims, :func:`intrafusion_viz._attention.attention_plan`).  A merge without one
+        plans them with ``OTConfig()`` and l1; plain selection without one prunes them as
+        Torch-Pruning does (the same indices for the residual and the q/k/v dims).
     """
     n = group.size
     kept = torch.as_tensor(kept, dtype=torch.long).cpu()
@@ -411,6 +416,13 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
         slots = _slots(m, n)
         size = _dim_size(module, m)
         cur = tracker.current(m.name, m.dim, slots.flatten().tolist()).view_as(slots)
+        if isinstance(module, nn.MultiheadAttention) and (not selection or m.name in (attention or {})):
+            from ._attention import attention_plan, merge_attention
+
+            plan = (attention or {}).get(m.name) or attention_plan(module, len(kept), name=m.name)
+            merge_attention(module, cur[:, 0], out_map, in_map, plan)
+            tracker.remove(m.name, m.dim, size, slots[dropped].flatten().tolist())
+            continue
         if m.role == "grouped":  # merged and shrunk per conv group (the same map for plain selection)
             _merge_grouped_inputs(module, cur, kept, in_map)
             tracker.remove(m.name, m.dim, size, slots[dropped].flatten().tolist())
@@ -604,9 +616,14 @@ def channel_features(model: nn.Module, group: Group, *, fold: bool = True, bias:
     modules = _modules(model)
     parts = []
     for m in group.members:
+        module = modules.get(m.name)
+        if isinstance(module, nn.MultiheadAttention) and merge_problem([m], modules, n) is None:
+            from ._attention import residual_vectors  # its residual columns and rows, not its q/k/v rows
+
+            parts.append(residual_vectors(module, _slots(m, n)[:, 0], bias=include_bias))
+            continue
         if m.role not in ("out", "in", "depthwise", "grouped"):
             continue
-        module = modules[m.name]
         slots = _slots(m, n).flatten()
         weight = module.weight.detach()
         if m.role == "grouped":  # input c of a grouped conv: column c % (in/g) of its conv group's rows

@@ -78,6 +78,14 @@ def merge_problem(members: Sequence, modules: Dict[str, nn.Module], n: int, sele
             return (f"{where} contains a bare nn.Parameter, {m.name!r}, used outside a layer in an operation "
                     "other than adding, concatenating or multiplying it per channel, which Intra-Fusion cannot merge")
         if m.role == "other" and not selection:
+            if isinstance(module, nn.MultiheadAttention):  # merged with per-head plans (_attention.py)
+                from ._attention import attention_problem
+
+                why = attention_problem(module, n) or (None if _identity(m, n) else "its channels are reordered")
+                if why is None:
+                    continue
+                return (f"{where} contains a MultiheadAttention layer, {m.name!r}, that Intra-Fusion cannot "
+                        f"merge: {why}")
             return f"{where} contains a {m.layer_type} layer, {m.name!r}, whose channels Intra-Fusion cannot merge"
         counts = {}
         for r in m.root_idxs:

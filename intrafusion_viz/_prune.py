@@ -61,6 +61,9 @@ class GroupResult:
     assignment : Tensor, shape (n,)
         The kept position each channel sends most of its mass to (-1 for channels dropped by
         default pruning).
+    attention : dict
+        ``{name: AttentionPlan}``: the per-head plans of the q/k/v dims of every
+        ``nn.MultiheadAttention`` the group merged (empty otherwise; see :mod:`._attention`).
 
     ``plan``, ``out_map`` and ``in_map`` are dense float64 tensors when read, but :func:`prune` stores
     them compactly (:mod:`._compact`): a selection as its kept indices, an exact plan as its nonzeros,
@@ -84,6 +87,7 @@ class GroupResult:
     in_map: torch.Tensor
     members: list = field(default_factory=list, repr=False)
     method: str = "intra-fusion"
+    attention: dict = field(default_factory=dict, repr=False)
 
     @property
     def assignment(self) -> torch.Tensor:
@@ -262,6 +266,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     conv group loses ``floor(removed / groups)`` channels; ``GroupResult.k`` is the count kept) and
     channels merge only inside their conv group (a block-diagonal plan).  A GroupNorm's
     ``num_groups`` must divide the kept count, else a ``ValueError`` names the counts that work.
+    A group holding an ``nn.MultiheadAttention`` keeps a multiple of its ``num_heads``; Intra-Fusion
+    and ``"fold"`` merge its q/k/v dims with per-head plans of their own (importance ``"l2"`` if asked,
+    else l1, on those dims' weights; ``GroupResult.attention``; see ``intrafusion_viz/_attention.py``).
 
     Returns
     -------
@@ -362,7 +369,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
 
         sources = snapshot_sources(model, [originals[i] for i in pruned])
 
-    def plan_group(i, vec):
+    def plan_group(i, vec, source=model_read):
         n, k = sizes[i]
         imp = scores[i]
         kept = _top_per_block(imp, k, blocks[i])
@@ -406,12 +413,23 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         # held compactly (kept indices or nonzeros); dense maps are built per group during the surgery
         plan = compact_plan(plan)
         g = originals[i]
+        attention = {}
+        if group_method != "default":  # every MultiheadAttention: per-head plans of its q/k/v dims
+            from ._attention import attention_plan
+
+            for m in g.members:
+                module = source.get_submodule(m.name) if m.layer_type != "Parameter" else None
+                if isinstance(module, nn.MultiheadAttention):
+                    attention[m.name] = attention_plan(module, k, config, importance if isinstance(importance, str)
+                                                       else "l1", seed, group_method, m.name)
+        if attention:
+            attention_plans[i] = attention
         record = GroupResult(g.index, g.paper_index, g.name, n, k, selected[i], kept, imp, cost, plan,
                              DerivedMap(fusion, 0), DerivedMap(fusion, 1), members=list(g.members),
-                             method=group_method)
+                             method=group_method, attention=attention)
         return record, (i, kept, MergeMaps(plan, kept, fusion))
 
-    records, plans = [], []
+    records, plans, attention_plans = [], [], {}
     items = selected.items()
     if progress:
         from tqdm.auto import tqdm
@@ -455,12 +473,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 tracker = IndexTracker()
                 for i in pruned:
                     vec = _checked_features(features, work, bound[i]) if fuse and i not in by_selection else None
-                    record, planned = plan_group(i, vec)
+                    record, planned = plan_group(i, vec, work)
                     records.append(record)
-                    _merge(work, bound, [planned], fold, tracker)
+                    _merge(work, bound, [planned], fold, tracker, attention_plans)
                 records.sort(key=lambda r: r.index)
             elif direct is None:
-                _merge(work, bound, plans, fold)
+                _merge(work, bound, plans, fold, attention=attention_plans)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
@@ -560,10 +578,12 @@ def _per_block(n: int, k: int, blocks: int, solve, weights: Optional[torch.Tenso
     return kept, plan
 
 
-def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None) -> None:
+def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None,
+           attention: Optional[dict] = None) -> None:
     """Fold, merge and restore BatchNorms of every planned group, in place (plans made beforehand).
 
     ``plans``: ``(index, kept, MergeMaps)`` per group; each group's dense maps are built when it is merged.
+    ``attention``: ``{index: {name: AttentionPlan}}`` of the groups holding an ``nn.MultiheadAttention``.
     """
     folded = {}
     if fold:
@@ -571,7 +591,7 @@ def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Opti
             folded.update(fold_group_batchnorms(work, bound[i]))
     tracker = tracker if tracker is not None else IndexTracker()
     for i, kept, maps in plans:  # one group's dense maps at a time
-        apply_merge(work, bound[i], kept, *maps.build(), tracker)
+        apply_merge(work, bound[i], kept, *maps.build(), tracker, (attention or {}).get(i))
     if folded:
         for i, kept, maps in plans:
             restore_folded_batchnorms(work, bound[i], kept, maps.norm_map(), folded, tracker)

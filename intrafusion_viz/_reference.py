@@ -1,4 +1,4 @@
-"""Converged reference models: wide VGG11-BN and ResNet18 trained on the real MNIST 8,000-image split.
+"""Converged reference models: wide VGG11-BN, ResNet18 and a ViT trained on the real MNIST 8,000-image split.
 
 The accuracy evidence (``benchmarks/whole_model.py``), the notebooks' full mode and the dashboards use
 these instead of tiny under-trained nets. Checkpoints live outside git, in
@@ -22,12 +22,14 @@ import torch.nn as nn
 
 PathLike = Union[str, os.PathLike]
 
-REFERENCE_ARCHS = ("vgg11_bn", "resnet18")
+REFERENCE_ARCHS = ("vgg11_bn", "resnet18", "vit")
 DEFAULT_MNIST_ROOT = Path("/work/shared/data/mnist")
 # Training recipe (SGD + momentum, cosine schedule, batch 64, weight decay 5e-4), per architecture.
 RECIPES = {
     "vgg11_bn": dict(epochs=8, lr=0.05),
     "resnet18": dict(epochs=6, lr=0.05),
+    # torchvision VisionTransformer: AdamW (weight decay 0.05), batch 128, random shifts of up to 2 pixels.
+    "vit": dict(epochs=30, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=128, shift=2),
 }
 
 
@@ -40,7 +42,9 @@ def reference_dir() -> Path:
 def build_reference(arch: str) -> nn.Module:
     """An untrained reference architecture for 1-channel 32x32 inputs.
 
-    ``"vgg11_bn"``: VGG11 with BatchNorm, width 0.5 (32-256 channels); ``"resnet18"``: ResNet18, width 32.
+    ``"vgg11_bn"``: VGG11 with BatchNorm, width 0.5 (32-256 channels); ``"resnet18"``: ResNet18, width 32;
+    ``"vit"``: torchvision's ``VisionTransformer`` (patch 4, 4 layers, hidden 128, 4 heads, MLP 256; 0.54 M
+    parameters) with a 1-channel ``conv_proj``.
     """
     from . import models
 
@@ -48,6 +52,13 @@ def build_reference(arch: str) -> nn.Module:
         return models.vgg11_bn(num_classes=10, width_mult=0.5, in_channels=1)
     if arch == "resnet18":
         return models.resnet18(num_classes=10, width=32, in_channels=1)
+    if arch == "vit":
+        from torchvision.models import VisionTransformer
+
+        vit = VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=128,
+                                mlp_dim=256, num_classes=10)
+        vit.conv_proj = nn.Conv2d(1, 128, kernel_size=4, stride=4)
+        return vit
     raise ValueError(f"Unknown reference architecture {arch!r}; choose one of {REFERENCE_ARCHS}.")
 
 
@@ -73,6 +84,29 @@ def reference_data(root: Optional[PathLike] = None, n_train: int = 8000, n_test:
     return tensors(train), tensors(test)
 
 
+class _ShiftedBatches:
+    """Shuffled batches of ``(x, y)``, each image shifted by up to ``shift`` pixels (edge padding), anew each epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shift: int, seed: int):
+        self.x, self.y, self.batch_size, self.shift = x, y, batch_size, shift
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):
+        import torch.nn.functional as F
+
+        s, (h, w) = self.shift, self.x.shape[-2:]
+        padded = F.pad(self.x, (s, s, s, s), mode="replicate")
+        order = torch.randperm(len(self.y), generator=self.generator)
+        offsets = torch.randint(0, 2 * s + 1, (len(self.y), 2), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            xb = torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in zip(idx.tolist(), offsets[idx].tolist())])
+            yield xb, self.y[idx]
+
+
 def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, path: Optional[PathLike] = None):
     """Train a reference model from scratch with the fixed recipe and save it; returns ``(model, test_accuracy)``."""
     from ._train import accuracy, save_checkpoint, train
@@ -81,12 +115,20 @@ def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, 
     recipe = RECIPES[arch]
     torch.manual_seed(seed)
     model = build_reference(arch)
-    train(model, (x_train, y_train), epochs=recipe["epochs"], lr=recipe["lr"], seed=seed,
-          progress=progress, scheduler="cosine", batch_size=64, eval_data=(x_test, y_test))
+    batch_size = recipe.get("batch_size", 64)
+    train_data = (x_train, y_train)
+    if recipe.get("shift"):
+        train_data = _ShiftedBatches(x_train, y_train, batch_size, recipe["shift"], seed)
+    optimizer = "sgd"
+    if recipe.get("optimizer") == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    history = train(model, train_data, epochs=recipe["epochs"], lr=recipe["lr"], seed=seed, optimizer=optimizer,
+                    progress=progress, scheduler="cosine", batch_size=batch_size, eval_data=(x_test, y_test))
     acc = accuracy(model, (x_test, y_test))
     path = Path(path) if path is not None else reference_dir() / f"{arch}_s{seed}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, path, arch=arch, seed=seed, test_accuracy=acc, **recipe)
+    save_checkpoint(model, path, arch=arch, seed=seed, test_accuracy=acc,
+                    eval_curve=[round(a, 2) for a in history.eval_accuracy], **recipe)
     return model, acc
 
 
@@ -96,7 +138,7 @@ def reference_model(arch: str = "vgg11_bn", seed: int = 0, train_if_missing: boo
 
     Parameters
     ----------
-    arch : {"vgg11_bn", "resnet18"}
+    arch : {"vgg11_bn", "resnet18", "vit"}
     seed : int
         Training seed (0, 1, 2 are the ones the benchmarks use).
     train_if_missing : bool
