@@ -12,7 +12,7 @@ trained on the MNIST 8,000-image split; trained and cached when missing) is prun
 * ``IF, residual skipped``: Intra-Fusion as it was before the attention merge existed (the residual
   stream group left unpruned, ``PruneResult.skipped``): the MLP groups only;
 * ``IF, residual merged``: Intra-Fusion with the residual plan and the per-head q.k / v plans;
-* ``IF merged, no q scale``: the same with the temperature compensation undone (an ablation);
+* ``IF merged, no q scale``: the same with ``OTConfig(q_scale="none")`` (no temperature compensation);
 * ``IF, heads selected``: the residual stream merged, but each head's q/k/v dims pruned by selection (the
   same kept dims, no per-head merge; q scale kept): what the per-head plans add (an ablation).
 
@@ -93,8 +93,9 @@ def run_seed(seed: int, sparsities, data, progress: bool):
             new = ifv.prune(model, example, s, method="intra-fusion", importance="l1", groups=chosen)
             assert not new.skipped, new.skipped
             cells["IF, residual merged"] = (ifv.accuracy(new.model, (x_test, y_test)), new.params_after)
-            scale_queries(new.model, model, power=-1)
-            cells["IF merged, no q scale"] = (ifv.accuracy(new.model, (x_test, y_test)), new.params_after)
+            free = ifv.prune(model, example, s, method="intra-fusion", importance="l1", groups=chosen,
+                             config=ifv.OTConfig(q_scale="none"))
+            cells["IF merged, no q scale"] = (ifv.accuracy(free.model, (x_test, y_test)), free.params_after)
             from intrafusion_viz import _attention
 
             planner = _attention.attention_plan

@@ -27,7 +27,8 @@ residual stream to ``k`` therefore forces the q/k/v width to ``k`` too, but merg
 * the softmax temperature: attention divides the scores by ``sqrt(head_dim)``, and ``head_dim``
   shrinks from ``E / h`` to ``k / h``; the merged q rows and bias are multiplied by
   ``sqrt((k / h) / (E / h))`` so the scores keep their scale (without it, merging exact duplicates
-  changes the function).
+  changes the function).  ``OTConfig(q_scale="none")`` leaves q as merged instead (measured to keep
+  more accuracy on converged ViTs; not exact on duplicates).
 
 The importance of a head's dims is the call's magnitude kind (``"l2"``: sum of squares, otherwise
 ``"l1"``: sum of absolute values) of the weights in its vector (rows and columns, biases left out).
@@ -65,7 +66,8 @@ class AttentionPlan:
         Applied to v rows (averaged) and ``out_proj`` columns (summed).
     qk_importance, v_importance : Tensor, shape (n,)
     q_scale : float
-        ``sqrt(k / n)``: multiplies the merged q rows and bias (softmax temperature).
+        ``sqrt(k / n)`` (``OTConfig.q_scale="exact"``, default) or 1 (``"none"``): multiplies the merged
+        q rows and bias (softmax temperature).
     """
 
     name: str
@@ -209,7 +211,8 @@ def attention_plan(module: nn.MultiheadAttention, k: int, config=None, importanc
     v_imp = _magnitude([wv, wo.T], kind)
     qk = plans(torch.cat([wq, *column(bq), wk, *column(bk)], 1), qk_imp)
     v = plans(torch.cat([wv, *column(bv), wo.T], 1), v_imp)
-    return AttentionPlan(name, h, n, k, *qk, qk_imp, *v, v_imp, math.sqrt(k / n))
+    q_scale = math.sqrt(k / n) if config.q_scale == "exact" else 1.0  # softmax temperature (OTConfig.q_scale)
+    return AttentionPlan(name, h, n, k, *qk, qk_imp, *v, v_imp, q_scale)
 
 
 def _parameter(old: torch.Tensor, new: torch.Tensor) -> nn.Parameter:

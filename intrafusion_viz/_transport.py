@@ -31,6 +31,7 @@ _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
 _CENTROID_INITS = ("kept", "k-means++")
+_Q_SCALES = ("exact", "none")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ class OTConfig:
         and left as a BatchNorm with variance 1 that still divides by ``sqrt(1 + eps)``, for both
         methods.  This changes the model's function (about 3e-4 relative for eps = 1e-5); use it only
         to compare with the paper's code.  Needs ``fold_batchnorm=True``.
+    q_scale : {"exact", "none"}
+        Softmax temperature of an ``nn.MultiheadAttention`` merged by Intra-Fusion (its heads shrink
+        from ``E / h`` to ``k / h`` dims, and attention divides the scores by ``sqrt(head_dim)``).
+        ``"exact"`` (default): the merged q rows and bias are multiplied by ``sqrt(k / E)``, so the
+        scores keep their scale and merging exact duplicates changes nothing.  ``"none"``: q is left
+        as merged, so the smaller ``sqrt(head_dim)`` sharpens the scores; merged (averaged) q rows are
+        shorter than their sources, and on converged ViTs this kept more accuracy (BENCHMARKS.md,
+        section 8, "ViT: attention heads under Intra-Fusion").  Default pruning never rescales q.
 
     Use :meth:`OTConfig.paper` for every setting of the paper's code at once, and
     :meth:`OTConfig.data_free` for the plan that holds up on a whole network without data.
@@ -111,6 +120,7 @@ class OTConfig:
     centroid_init: str = "kept"
     standardize: bool = False
     normalize: bool = True
+    q_scale: str = "exact"
 
     @classmethod
     def paper(cls, bn_eps: str = "exact", **overrides) -> "OTConfig":
@@ -187,6 +197,7 @@ class OTConfig:
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _check_choice("bn_eps", self.bn_eps, _BN_EPS)
         _check_choice("centroid_init", self.centroid_init, _CENTROID_INITS)
+        _check_choice("q_scale", self.q_scale, _Q_SCALES)
         if self.bn_eps == "authors" and self.fold_batchnorm is not True:
             raise ValueError("bn_eps='authors' folds every BatchNorm the paper's way, so it needs "
                              "fold_batchnorm=True")

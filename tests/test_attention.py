@@ -135,6 +135,28 @@ def test_without_the_temperature_the_duplicates_are_not_exact():
     assert rel_err(res.model(x), wide(x)) > 1e-3
 
 
+def test_q_scale_none_leaves_q_as_merged():
+    """OTConfig(q_scale="none"): the same merge without the temperature factor (q rows and bias divided by
+    sqrt(k/n) relative to the default), everything else equal; it is then not exact on duplicates."""
+    _, wide, x = _duplicated_vit()
+    exact = ifv.prune(wide, x, 0.5, method="intra-fusion", importance=keep_first_half)
+    free = ifv.prune(wide, x, 0.5, method="intra-fusion", importance=keep_first_half,
+                     config=ifv.OTConfig(q_scale="none"))
+    a, b = exact.model.state_dict(), free.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        if name.endswith(("in_proj_weight", "in_proj_bias")):
+            e = a[name].shape[0] // 3
+            torch.testing.assert_close(b[name][:e] * math.sqrt(0.5), a[name][:e], rtol=1e-12, atol=0)
+            assert torch.equal(b[name][e:], a[name][e:])
+        else:
+            assert torch.equal(a[name], b[name]), name
+    assert all(p.q_scale == 1.0 for g in free.groups for p in g.attention.values())
+    assert rel_err(free.model(x), wide(x)) > 1e-3
+    with pytest.raises(ValueError, match="q_scale"):
+        ifv.OTConfig(q_scale="sqrt")
+
+
 def _heads_forward(x, weights, biases, wo, bo, heads):
     """Multi-head attention with q/k/v width (rows of weights) free of the residual width (their columns)."""
     q, k, v = (x @ w.T + b for w, b in zip(weights, biases))  # (B, T, d)
