@@ -307,8 +307,10 @@ def table(records: list) -> str:
     whole = sum(_works(r, "intra-fusion") and not any(r.get(f"intra-fusion@{s:g}", {}).get("skipped")
                                                        for s in SPARSITIES) for r in records if "error" not in r)
     summary = (f"Of {n} models: Torch-Pruning prunes {tp_ok}, our default pruning {ours['default']}, "
-               f"our Intra-Fusion {ours['intra-fusion']} ({whole} with every group merged, the others with "
-               "some groups skipped) (30 % and 50 %: output shape kept, finite, runs in train mode; "
+               f"our Intra-Fusion {ours['intra-fusion']} "
+               + ("(every group merged in each)" if whole == ours["intra-fusion"] else
+                  f"({whole} with every group merged, the others with some groups skipped)")
+               + " (30 % and 50 %: output shape kept, finite, runs in train mode; "
                "sparsity 0 changes the output by ≤ 1e-5 relative).")
     if missing:
         summary += f" Not measured in this run ({len(missing)}): {', '.join(missing)}."
