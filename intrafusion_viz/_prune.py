@@ -393,8 +393,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 cost = dropped_rows_cost(vec, kept, config, inplace=own_features)
                 plan = transport_plan(cost.partial, a, b, config, kept=kept)
                 cost.compact()  # the record keeps the dropped rows only until its cost is read
-            else:
-                cost = cost_matrix(vec, kept, config, seed=seed)
+            else:  # our own vectors are normalised in place (the caller's, from features=, are not)
+                cost = cost_matrix(vec, kept, config, seed=seed, inplace=own_features)
 
                 def solve(rows, kb):  # the kept channels of this block, their own transport problem
                     local = kept[(kept >= rows[0]) & (kept <= rows[-1])] - rows[0]

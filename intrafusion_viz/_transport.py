@@ -235,7 +235,7 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = OTConfig(),
-                importance: Optional[torch.Tensor] = None, seed: int = 0) -> torch.Tensor:
+                importance: Optional[torch.Tensor] = None, seed: int = 0, inplace: bool = False) -> torch.Tensor:
     """Cost of moving each channel onto each target.
 
     Parameters
@@ -249,6 +249,11 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     seed : int
         Seed of the k-means++ seeding (``centroid_init="k-means++"``); the clusters it finds can
         differ from seed to seed.
+    inplace : bool
+        Unit-normalise ``features`` in place (a floating-point CPU tensor the caller owns and no longer
+        needs; its values change) instead of in a copy: the same cost, bit for bit, with one copy of
+        the vectors less (:func:`prune` does this with the vectors it built, 1.2 GB for ViT-L/16's
+        residual stream).
 
     Returns
     -------
@@ -257,12 +262,16 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
         targets; float64, on CPU.
     """
     x = features.detach().cpu()
+    own = inplace  # x may be written: the caller's (inplace=True) or a copy made here
     if not x.is_floating_point():
-        x = x.double()
+        x, own = x.double(), True
     if config.standardize:
-        x = _standardized(x)
+        x, own = _standardized(x), True
     unit = _unit_rows if config.normalize else (lambda v: v)
-    x = unit(x)
+    if own and config.normalize:
+        x = x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))  # what _unit_rows computes, without a copy
+    else:
+        x = unit(x)
     kept = torch.as_tensor(kept, dtype=torch.long)
     if config.target == "most_important":
         targets = x[kept]

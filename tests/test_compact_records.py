@@ -215,3 +215,33 @@ def test_merge_maps_of_a_selection_are_merge_matrices_of_the_selection_plan():
     assert torch.equal(maps.norm_map(), out_map)
     paper = _compact.MergeMaps(_compact.CompactPlan.selection(10, kept), kept, "paper")
     assert not paper.selection and torch.equal(paper.build()[1], in_map)
+
+
+@pytest.mark.parametrize("cfg", [ifv.OTConfig(), ifv.OTConfig(p=1.0), ifv.OTConfig(p=3.0),
+                                 ifv.OTConfig(standardize=True), ifv.OTConfig(target="centroid")])
+def test_cost_matrix_inplace_gives_the_same_cost_bit_for_bit(cfg):
+    """inplace=True normalises the caller's vectors in place (one copy less) and changes no number."""
+    torch.manual_seed(0)
+    x = torch.randn(24, 40)
+    kept = torch.tensor([1, 4, 5, 9, 11, 20])
+    expected = ifv.cost_matrix(x, kept, cfg)
+    mine = x.clone()
+    assert torch.equal(ifv.cost_matrix(mine, kept, cfg, inplace=True), expected)
+    assert torch.equal(ifv.cost_matrix(x, kept, cfg), expected)  # without inplace the input is untouched
+
+
+def test_prune_with_its_own_vectors_normalised_in_place_matches_caller_features():
+    """prune normalises the vectors it built in place; the same vectors passed in (not written) agree."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 12, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(12 * 4 * 4, 5)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    own = ifv.prune(model, x, 0.5, method="intra-fusion")
+    given = ifv.prune(model, x, 0.5, method="intra-fusion",
+                      features=lambda m, g: ifv.channel_features(m, g, fold=True, bias=True))
+    assert all(torch.equal(a.cost, b.cost) and torch.equal(a.plan, b.plan) for a, b in zip(own.groups, given.groups))
+    for name, t in own.model.state_dict().items():
+        assert torch.equal(t, given.model.state_dict()[name]), name
