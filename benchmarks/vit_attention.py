@@ -46,14 +46,14 @@ SCOPES = ("every group", "residual stream alone", "MLP groups alone")
 
 
 @torch.no_grad()
-def scale_queries(model: nn.Module, original: nn.Module, power: float = 1.0) -> nn.Module:
-    """Multiply every MultiheadAttention's q rows and bias by ``sqrt(k / n) ** power`` (``k``, ``n``: embed_dim
-    after and before), in place: ``power=1`` adds the temperature compensation, ``-1`` removes it."""
+def scale_queries(model: nn.Module, original: nn.Module) -> nn.Module:
+    """Multiply every MultiheadAttention's q rows and bias by ``sqrt(k / n)`` (``k``, ``n``: embed_dim after
+    and before), in place: the temperature compensation Intra-Fusion makes, applied to default pruning."""
     before = {name: m.embed_dim for name, m in original.named_modules() if isinstance(m, nn.MultiheadAttention)}
     for name, m in model.named_modules():
         if isinstance(m, nn.MultiheadAttention):
             e = m.embed_dim
-            factor = math.sqrt(e / before[name]) ** power
+            factor = math.sqrt(e / before[name])
             m.in_proj_weight[:e] *= factor
             if m.in_proj_bias is not None:
                 m.in_proj_bias[:e] *= factor
