@@ -19,8 +19,8 @@ import torch
 
 def main(argv=None):
     import intrafusion_viz as ifv
-    from intrafusion_viz._fusion import IndexTracker, apply_merge, fold_group_batchnorms
-    from intrafusion_viz._transport import merge_matrices, selection_plan
+    from intrafusion_viz.merge._surgery import IndexTracker, apply_merge, fold_group_batchnorms
+    from intrafusion_viz.plan._transport import merge_matrices, selection_plan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vgg11_bn")

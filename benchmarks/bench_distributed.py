@@ -62,7 +62,7 @@ def task_overhead(n_cells=200):
     """ms per cell that the executors add to a task that does nothing (submit, ship, collect, progress)."""
     from distributed import Client, LocalCluster
 
-    from intrafusion_viz._distributed import map_cells
+    from intrafusion_viz.evaluation._distributed import map_cells
 
     shared = torch.zeros(1000, 1000)  # 4 MB of shared inputs, sent once per worker
     rows = []

@@ -118,14 +118,14 @@ def cost_times(model, group, kept, repeats):
 
 
 PHASES = (  # (label, module, attribute): top-level steps of one prune() call, timed inclusively
-    ("channel vectors (+ folds)", "intrafusion_viz._prune", "channel_features"),
-    ("importance", "intrafusion_viz._prune", "folded_magnitude_importances"),
-    ("cost: L1 kernel", "intrafusion_viz._l1", "l1_distances"),
-    ("cost: rest", "intrafusion_viz._prune", "dropped_rows_cost"),
-    ("EMD", "intrafusion_viz._prune", "transport_plan"),
-    ("model copy", "intrafusion_viz._fastpath", "private_copy"),
-    ("BatchNorm restore", "intrafusion_viz._fusion", "restore_folded_batchnorms"),
-    ("merge + cut", "intrafusion_viz._prune", "direct_surgery"),
+    ("channel vectors (+ folds)", "intrafusion_viz.pruning._prune", "channel_features"),
+    ("importance", "intrafusion_viz.pruning._prune", "folded_magnitude_importances"),
+    ("cost: L1 kernel", "intrafusion_viz.plan._l1", "l1_distances"),
+    ("cost: rest", "intrafusion_viz.pruning._prune", "dropped_rows_cost"),
+    ("EMD", "intrafusion_viz.pruning._prune", "transport_plan"),
+    ("model copy", "intrafusion_viz.merge._fastpath", "private_copy"),
+    ("BatchNorm restore", "intrafusion_viz.merge._surgery", "restore_folded_batchnorms"),
+    ("merge + cut", "intrafusion_viz.pruning._prune", "direct_surgery"),
 )
 
 
@@ -179,7 +179,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     authors = import_authors(Path(args.authors)) if args.authors else None
-    from intrafusion_viz._l1 import l1_backend
+    from intrafusion_viz.plan._l1 import l1_backend
 
     print(f"torch {torch.__version__}, 1 thread, L1 kernel: {l1_backend()}, "
           f"authors' code: {args.authors or 'not given (their recorded 0.31-2.06 s per IF cell)'}")

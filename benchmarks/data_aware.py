@@ -4,7 +4,7 @@ For each model (trained here, seeded) and each group alone at ``--sparsity`` (de
 whole model, l1 importance:
 
 * ``default`` / ``IF`` (data-free, barycentric) / ``IF-act`` (cost on activations,
-  :func:`intrafusion_viz._data_aware.activation_features`);
+  :func:`intrafusion_viz.repair._data_aware.activation_features`);
 * each followed by nothing, ``+bn`` (BatchNorm statistics re-estimated) or ``+repair`` (REPAIR-style
   per-channel mean/std correction; works on the BN-free MLP too).
 
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
-from intrafusion_viz._data_aware import activation_features, repair  # noqa: E402
+from intrafusion_viz.repair._data_aware import activation_features, repair  # noqa: E402
 from _bench_common import (DEFAULT_MNIST, RESULTS, header, load_mnist, markdown_table, mean_spread,  # noqa: E402
                            mnist_resnet, mnist_vgg, save_figure, save_text)
 

@@ -65,9 +65,9 @@ def cluster_statistics(ifv, model, res, x):
     of the producers' outputs (the BatchNorm inputs; spatial positions and samples pooled) on ``x``;
     ``estimated``: the data-free repair's estimate for the same pairs (Model Folding's cosine).
     """
-    from intrafusion_viz._data_aware import _recording, _run
-    from intrafusion_viz._data_free import _correlation_from_gram, snapshot_sources
-    from intrafusion_viz._fusion import _slots
+    from intrafusion_viz.repair._activations import _recording, _run
+    from intrafusion_viz.repair._data_free import _correlation_from_gram, snapshot_sources
+    from intrafusion_viz.merge._surgery import _slots
 
     groups = [g for g in res.groups if g.k < g.n]
     snap = snapshot_sources(model, groups)

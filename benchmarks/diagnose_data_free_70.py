@@ -64,8 +64,8 @@ def layers(ifv, args):
     model = ifv.reference_model("vgg11_bn", args.seed, train_if_missing=False)
     probe = x_test[:256]
     base = _bn_inputs(model, probe)
-    from intrafusion_viz._fusion import channel_features
-    from intrafusion_viz._transport import _standardized
+    from intrafusion_viz.merge._surgery import channel_features
+    from intrafusion_viz.plan._transport import _standardized
 
     norms = []  # spherical k-means normalises the standardised vectors: is any of them near zero?
     for g in ifv.find_groups(model, x_test[:1]):
@@ -97,7 +97,7 @@ def layers(ifv, args):
 
 
 def swap(ifv, args):
-    import intrafusion_viz._fold as fold_module
+    import intrafusion_viz.plan._kmeans as fold_module
 
     (_, _), (x_test, y_test) = ifv.reference_data()
     model = ifv.reference_model("vgg11_bn", args.seed, train_if_missing=False)

@@ -3,9 +3,9 @@
 ``method="fold"`` clusters every conv group of a grouped conv on its own (k-means, best of 10 starts,
 after Model Folding's ``RobustScaler``).  Each call's ``RobustScaler`` took its percentiles one column
 at a time (scikit-learn's Python loop: 0.7 s for a 32 x 2,337 block of ResNeXt50's layer4), which
-made ResNeXt50 take tens of minutes; :func:`intrafusion_viz._fold.robust_scale` takes them all at
+made ResNeXt50 take tens of minutes; :func:`intrafusion_viz.plan._kmeans.robust_scale` takes them all at
 once, bit for bit the same.  And k-means on a wide ungrouped group (2,048 channels, k = 1,434) spent
-minutes in k-means++ seeding at O(n d) per drawn centre; :func:`intrafusion_viz._fold.kmeans` now reads
+minutes in k-means++ seeding at O(n d) per drawn centre; :func:`intrafusion_viz.plan._kmeans.kmeans` now reads
 distances off the Gram matrix (O(n) per draw, O(n^2) per Lloyd step), with the same draws.
 
 Per model: ``prune(model, x, sparsity, method="fold")`` timed with the old scaler and k-means (scikit-learn's
@@ -95,7 +95,7 @@ def _sklearn_scale(x):
 
 def run(model, x, sparsity: float, old: bool, groups=None):
     import intrafusion_viz as ifv
-    from intrafusion_viz import _fold
+    from intrafusion_viz.plan import _kmeans as _fold
 
     totals = {}
     with _timed(_fold, "robust_scale", totals, "scaler", _sklearn_scale if old else None), \
@@ -111,7 +111,7 @@ def kmeans_only(n: int, k: int, argv) -> None:
     """One k-means start (k-means++ seeding and up to 20 Lloyd steps), direct vs Gram-matrix distances."""
     import torch
 
-    from intrafusion_viz import _fold
+    from intrafusion_viz.plan import _kmeans as _fold
 
     x = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     times, labels = {}, {}

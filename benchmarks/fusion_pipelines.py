@@ -2,7 +2,7 @@
 
 The 8,000 training images (split from MNIST's 10,000-image test set; 2,000 others for testing) are
 split in two; two VGG-style CNNs with BatchNorm (different seeds) train one per half; the pipelines
-of :mod:`intrafusion_viz.pipelines` then fuse, prune (Intra-Fusion, l1) and fine-tune.  The baseline
+of :mod:`intrafusion_viz.fusion.pipelines` then fuse, prune (Intra-Fusion, l1) and fine-tune.  The baseline
 trains one model on all 8,000 images for the same number of epochs, prunes and fine-tunes.  The halves
 are trained one after the other here; their parallel time is the longer of the two (``parallel="max"``).
 

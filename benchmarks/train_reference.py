@@ -15,7 +15,7 @@ import torch
 
 
 def main(argv=None):
-    from intrafusion_viz._reference import REFERENCE_ARCHS, reference_data, reference_dir, train_reference
+    from intrafusion_viz.evaluation._reference import REFERENCE_ARCHS, reference_data, reference_dir, train_reference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=list(REFERENCE_ARCHS), choices=REFERENCE_ARCHS)

@@ -96,7 +96,7 @@ def run_seed(seed: int, sparsities, data, progress: bool):
             free = ifv.prune(model, example, s, method="intra-fusion", importance="l1", groups=chosen,
                              config=ifv.OTConfig(q_scale="none"))
             cells["IF merged, no q scale"] = (ifv.accuracy(free.model, (x_test, y_test)), free.params_after)
-            from intrafusion_viz import _attention
+            from intrafusion_viz.merge import _attention
 
             planner = _attention.attention_plan
             _attention.attention_plan = lambda *a, **kw: heads_selected(planner(*a, **kw))
@@ -120,7 +120,7 @@ def run_seed(seed: int, sparsities, data, progress: bool):
 
 
 def main(argv=None):
-    from intrafusion_viz._reference import reference_data
+    from intrafusion_viz.evaluation._reference import reference_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -133,7 +133,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = reference_data()
-    from intrafusion_viz._reference import reference_dir, reference_model
+    from intrafusion_viz.evaluation._reference import reference_dir, reference_model
 
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     per_seed = {}

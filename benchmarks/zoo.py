@@ -181,7 +181,7 @@ def run_one(name: str) -> dict:
 def _mergeable(group) -> bool:
     if hasattr(group, "mergeable"):
         return bool(group.mergeable)
-    from intrafusion_viz._fusion import _check_mergeable, _slots
+    from intrafusion_viz.merge._surgery import _check_mergeable, _slots
 
     try:
         _check_mergeable(group, False)

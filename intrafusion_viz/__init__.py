@@ -1,9 +1,17 @@
 """intrafusion_viz: optimal-transport pruning (Intra-Fusion, ICLR 2024) you can run, see and teach.
 
-The pipeline, one private module a step::
+The pipeline, one subpackage a stage (each may import only the stages above it in this list)::
 
-    model -> find_groups (_groups) -> importance (_importance) -> transport plan (_transport)
-          -> fusion or plain pruning (_fusion, _prune) -> evaluation (_train) -> figures -> widgets
+    groups/      coupled channel groups: tracing (Torch-Pruning), per-layer-type merge rules
+    plan/        importance, channel cost, transport plans, k-means clusters, compact plan records
+    merge/       BatchNorm folding and the surgery that merges (or cuts) channels along a plan; attention
+    repair/      statistics repair after a merge: with data (BatchNorm, REPAIR), data-free, synthetic inputs
+    pruning/     prune(): resolve, score, plan, merge, repair, record
+    evaluation/  accuracy, training, checkpoints, reference models, layer drift, sweeps
+    fusion/      fuse(): OTFusion of several models; the paper's PaF / FaP pipelines
+    figures/     plotly figures;  widgets/  ipywidgets dashboards;  cli.py  the command line
+
+``models.py`` (architectures), ``data/`` (datasets) and ``_state.py`` (the caller's state) sit below all of them.
 
 Example
 -------
@@ -15,29 +23,32 @@ Example
 """
 from importlib import import_module
 
-from ._data_aware import REPAIR_MODES, activation_features, repair
-from ._fusion import apply_merge, channel_features, fold_batchnorm
-from ._groups import Group, Member, TracerError, UnsupportedLayerError, find_groups
-from ._importance import IMPORTANCES, group_importance, resolve_importance
-from ._otfusion import FUSE_METHODS, FusedGroup, FuseResult, fuse, permute_neurons
-from ._prune import METHODS, GroupResult, PruneResult, num_kept, prune
-from ._transport import OTConfig, cost_matrix, masses, merge_matrices, selection_plan, transport_plan
+from .fusion import FUSE_METHODS, FusedGroup, FuseResult, fuse, permute_neurons
+from .groups import Group, Member, TracerError, UnsupportedLayerError, find_groups
+from .merge import apply_merge, channel_features, fold_batchnorm
+from .plan import (IMPORTANCES, OTConfig, cost_matrix, group_importance, masses, merge_matrices,
+                   resolve_importance, selection_plan, transport_plan)
+from .pruning import METHODS, GroupResult, PruneResult, num_kept, prune
+from .repair import REPAIR_MODES, activation_features, repair
 
 __version__ = "0.1.0"
 
 # Submodules and names that pull in heavier dependencies load on first use.
-_LAZY_MODULES = ("models", "data", "figures", "widgets", "sweeps", "cli", "pipelines")
+_LAZY_MODULES = {
+    "models": "models", "data": "data", "figures": "figures", "widgets": "widgets", "cli": "cli",
+    "evaluation": "evaluation", "sweeps": "evaluation.sweeps", "pipelines": "fusion.pipelines",
+}
 _LAZY_NAMES = {
-    "accuracy": "_train",
-    "train": "_train",
-    "save_checkpoint": "_train",
-    "load_checkpoint": "_train",
-    "CheckpointError": "_train",
-    "TrainHistory": "_train",
-    "reference_model": "_reference",
-    "reference_data": "_reference",
-    "layer_drift": "_diagnostics",
-    "synthetic_inputs": "_synthetic",
+    "accuracy": "evaluation._train",
+    "train": "evaluation._train",
+    "save_checkpoint": "evaluation._train",
+    "load_checkpoint": "evaluation._train",
+    "CheckpointError": "evaluation._train",
+    "TrainHistory": "evaluation._train",
+    "reference_model": "evaluation._reference",
+    "reference_data": "evaluation._reference",
+    "layer_drift": "evaluation._diagnostics",
+    "synthetic_inputs": "repair._synthetic",
 }
 
 __all__ = [
@@ -54,7 +65,7 @@ __all__ = [
 
 def __getattr__(name):
     if name in _LAZY_MODULES:
-        return import_module(f".{name}", __name__)
+        return import_module(f".{_LAZY_MODULES[name]}", __name__)
     if name in _LAZY_NAMES:
         return getattr(import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

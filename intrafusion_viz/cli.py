@@ -22,7 +22,7 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
              importance: str = "l1", progress: bool = True) -> List[dict]:
     """Train ``SmallCNN`` on digits, prune the whole model at each sparsity, return tidy records.
 
-    Uses :func:`intrafusion_viz.sweeps.sparsity_sweep` with every sweep method.  The caller's global
+    Uses :func:`intrafusion_viz.evaluation.sweeps.sparsity_sweep` with every sweep method.  The caller's global
     random state is left as it was (the model is initialised under ``torch.random.fork_rng``).
 
     Returns
@@ -33,7 +33,7 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     """
     from . import IMPORTANCES, models, prune, train
     from .data import load_digits_tensors
-    from .sweeps import PAPER_FUSION, sparsity_sweep
+    from .evaluation.sweeps import PAPER_FUSION, sparsity_sweep
 
     # the demo's comparison: dropping, Intra-Fusion, and the paper's normalisation (names from ifv.METHODS)
     demo_methods = ("default", "intra-fusion", PAPER_FUSION)
@@ -167,7 +167,7 @@ def _sparsity(text: str) -> float:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ._importance import IMPORTANCES
+    from .plan._importance import IMPORTANCES
 
     parser = argparse.ArgumentParser(prog="intrafusion-viz", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

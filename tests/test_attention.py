@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz._attention import attention_plan, merge_heads
+from intrafusion_viz.merge._attention import attention_plan, merge_heads
 from helpers import assert_state_equal, keep_first_half, rel_err, state_copy
 
 torchvision = pytest.importorskip("torchvision")
@@ -216,7 +216,7 @@ def test_default_pruning_is_unchanged():
 
 
 def test_inplace_failure_leaves_the_model_unchanged(monkeypatch):
-    from intrafusion_viz import _attention
+    from intrafusion_viz.merge import _attention
 
     vit, x = _vit(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
     before = state_copy(vit)

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz._data_aware import activation_features, repair
+from intrafusion_viz.repair._data_aware import activation_features, repair
 
 from helpers import (TinyResNet, assert_state_equal, conv_bn_net, duplicate_group, keep_first_half, mlp,
                      randomize_bn, rel_err, state_copy)

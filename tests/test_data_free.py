@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz._data_free import data_free_repair, predicted_statistics
+from intrafusion_viz.repair._data_free import data_free_repair, predicted_statistics
 
 
 def _mlp(n=8, d=6, seed=0, duplicates=False):
@@ -320,7 +320,7 @@ def test_repair_measures_batchnorm_outputs_before_an_inplace_relu():
 
 def test_fold_clusters_in_the_span_of_the_channels_as_in_the_full_space():
     """k-means on the n channels' coordinates in their span (d > n) finds the clusters it finds in R^d."""
-    from intrafusion_viz._fold import kmeans
+    from intrafusion_viz.plan._kmeans import kmeans
 
     gen = torch.Generator().manual_seed(0)
     centres = torch.randn(6, 500, generator=gen, dtype=torch.float64) * 3

@@ -53,7 +53,7 @@ def test_find_groups_does_not_touch_model_and_is_cached():
     assert model.training
     assert_state_equal(model, state)
     assert [g.members for g in g1] == [g.members for g in g2]
-    from intrafusion_viz._groups import _TRACE_CACHE
+    from intrafusion_viz.groups._trace import _TRACE_CACHE
     assert model in _TRACE_CACHE
 
 
@@ -468,7 +468,7 @@ def test_concatenated_groups_share_layers(method):
 
 def test_group_keys_one_meaning_everywhere():
     """Index, root-layer name and paper label name the same group; a bare string is one key."""
-    from intrafusion_viz._groups import resolve_group_keys
+    from intrafusion_viz.groups._trace import resolve_group_keys
     model = ifv.models.vgg11_bn(width_mult=0.125)
     x = torch.randn(1, 3, 32, 32)
     groups = ifv.find_groups(model, x)

@@ -1,4 +1,4 @@
-"""The per-call shortcuts of ``prune`` (``intrafusion_viz/_fastpath.py``) change no result.
+"""The per-call shortcuts of ``prune`` (``intrafusion_viz/merge/_fastpath.py``) change no result.
 
 Each shortcut is checked against the plain computation it replaces: the cost whose kept rows are
 filled in on first use against ``cost_matrix``, the fold memo against a fresh fold (and against
@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz import _fastpath as fp
-from intrafusion_viz._fusion import folded_weights
+from intrafusion_viz.merge import _fastpath as fp
+from intrafusion_viz.merge._surgery import folded_weights
 
 from helpers import TinyResNet, conv_bn_net, randomize_bn
 
@@ -162,7 +162,7 @@ def test_all_finite():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bn_eps", ["exact", "authors"])
 def test_folded_weights_as_is_the_float64_fold_cast_bit_for_bit(layer, bn, dtype, bn_eps):
-    from intrafusion_viz._fusion import folded_weights_as
+    from intrafusion_viz.merge._surgery import folded_weights_as
 
     torch.manual_seed(0)
     layer, bn = layer.to(dtype), bn.to(dtype)
@@ -199,9 +199,9 @@ def test_exact_scale_is_the_float64_product_cast_bit_for_bit(shape, factor_shape
 @pytest.mark.parametrize("p", [1, 2])
 def test_folded_magnitude_scores_equal_scoring_a_folded_copy_bit_for_bit(build, p):
     import torch_pruning as tp
-    from intrafusion_viz._fusion import folded_copy_of_groups
-    from intrafusion_viz._groups import _trace, bind_groups
-    from intrafusion_viz._importance import group_importance
+    from intrafusion_viz.merge._surgery import folded_copy_of_groups
+    from intrafusion_viz.groups._trace import _trace, bind_groups
+    from intrafusion_viz.plan._importance import group_importance
 
     torch.manual_seed(0)
     model = build().eval()

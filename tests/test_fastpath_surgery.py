@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz import _fastpath as fp
+from intrafusion_viz.merge import _fastpath as fp
 
 from helpers import TinyResNet, conv_bn_net, mlp, randomize_bn
 
@@ -55,7 +55,7 @@ def _both(model, x, sparsity, monkeypatch, **kw):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr("intrafusion_viz._prune.direct_surgery", spy)
+    monkeypatch.setattr("intrafusion_viz.pruning._prune.direct_surgery", spy)
     fast = ifv.prune(model, x, sparsity, **kw)
     monkeypatch.setattr(fp, "DIRECT_SURGERY", False)
     slow = ifv.prune(model, x, sparsity, **kw)
@@ -175,7 +175,7 @@ def test_scores_read_from_the_channel_vectors_equal_the_folded_scores(case, impo
         model, x = randomize_bn(ifv.models.vgg11_bn(num_classes=10)).eval(), torch.randn(1, 3, 32, 32)
     else:
         model, x = _model(case)
-    estimator = ifv._importance.resolve_importance(importance, 0)
+    estimator = ifv.resolve_importance(importance, 0)
     applied = 0
     for g in ifv.find_groups(model, x):
         with fp.fold_memo():
@@ -205,7 +205,7 @@ def test_dropped_rows_cost_in_place_equals_the_copying_one(n, k, d):
 
 
 def test_l1_distances_of_chosen_rows():
-    from intrafusion_viz._l1 import l1_distances
+    from intrafusion_viz.plan._l1 import l1_distances
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(70, 130, generator=g), torch.randn(33, 130, generator=g)
@@ -277,7 +277,7 @@ def test_the_module_tree_copy_of_a_torchvision_model():
 @pytest.mark.parametrize("bias", [False, True])
 def test_channel_vectors_equal_the_folded_weights_laid_side_by_side(case, bias):
     """Consumers' folded columns are written straight into the vectors: the same numbers as a folded copy."""
-    from intrafusion_viz._fusion import _slots, folded_weights_as
+    from intrafusion_viz.merge._surgery import _slots, folded_weights_as
 
     if case == "vgg11_bn":
         torch.manual_seed(0)

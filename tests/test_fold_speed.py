@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import intrafusion_viz as ifv
-from intrafusion_viz import _fold
+from intrafusion_viz.plan import _kmeans as _fold
 from helpers import assert_state_equal
 from test_layer_types import GroupedBlock
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from intrafusion_viz._l1 import l1_backend, l1_distances
+from intrafusion_viz.plan._l1 import l1_backend, l1_distances
 
 
 @pytest.mark.parametrize("n, k, d", [(64, 48, 576), (37, 5, 985), (7, 3, 5), (130, 77, 461), (1, 1, 1)])
@@ -24,7 +24,7 @@ def test_l1_distances_float64_and_bad_shapes():
 
 
 def test_l1_backend_falls_back_to_torch(monkeypatch):
-    import intrafusion_viz._l1 as l1
+    import intrafusion_viz.plan._l1 as l1
 
     monkeypatch.setattr(l1, "_kernel", False)
     assert l1_backend() == "torch"

@@ -122,7 +122,7 @@ def _randomize(model, seed=0):
 
 def _blocks(group, model):
     """The blocks a group's channels may not leave: conv groups of a grouped conv, GroupNorm groups."""
-    from intrafusion_viz._layer_rules import conv_blocks, norm_blocks
+    from intrafusion_viz.groups._layer_rules import conv_blocks, norm_blocks
 
     modules = dict(model.named_modules())
     conv, norm = conv_blocks(group.members, modules, group.size), norm_blocks(group.members, modules)

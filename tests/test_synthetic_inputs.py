@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz._synthetic import bn_statistics_gap
+from intrafusion_viz.repair._synthetic import bn_statistics_gap
 
 
 def _cnn_with_statistics(seed=0):

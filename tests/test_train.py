@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from intrafusion_viz._train import (
+from intrafusion_viz.evaluation._train import (
     CheckpointError,
     TrainHistory,
     accuracy,

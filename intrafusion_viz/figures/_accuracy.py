@@ -113,7 +113,7 @@ def _drops(records):
     base = float(original["accuracy"].mean())
     rows = df[(df["method"] != "original") & (df["group"] != -1)].copy()
     if rows.empty:
-        raise ValueError("records hold no per-group rows (group >= 0); run intrafusion_viz.sweeps.layer_sweep")
+        raise ValueError("records hold no per-group rows (group >= 0); run intrafusion_viz.evaluation.sweeps.layer_sweep")
     rows["drop"] = base - rows["accuracy"]
     rows["label"] = [group_label(r) for _, r in rows.iterrows()]
     order = rows.drop_duplicates("group").sort_values("group")["label"].tolist()
@@ -126,7 +126,7 @@ def sweep_heatmap(records, title: Optional[str] = None, model_name: Optional[str
     Parameters
     ----------
     records : pandas.DataFrame or list of dict
-        Tidy records of :func:`intrafusion_viz.sweeps.layer_sweep` (needs an ``"original"`` row).
+        Tidy records of :func:`intrafusion_viz.evaluation.sweeps.layer_sweep` (needs an ``"original"`` row).
 
     Returns
     -------

@@ -45,7 +45,7 @@ def pipeline_timeline(records, x: str = "train_time_s", title: Optional[str] = N
     Parameters
     ----------
     records : pandas.DataFrame or list of dict
-        Rows of :func:`intrafusion_viz.pipelines.compare_pipelines` (columns ``pipeline``, ``stage``,
+        Rows of :func:`intrafusion_viz.fusion.pipelines.compare_pipelines` (columns ``pipeline``, ``stage``,
         ``step``, ``accuracy`` and ``x``; optional ``model``, ``data``, ``sparsity``, ``seed``).
         Several seeds are averaged per (pipeline, step).
     x : {"train_time_s", "train_time_sum_s", "train_cpu_s", "wall_time_s", "epochs", "samples_seen"}

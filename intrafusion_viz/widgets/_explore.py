@@ -7,11 +7,11 @@ from typing import Optional
 
 import torch
 
-from .._fusion import channel_features
-from .._groups import find_groups, resolve_group_keys
-from .._importance import IMPORTANCES, group_importance, resolve_importance
-from .._prune import METHODS, prune
-from .._transport import OTConfig
+from ..merge._surgery import channel_features
+from ..groups._trace import find_groups, resolve_group_keys
+from ..plan._importance import IMPORTANCES, group_importance, resolve_importance
+from ..pruning._prune import METHODS, prune
+from ..plan._transport import OTConfig
 from ._export import ExportMixin
 from ._prefix import PrefixEvaluator
 from ._render import FigureSlot, pick_renderer

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .._groups import find_groups
-from .._importance import IMPORTANCES
-from .._transport import OTConfig
+from ..groups._trace import find_groups
+from ..plan._importance import IMPORTANCES
+from ..plan._transport import OTConfig
 from ._export import ExportMixin
 from ._render import FigureSlot, pick_renderer
 
 
 class SweepDashboard(ExportMixin):
-    """Controls for :func:`intrafusion_viz.sweeps.layer_sweep` and its heatmap and bars.
+    """Controls for :func:`intrafusion_viz.evaluation.sweeps.layer_sweep` and its heatmap and bars.
 
     Controls: ``groups`` (SelectMultiple), ``sparsities`` (SelectMultiple), ``methods``
     (SelectMultiple), ``importance`` (Dropdown), ``run_button``; ``progress`` (IntProgress, empty
@@ -29,7 +29,7 @@ class SweepDashboard(ExportMixin):
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        from ..sweeps import SWEEP_METHODS
+        from ..evaluation.sweeps import SWEEP_METHODS
         from ._explore import check_importance, check_sparsity, fixed_eval_batch, pick_groups
 
         importance = check_importance(importance)
@@ -136,7 +136,7 @@ class SweepDashboard(ExportMixin):
     def run(self):
         """Run the sweep for the chosen controls, update the figures; returns the tidy table."""
         from ..figures import sweep_bars, sweep_heatmap
-        from ..sweeps import layer_sweep
+        from ..evaluation.sweeps import layer_sweep
 
         if not (self.groups.value and self.sparsities.value and self.methods.value):
             self.status.value = "choose at least one group, sparsity and method"

@@ -12,17 +12,18 @@ import torch.nn as nn
 
 import torch_pruning as tp
 
-from ._fusion import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
+from ..merge._surgery import (IndexTracker, _check_mergeable, apply_merge, channel_features, fold_batchnorm,
                       fold_group_batchnorms, folded_copy_of_groups, restore_folded_batchnorms)
-from ._fastpath import (LazyCost, all_finite, direct_surgery, direct_surgery_replaces, dropped_rows_cost, fold_memo,
+from ..merge._fastpath import (LazyCost, all_finite, direct_surgery, direct_surgery_replaces, dropped_rows_cost, fold_memo,
                         folded_magnitude_importances, kept_rows_unused, private_copy)
-from ._fusion import check_tied_weights
-from ._compact import CompactPlan, DerivedMap, MergeMaps, compact_plan, read_field
-from ._groups import Group, _trace, bind_groups, resolve_group_keys
-from ._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
-from ._importance import group_importance, resolve_importance, taylor_gradients
-from ._state import ModelSnapshot, saved_modes
-from ._transport import OTConfig, cost_matrix, masses, transport_plan
+from ..merge._surgery import check_tied_weights
+from ..plan._compact import CompactPlan, DerivedMap, MergeMaps, compact_plan, read_field
+from ..groups._trace import Group, _trace, bind_groups, resolve_group_keys
+from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
+from ..plan._importance import group_importance, resolve_importance, taylor_gradients
+from .._state import ModelSnapshot, saved_modes
+from ..plan._blocks import per_block, top_per_block
+from ..plan._transport import OTConfig, cost_matrix, masses, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
@@ -268,7 +269,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     ``num_groups`` must divide the kept count, else a ``ValueError`` names the counts that work.
     A group holding an ``nn.MultiheadAttention`` keeps a multiple of its ``num_heads``; Intra-Fusion
     and ``"fold"`` merge its q/k/v dims with per-head plans of their own (importance ``"l2"`` if asked,
-    else l1, on those dims' weights; ``GroupResult.attention``; see ``intrafusion_viz/_attention.py``).
+    else l1, on those dims' weights; ``GroupResult.attention``; see ``intrafusion_viz/merge/_attention.py``).
 
     Returns
     -------
@@ -365,23 +366,23 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
     sources = None
     if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
-        from ._data_free import snapshot_sources
+        from ..repair._data_free import snapshot_sources
 
         sources = snapshot_sources(model, [originals[i] for i in pruned])
 
     def plan_group(i, vec, source=model_read):
         n, k = sizes[i]
         imp = scores[i]
-        kept = _top_per_block(imp, k, blocks[i])
+        kept = top_per_block(imp, k, blocks[i])
         cost = None
         group_method = "default" if i in by_selection else method
         if group_method == "fold":
-            from ._fold import cluster_plan
+            from ..plan._kmeans import cluster_plan
 
             if blocks[i] == 1:
                 kept, plan = cluster_plan(vec, imp, k, seed=seed)
             else:  # k-means inside every block
-                kept, plan = _per_block(n, k, blocks[i],
+                kept, plan = per_block(n, k, blocks[i],
                                         lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
             cost = cost_matrix(vec, kept, config)
             fusion = "barycentric"
@@ -406,7 +407,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 if blocks[i] == 1:
                     plan = transport_plan(cost, a, b, config, kept=kept)
                 else:  # block diagonal: every block carries its own channels' mass
-                    _, plan = _per_block(n, k, blocks[i], solve, weights=a)
+                    _, plan = per_block(n, k, blocks[i], solve, weights=a)
             fusion = config.fusion
         else:
             plan, fusion = CompactPlan.selection(n, kept), "barycentric"
@@ -415,7 +416,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         g = originals[i]
         attention = {}
         if group_method != "default":  # every MultiheadAttention: per-head plans of its q/k/v dims
-            from ._attention import attention_plan
+            from ..merge._attention import attention_plan
 
             for m in g.members:
                 module = source.get_submodule(m.name) if m.layer_type != "Parameter" else None
@@ -484,7 +485,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
             result = PruneResult(work, records, method, config, params_before, 0, skipped)
             if sources is not None:
-                from ._data_free import data_free_repair
+                from ..repair._data_free import data_free_repair
 
                 data_free_repair(result, snapshot=sources, inplace=True)
             _sync_widths(work)  # last: nothing after it can fail and leave the attribute changed
@@ -545,37 +546,6 @@ def _unmergeable(groups: List[Group], selected: Dict[int, float], fuse: bool, po
     if strict and skipped and len(skipped) == losing:
         _check_mergeable(groups[skipped[0][0]], is_selection=not fuse)
     return skipped, by_selection
-
-
-def _top_per_block(importance: torch.Tensor, k: int, blocks: int) -> torch.Tensor:
-    """The ``k / blocks`` most important channels of each of ``blocks`` equal blocks, ascending.
-
-    Ties (an all-zero group) keep the lowest indices: a stable sort, not topk's arbitrary order.
-    """
-    n = len(importance)
-    size, per = n // blocks, k // blocks
-    kept = [b * size + torch.sort(-importance[b * size:(b + 1) * size], stable=True).indices[:per]
-            for b in range(blocks)]
-    return torch.sort(torch.cat(kept)).values
-
-
-def _per_block(n: int, k: int, blocks: int, solve, weights: Optional[torch.Tensor] = None):
-    """Assemble a block-diagonal ``(kept, plan)`` from ``solve(rows, k_b) -> (local kept, plan_b)``.
-
-    Each block's plan is scaled to carry its share of the mass (``weights[rows].sum()``, default
-    ``|rows| / n``), so the whole plan keeps the marginals of the unblocked problem.
-    """
-    size, per = n // blocks, k // blocks
-    kept = torch.empty(k, dtype=torch.long)
-    plan = torch.zeros(n, k, dtype=torch.float64)
-    for b in range(blocks):
-        rows = torch.arange(b * size, (b + 1) * size)
-        local, sub = solve(rows, per)
-        sub = torch.as_tensor(sub, dtype=torch.float64)
-        share = float(weights[rows].sum()) if weights is not None else size / n
-        kept[b * per:(b + 1) * per] = rows[0] + torch.as_tensor(local, dtype=torch.long)
-        plan[rows[0]:rows[0] + size, b * per:(b + 1) * per] = sub / sub.sum() * share
-    return kept, plan
 
 
 def _merge(work: nn.Module, bound: List[Group], plans, fold: bool, tracker: Optional[IndexTracker] = None,

@@ -13,7 +13,6 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ._fastpath import all_finite
 from ._l1 import l1_distances
 
 __all__ = [
@@ -298,7 +297,7 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
 
 def _standardized(x: torch.Tensor) -> torch.Tensor:
     """Every column centred on its median and divided by its interquartile range (``RobustScaler``)."""
-    from ._fold import robust_scale  # RobustScaler's result, all columns at once
+    from ._kmeans import robust_scale  # RobustScaler's result, all columns at once
 
     return torch.from_numpy(robust_scale(x.double().numpy())).to(x.dtype)
 
@@ -315,7 +314,7 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherica
 
     k = len(kept)
     if init == "k-means++":
-        from ._fold import _fill_empty, kmeans, span_coordinates
+        from ._kmeans import _fill_empty, kmeans, span_coordinates
 
         z = span_coordinates(x.double())
         # Model Folding's 20 Lloyd iterations for plain k-means (the same clusters as method="fold");
@@ -516,3 +515,12 @@ def merge_matrices(plan: torch.Tensor, fusion: str = "barycentric") -> Tuple[tor
     col = plan.sum(0, keepdim=True)
     out_map = plan / col.clamp_min(1e-300)
     return out_map, in_map
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite: one float64 sum, elementwise only when the sum is not finite."""
+    if t.numel() == 0:
+        return True
+    if t.is_floating_point() and bool(torch.isfinite(t.sum())):
+        return True  # NaN and +-inf survive a sum (a sum that overflows is checked elementwise)
+    return bool(torch.isfinite(t).all())

@@ -46,7 +46,7 @@ def build_reference(arch: str) -> nn.Module:
     ``"vit"``: torchvision's ``VisionTransformer`` (patch 4, 4 layers, hidden 128, 4 heads, MLP 256; 0.54 M
     parameters) with a 1-channel ``conv_proj``.
     """
-    from . import models
+    from .. import models
 
     if arch == "vgg11_bn":
         return models.vgg11_bn(num_classes=10, width_mult=0.5, in_channels=1)
@@ -71,7 +71,7 @@ def reference_data(root: Optional[PathLike] = None, n_train: int = 8000, n_test:
     """
     import torch.nn.functional as F
 
-    from .data import mnist_test_split
+    from ..data import mnist_test_split
 
     root = Path(root) if root is not None else Path(os.environ.get("INTRAFUSION_VIZ_MNIST", DEFAULT_MNIST_ROOT))
     train, test = mnist_test_split(root, n_train=n_train, n_test=n_test, seed=0)

@@ -11,9 +11,10 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ._groups import Group, Member, UnsupportedLayerError, _trace
-from ._groups import _handler
-from ._layer_rules import merge_problem
+from ..groups._trace import Group, Member, UnsupportedLayerError, _trace
+from ..groups._trace import _handler
+from ..groups._layer_rules import merge_problem
+from ._memo import exact_scale, memo_lookup, memo_store
 
 __all__ = ["fold_batchnorm", "folded_weights", "channel_features", "fold_group_batchnorms", "check_tied_weights",
            "restore_folded_batchnorms", "apply_merge", "IndexTracker"]
@@ -38,7 +39,6 @@ def folded_weights(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
     weight : Tensor, shape of ``layer.weight``, float64
     bias : Tensor, shape (out_channels,), float64
     """
-    from ._fastpath import memo_lookup, memo_store
 
     hit = memo_lookup(layer, bn, bn_eps)  # inside prune(): each fold is computed once
     if hit is not None:
@@ -80,7 +80,6 @@ def folded_weights_as(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
     weight : Tensor, shape and dtype of ``layer.weight``
     bias : Tensor, shape (out_channels,), float64
     """
-    from ._fastpath import memo_lookup, memo_store
 
     hit = memo_lookup(layer, bn, bn_eps, "as")
     if hit is not None:
@@ -93,7 +92,6 @@ def folded_weights_as(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
         shape = [1] * weight.dim()
         shape[1 if getattr(layer, "transposed", False) else 0] = weight.shape[1 if getattr(layer, "transposed", False) else 0]
         factor, b = _fold_formula(layer, torch.ones(shape, dtype=torch.float64, device=weight.device), bn, bn_eps)
-        from ._fastpath import exact_scale
 
         folded = (exact_scale(weight, factor), b)
     memo_store(layer, bn, bn_eps, folded, "as")
@@ -184,7 +182,6 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
     tracker : IndexTracker
         The tracker :func:`apply_merge` used, to find the kept channels' positions.
     """
-    from ._fastpath import exact_scale
 
     modules = _modules(model)
     kept = torch.as_tensor(kept, dtype=torch.long).cpu()
@@ -396,7 +393,7 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: tor
         Shared across groups merged into the same model, for layers shared between groups.
     attention : dict, optional
         ``{name: AttentionPlan}`` for the group's ``nn.MultiheadAttention`` layers (the per-head plans
-        of their q/k/v dims, :func:`intrafusion_viz._attention.attention_plan`).  A merge without one
+        of their q/k/v dims, :func:`intrafusion_viz.merge._attention.attention_plan`).  A merge without one
         plans them with ``OTConfig()`` and l1; plain selection without one prunes them as
         Torch-Pruning does (the same indices for the residual and the q/k/v dims).
     """
@@ -679,7 +676,6 @@ class _FoldInto:
         self._moved_shape = tuple(weight.movedim(dim, 0).shape)
 
     def write(self, dest: torch.Tensor) -> None:
-        from ._fastpath import exact_scale
 
         if dest.dtype != self.dtype:  # another layer's dtype wins: round to ours first, as a folded copy does
             folded = folded_weights_as(self.layer, self.bn)[0].movedim(self.dim, 0)

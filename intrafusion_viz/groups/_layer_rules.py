@@ -79,7 +79,6 @@ def merge_problem(members: Sequence, modules: Dict[str, nn.Module], n: int, sele
                     "other than adding, concatenating or multiplying it per channel, which Intra-Fusion cannot merge")
         if m.role == "other" and not selection:
             if isinstance(module, nn.MultiheadAttention):  # merged with per-head plans (_attention.py)
-                from ._attention import attention_problem
 
                 why = attention_problem(module, n) or (None if _identity(m, n) else "its channels are reordered")
                 if why is None:
@@ -141,3 +140,22 @@ def round_up_to(k: int, n: int, step: int) -> int:
     """``k`` rounded up to a multiple of ``step`` (never above ``n``): never more removed than asked."""
     return min(n, -(-k // step) * step)
 
+
+def attention_problem(module: nn.Module, n: Optional[int] = None) -> Optional[str]:
+    """Why Intra-Fusion cannot merge this ``nn.MultiheadAttention`` (``None``: it can).
+
+    Supported: one packed ``in_proj_weight`` (``kdim == vdim == embed_dim``), no ``bias_k`` /
+    ``bias_v``, no ``add_zero_attn``, and (when ``n`` is given) all of its ``embed_dim`` channels in
+    the group.
+    """
+    if not isinstance(module, nn.MultiheadAttention):
+        return "it is not an nn.MultiheadAttention"
+    if not module._qkv_same_embed_dim or module.in_proj_weight is None:
+        return "it has separate q/k/v projection weights (kdim or vdim differs from embed_dim)"
+    if module.bias_k is not None or module.bias_v is not None:
+        return "it has bias_k / bias_v (add_bias_kv=True)"
+    if module.add_zero_attn:
+        return "it has add_zero_attn=True"
+    if n is not None and n != module.embed_dim:
+        return f"the group holds {n} of its {module.embed_dim} embedding channels"
+    return None

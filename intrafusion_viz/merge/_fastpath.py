@@ -6,7 +6,7 @@ three times (channel vectors, importance, surgery), checking millions of entries
 copying the model object by object, and computing cost rows the plan never reads.  This module holds
 the helpers that remove that work without changing any result:
 
-* :func:`fold_memo`: inside the block, :func:`intrafusion_viz._fusion.folded_weights` computes each
+* :func:`fold_memo`: inside the block, :func:`intrafusion_viz.merge._surgery.folded_weights` computes each
   (layer, BatchNorm) fold once; a fold is reused only while none of the tensors it was computed from
   has changed (same objects, same version counters).  Nothing outlives the block.
 * :func:`all_finite`: one sum instead of an elementwise check (the elementwise check runs only when
@@ -18,110 +18,19 @@ the helpers that remove that work without changing any result:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import copyreg
-import threading
 from collections import OrderedDict
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["fold_memo", "memo_lookup", "memo_store", "all_finite", "private_copy", "LazyCost",
+from ..plan._transport import all_finite
+from ._memo import _local, exact_scale, fold_memo
+
+__all__ = ["fold_memo", "all_finite", "private_copy", "LazyCost",
            "kept_rows_unused", "dropped_rows_cost", "exact_scale", "direct_surgery", "direct_surgery_replaces"]
-
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def fold_memo() -> Iterator[None]:
-    """Inside the block each BatchNorm fold (:func:`folded_weights`) is computed once per set of tensors."""
-    outer = getattr(_local, "memo", None), getattr(_local, "aliases", None)
-    if outer[0] is None:
-        _local.memo, _local.aliases = {}, {}
-    try:
-        yield
-    finally:
-        _local.memo, _local.aliases = outer
-
-
-def _source(t: torch.Tensor) -> tuple:
-    """What identifies a tensor's values: itself and its version, or, for an untouched
-    :func:`private_copy` clone, the tensor it was cloned from (at the version it had then)."""
-    alias = _local.aliases.get(id(t))
-    if alias is not None and t._version == alias[0] and alias[2]._version == alias[3]:
-        return id(alias[2]), alias[3]
-    return id(t), t._version
-
-
-def _fold_key(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = "") -> Optional[tuple]:
-    tensors = (getattr(layer, "weight", None), getattr(layer, "bias", None), getattr(bn, "weight", None),
-               getattr(bn, "bias", None), getattr(bn, "running_mean", None), getattr(bn, "running_var", None))
-    key = (tag, bn_eps, float(getattr(bn, "eps", 0.0)), bool(getattr(layer, "transposed", False)),
-           isinstance(layer, nn.Linear), getattr(bn, "affine", True))
-    return key + tuple(_source(t) if t is not None else None for t in tensors), tensors
-
-
-def memo_lookup(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = ""):
-    """The memoised ``(weight, bias)`` fold of ``layer`` and ``bn``, or ``None`` (no memo or a miss)."""
-    memo = getattr(_local, "memo", None)
-    if memo is None:
-        return None
-    key, _ = _fold_key(layer, bn, bn_eps, tag)
-    hit = memo.get(key)
-    return None if hit is None else hit[1]
-
-
-def memo_store(layer: nn.Module, bn: nn.Module, bn_eps: str, folded: Tuple[torch.Tensor, torch.Tensor],
-               tag: str = "") -> None:
-    """Remember a fold inside :func:`fold_memo` (the source tensors are held so their ids stay theirs)."""
-    memo = getattr(_local, "memo", None)
-    if memo is not None:
-        key, tensors = _fold_key(layer, bn, bn_eps, tag)
-        memo[key] = (tensors, folded)
-
-
-def exact_scale(x: torch.Tensor, factor: torch.Tensor, *, divide: bool = False,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``(x.double() * factor).to(x.dtype)`` (or ``/ factor``), bit for bit, in cache-sized pieces.
-
-    The float64 product of a float32 weight and a float64 factor, rounded to float64 and then to
-    float32, is what folding a BatchNorm in float64 and casting gives.  Done on the whole weight it
-    makes two float64 copies of it (and torch's mixed-dtype kernels are slower still); done on
-    pieces of about 64k entries along dim 0 the float64 buffer stays in cache: about 4x faster.
-
-    Parameters
-    ----------
-    x : Tensor, shape (m, ...)
-    factor : Tensor, float64, broadcastable to ``x`` (size m or 1 along dim 0)
-    out : Tensor, shape of ``x``, optional
-        May be ``x`` itself.
-    """
-    out = torch.empty_like(x) if out is None else out
-    if x.dim() == 0 or x.device.type != "cpu" or x.numel() <= 1 << 16:
-        result = x.double() / factor if divide else x.double() * factor
-        return out.copy_(result)
-    rows = max(1, (1 << 16) // max(1, x[0].numel()))
-    buffer = torch.empty((min(rows, len(x)),) + tuple(x.shape[1:]), dtype=torch.float64)
-    for start in range(0, len(x), rows):
-        stop = min(start + rows, len(x))
-        piece = buffer[:stop - start]
-        piece.copy_(x[start:stop])
-        f = factor[start:stop] if factor.dim() == x.dim() and factor.shape[0] != 1 else factor
-        piece.div_(f) if divide else piece.mul_(f)
-        out[start:stop].copy_(piece)
-    return out
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """Whether every entry of ``t`` is finite: one float64 sum, elementwise only when the sum is not finite."""
-    if t.numel() == 0:
-        return True
-    if t.is_floating_point() and bool(torch.isfinite(t.sum())):
-        return True  # NaN and +-inf survive a sum (a sum that overflows is checked elementwise)
-    return bool(torch.isfinite(t).all())
-
 
 def private_copy(model: nn.Module, skip: Optional[Dict[int, torch.Tensor]] = None) -> nn.Module:
     """``copy.deepcopy(model)``, faster: every plain ``nn.Parameter`` is cloned up front.
@@ -263,7 +172,7 @@ class LazyCost:
 
     def full(self) -> torch.Tensor:
         """The whole (n, k) cost, equal bit for bit to :func:`cost_matrix`'s."""
-        from ._l1 import l1_distances
+        from ..plan._l1 import l1_distances
 
         cost = self.partial
         if self.targets is None:  # already completed
@@ -297,7 +206,7 @@ def dropped_rows_cost(features: torch.Tensor, kept: torch.Tensor, config, inplac
     LazyCost
         ``.partial`` is what the plan reads; ``.full()`` gives :func:`cost_matrix`'s result exactly.
     """
-    from ._l1 import l1_distances
+    from ..plan._l1 import l1_distances
 
     x = features.detach().cpu()
     if not x.is_floating_point():
@@ -339,8 +248,8 @@ def folded_magnitude_scores(model: nn.Module, group, estimator) -> Optional[torc
     import torch_pruning as tp
     from torch_pruning.pruner import function as tpf
 
-    from ._fusion import folded_weights_as
-    from ._importance import _zero_safe
+    from ._surgery import folded_weights_as
+    from ..plan._importance import _zero_safe
 
     default_types = {nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm}
     if (type(estimator) is not tp.importance.GroupMagnitudeImportance or estimator.bias
@@ -402,8 +311,8 @@ def magnitude_scores_from_features(model: nn.Module, group, estimator, features:
     import torch_pruning as tp
     from torch_pruning.pruner import function as tpf
 
-    from ._fusion import _slots
-    from ._importance import _zero_safe
+    from ._surgery import _slots
+    from ..plan._importance import _zero_safe
 
     default_types = {nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm}
     if (type(estimator) is not tp.importance.GroupMagnitudeImportance or estimator.bias
@@ -480,7 +389,7 @@ def folded_magnitude_importances(model: nn.Module, groups, estimator,
 
     ``features``: ``{group.index: channel_features(model, group, fold=True, bias=bias)}`` where
     known; the scores are then read from them (:func:`magnitude_scores_from_features`)."""
-    from ._importance import group_importance
+    from ..plan._importance import group_importance
 
     raw = {}
     for g in groups:
@@ -522,7 +431,7 @@ def direct_surgery_replaces(model: nn.Module, groups, plans, fold: bool) -> Opti
     """
     if not DIRECT_SURGERY or not plans:
         return None
-    from ._fusion import _slots
+    from ._surgery import _slots
 
     modules = dict(model.named_modules())
     seen, replaced, users = set(), {}, {}
@@ -566,7 +475,7 @@ def direct_surgery_replaces(model: nn.Module, groups, plans, fold: bool) -> Opti
 
 
 def _merged_rows(src: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
-    """``merge.T @ src`` as :func:`intrafusion_viz._fusion._merge_tensor` computes it (same kernel)."""
+    """``merge.T @ src`` as :func:`intrafusion_viz.merge._surgery._merge_tensor` computes it (same kernel)."""
     merge_t = merge.T.to(src.device, src.dtype)
     if (merge_t != 0).sum() < 0.1 * merge_t.numel():
         merge_t = merge_t.to_sparse()
@@ -593,7 +502,7 @@ def direct_surgery(model: nn.Module, groups, plans, fold: bool, replaced: Dict[i
     replaced : dict
         From :func:`direct_surgery_replaces`.
     """
-    from ._fusion import (IndexTracker, _batchnorm_state, _handler, _is_selection, _merge_tensor,
+    from ._surgery import (IndexTracker, _batchnorm_state, _handler, _is_selection, _merge_tensor,
                           folded_weights_as, restore_folded_batchnorms)
 
     work = private_copy(model, skip=replaced)

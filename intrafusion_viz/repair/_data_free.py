@@ -44,12 +44,12 @@ plan-weighted std of its sources.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from ._fusion import _slots
+from ..merge._surgery import _slots
 
 __all__ = ["data_free_repair", "snapshot_sources", "predicted_statistics"]
 
@@ -178,10 +178,10 @@ def _folded(result, g) -> bool:
 @torch.no_grad()
 def _repair_group(model: nn.Module, g, snap: Dict[str, dict], folded: bool,
                   correlation: str = "model-folding") -> None:
-    from ._data_aware import _apply_affine, _pruned_positions
+    from ._activations import _apply_affine, _pruned_positions
 
     modules = dict(model.named_modules())
-    from ._compact import read_field
+    from ..plan._compact import read_field
 
     # (built for this group only, not kept in the record: a prune holds no dense plans afterwards)
     applied = read_field(g, "out_map", cache=False).double().cpu()  # what merging did to each producer row

@@ -13,77 +13,20 @@ Two additions to the data-free engine, each needing only a small *unlabeled* bat
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn as nn
 
-from ._fusion import _slots
-from ._groups import Group, find_groups
-from ._state import saved_modes
+from ..merge._surgery import _slots
+from ..groups._trace import Group, find_groups
+from ._activations import (_apply_affine, _inputs_of, _observed_module, _per_channel, _producers,
+                           _pruned_positions, _recording, _reset_bn_statistics, _run)
 
 __all__ = ["activation_features", "repair", "REPAIR_MODES"]
 
 REPAIR_MODES = ("bn", "repair", "data-free")
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-def _inputs_of(batch, max_samples: Optional[int]) -> torch.Tensor:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not torch.is_tensor(x):
-        raise TypeError(f"batch must be a tensor of inputs or a pair (inputs, targets), got {type(x).__name__}")
-    if x.shape[0] == 0:
-        raise ValueError("batch is empty")
-    return x if max_samples is None else x[:max_samples]
-
-
-@contextlib.contextmanager
-def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, torch.Tensor]]:
-    """Record the outputs of the named modules during forwards inside the block; hooks always removed."""
-    modules = dict(model.named_modules())
-    outputs: Dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name):
-        def hook(module, args, out):
-            outputs[name] = out.detach().clone()  # a following ReLU(inplace=True) would overwrite it
-            if isinstance(module, nn.Linear) and out.dim() > 2:  # channels last (tokens, ConvNeXt's MLP)
-                outputs[name] = outputs[name].movedim(-1, 1)
-        return hook
-
-    try:
-        for name in names:
-            handles.append(modules[name].register_forward_hook(hook_for(name)))
-        yield outputs
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _run(model: nn.Module, x: torch.Tensor, train: bool = False) -> None:
-    """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored."""
-    with saved_modes(model), torch.no_grad():
-        model.train(train)
-        model(x)
-
-
-def _per_channel(out: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) or (B, C) -> (B, C): spatial mean per sample and channel."""
-    return out.flatten(2).mean(2) if out.dim() > 2 else out
-
-
-def _observed_module(members, producer: str) -> str:
-    """Where a producer's channels are read: its BatchNorm's output if one follows, else its own."""
-    for m in members:
-        if m.role == "norm" and m.fold_from == producer:
-            return m.name
-    return producer
-
-
-def _producers(members) -> List:
-    return [m for m in members if m.role == "out"]
 
 
 def activation_features(batch, *, max_samples: int = 512) -> Callable[[nn.Module, Group], torch.Tensor]:
@@ -110,7 +53,7 @@ def activation_features(batch, *, max_samples: int = 512) -> Callable[[nn.Module
     Examples
     --------
     >>> import torch, intrafusion_viz as ifv
-    >>> from intrafusion_viz._data_aware import activation_features
+    >>> from intrafusion_viz.repair._data_aware import activation_features
     >>> model, x = ifv.models.SmallCNN(), torch.randn(64, 1, 8, 8)
     >>> res = ifv.prune(model, x[:1], sparsity=0.5, features=activation_features(x))
     >>> [g.k for g in res.groups]
@@ -147,30 +90,6 @@ def _source_weights(plan: torch.Tensor) -> torch.Tensor:
     """(n, k) plan -> (n, k) weights whose columns sum to 1: how much of each source a merged channel holds."""
     plan = plan.double()
     return plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
-
-
-def _pruned_positions(slots: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Position in the pruned layer of each kept channel: its original position minus the dropped ones before it.
-
-    slots : (n,) original positions of the group's channels; kept : (k,) -> (k,) positions.
-    """
-    dropped = torch.ones(len(slots), dtype=torch.bool)
-    dropped[kept] = False
-    kept_slots = slots[kept]
-    return kept_slots - (slots[dropped].unsqueeze(0) < kept_slots.unsqueeze(1)).sum(1)
-
-
-def _reset_bn_statistics(model: nn.Module, x: torch.Tensor) -> None:
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one pass gives the batch statistics exactly
-    try:
-        _run(model, x, train=True)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
 
 
 @torch.no_grad()
@@ -238,24 +157,6 @@ def _repair_statistics(pruned: nn.Module, original: nn.Module, records, x: torch
         scale[positions] = (weights.T @ std_src[slots]) / (std_now[positions] + eps)
         shift[positions] = weights.T @ mean_src[slots] - scale[positions] * mean_now[positions]
         _apply_affine(modules[name], scale, shift)
-
-
-def _apply_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """Make ``module``'s output channel c become ``scale[c] * out[c] + shift[c]`` (in eval mode)."""
-    if isinstance(module, _BN):
-        if not module.affine:
-            raise ValueError("repair needs affine BatchNorm layers (affine=True) to correct statistics")
-        module.weight.mul_(scale.to(module.weight.dtype))
-        module.bias.mul_(scale.to(module.bias.dtype)).add_(shift.to(module.bias.dtype))
-        return
-    out_dim = 1 if getattr(module, "transposed", False) else 0
-    shape = [1] * module.weight.dim()
-    shape[out_dim] = -1
-    module.weight.mul_(scale.to(module.weight.dtype).view(shape))
-    if module.bias is None:
-        module.bias = nn.Parameter(torch.zeros(module.weight.shape[out_dim], dtype=module.weight.dtype,
-                                               device=module.weight.device))
-    module.bias.mul_(scale.to(module.bias.dtype)).add_(shift.to(module.bias.dtype))
 
 
 def _check_original(records, model: nn.Module, original: nn.Module, params_before=None) -> None:
@@ -334,7 +235,7 @@ def repair(pruned, original_model: nn.Module, batch=None, mode: str = "bn", *, m
         ``"data-free"``: no data; predict each merged channel's mean and variance from the stored
         BatchNorm statistics of the channels it merged and their correlation estimated from their
         weights (Model Folding's approximate REPAIR, for any plan) and give its BatchNorm those
-        statistics and the plan-weighted affine of its sources (see :mod:`intrafusion_viz._data_free`).
+        statistics and the plan-weighted affine of its sources (see :mod:`intrafusion_viz.repair._data_free`).
     max_samples : int
         Use at most this many samples of ``batch``.
     eps : float
@@ -349,7 +250,7 @@ def repair(pruned, original_model: nn.Module, batch=None, mode: str = "bn", *, m
     Examples
     --------
     >>> import torch, intrafusion_viz as ifv
-    >>> from intrafusion_viz._data_aware import repair
+    >>> from intrafusion_viz.repair._data_aware import repair
     >>> model, x = ifv.models.vgg11_bn(width_mult=0.125), torch.randn(32, 3, 32, 32)
     >>> res = ifv.prune(model, x[:1], sparsity=0.5)
     >>> fixed = repair(res, model, x, mode="bn")

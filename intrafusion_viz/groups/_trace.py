@@ -21,7 +21,7 @@ from torch_pruning._helpers import GroupItem
 from torch_pruning.pruner import function as tpf
 
 from ._layer_rules import is_affine, merge_problem
-from ._state import as_tuple, dtype_problem, model_device
+from .._state import as_tuple, dtype_problem, model_device
 
 __all__ = ["Member", "Group", "find_groups", "resolve_group_keys", "UnsupportedLayerError", "TracerError"]
 
@@ -781,7 +781,7 @@ def resolve_group_keys(groups: Sequence[Group], keys) -> List[int]:
     Examples
     --------
     >>> import torch, intrafusion_viz as ifv
-    >>> from intrafusion_viz._groups import resolve_group_keys
+    >>> from intrafusion_viz.groups._trace import resolve_group_keys
     >>> groups = ifv.find_groups(ifv.models.vgg11_bn(), torch.randn(1, 3, 32, 32))
     >>> resolve_group_keys(groups, ["features.22", "G2", 0])
     [0, 5, 6]

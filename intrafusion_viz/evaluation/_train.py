@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._state import model_device, saved_modes
+from .._state import model_device, saved_modes
 
 __all__ = [
     "CheckpointError",

@@ -104,7 +104,7 @@ class TrainTimes(NamedTuple):
 
 def _train_timed(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict) -> Tuple[float, float]:
     """Train in place; (wall-clock s, CPU s of this process)."""
-    from ._train import train
+    from ..evaluation._train import train
 
     start, cpu = time.perf_counter(), time.process_time()
     if epochs > 0:
@@ -180,7 +180,7 @@ class _Recorder:
 
     def add(self, stage: str, models: Sequence[nn.Module], *, epochs: int = 0, samples: int = 0,
             times: Optional[TrainTimes] = None, wall: float = 0.0) -> dict:
-        from ._train import accuracy
+        from ..evaluation._train import accuracy
 
         times = times or TrainTimes(0.0, 0.0, [], 0.0, 0.0)
         train_time, train_time_sum = times.parallel_s, times.sum_s
@@ -231,8 +231,8 @@ def _on(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _prune(model: nn.Module, example_inputs, sparsity: float, batch_x, prune_kwargs: dict) -> nn.Module:
-    from ._data_aware import repair
-    from ._prune import prune
+    from ..repair._data_aware import repair
+    from ..pruning._prune import prune
 
     example_inputs, batch_x = _on(model, example_inputs), _on(model, batch_x)
 

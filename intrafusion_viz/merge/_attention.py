@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
+
+from ..groups._layer_rules import attention_problem
+from ..plan._blocks import per_block, top_per_block
 
 __all__ = ["AttentionPlan", "attention_problem", "residual_vectors", "attention_plan", "merge_heads", "merge_attention"]
 
@@ -85,26 +87,6 @@ class AttentionPlan:
     v_in_map: torch.Tensor
     v_importance: torch.Tensor
     q_scale: float
-
-
-def attention_problem(module: nn.Module, n: Optional[int] = None) -> Optional[str]:
-    """Why Intra-Fusion cannot merge this ``nn.MultiheadAttention`` (``None``: it can).
-
-    Supported: one packed ``in_proj_weight`` (``kdim == vdim == embed_dim``), no ``bias_k`` /
-    ``bias_v``, no ``add_zero_attn``, and (when ``n`` is given) all of its ``embed_dim`` channels in
-    the group.
-    """
-    if not isinstance(module, nn.MultiheadAttention):
-        return "it is not an nn.MultiheadAttention"
-    if not module._qkv_same_embed_dim or module.in_proj_weight is None:
-        return "it has separate q/k/v projection weights (kdim or vdim differs from embed_dim)"
-    if module.bias_k is not None or module.bias_v is not None:
-        return "it has bias_k / bias_v (add_bias_kv=True)"
-    if module.add_zero_attn:
-        return "it has add_zero_attn=True"
-    if n is not None and n != module.embed_dim:
-        return f"the group holds {n} of its {module.embed_dim} embedding channels"
-    return None
 
 
 @torch.no_grad()
@@ -167,8 +149,7 @@ def attention_plan(module: nn.MultiheadAttention, k: int, config=None, importanc
     method : {"intra-fusion", "fold"}
         Transport plans per head, or k-means clusters per head (Model Folding).
     """
-    from ._prune import _per_block, _top_per_block
-    from ._transport import OTConfig, cost_matrix, masses, merge_matrices, transport_plan
+    from ..plan._transport import OTConfig, cost_matrix, masses, merge_matrices, transport_plan
 
     config = config if config is not None else OTConfig()
     problem = attention_problem(module)
@@ -187,20 +168,20 @@ def attention_plan(module: nn.MultiheadAttention, k: int, config=None, importanc
             kept = torch.arange(n)
             plan = torch.eye(n, dtype=torch.float64) / n
         elif method == "fold":
-            from ._fold import cluster_plan
+            from ..plan._kmeans import cluster_plan
 
-            kept, plan = _per_block(n, k, h, lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
+            kept, plan = per_block(n, k, h, lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
         else:
             a = masses(config.source_mass, imp, n)
 
             def solve(rows, kb):
-                local = _top_per_block(imp[rows], kb, 1)
+                local = top_per_block(imp[rows], kb, 1)
                 sub_a = a[rows] / a[rows].sum()
                 sub_b = masses(config.target_mass, imp[rows][local], kb)
                 cost = cost_matrix(vec[rows], local, config, seed=seed)
                 return local, transport_plan(cost, sub_a, sub_b, config, kept=local)
 
-            kept, plan = _per_block(n, k, h, solve, weights=a)
+            kept, plan = per_block(n, k, h, solve, weights=a)
         out_map, in_map = merge_matrices(plan, config.fusion if method != "fold" else "barycentric")
         return kept, plan, out_map, in_map
 

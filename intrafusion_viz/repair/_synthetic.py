@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._state import saved_modes
+from .._state import saved_modes
 
 __all__ = ["synthetic_inputs"]
 

@@ -50,9 +50,9 @@ def layer_drift(original: nn.Module, result, x: torch.Tensor, *, model: Optional
         ``|mean(P_c) - mean(T_c)| / std(T_c)``) and ``corr`` (mean Pearson correlation of ``P_c``
         with ``T_c``); the last row is ``layer="logits"`` with ``agreement`` (top-1 agreement in %).
     """
-    from ._data_aware import _observed_module, _producers, _pruned_positions, _recording, _run
-    from ._fusion import _slots
-    from ._groups import find_groups
+    from ..repair._activations import _observed_module, _producers, _pruned_positions, _recording, _run
+    from ..merge._surgery import _slots
+    from ..groups._trace import find_groups
 
     pruned_model = model if model is not None else result.model
     x = x[:max_samples]

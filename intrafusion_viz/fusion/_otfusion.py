@@ -18,9 +18,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ._fusion import _slots
-from ._groups import Group, UnsupportedLayerError, _trace, bind_groups, check_inputs
-from ._transport import OTConfig, merge_matrices, transport_plan
+from ..merge._surgery import _slots
+from ..groups._trace import Group, UnsupportedLayerError, _trace, bind_groups, check_inputs
+from ..plan._transport import OTConfig, merge_matrices, transport_plan
 
 __all__ = ["fuse", "FuseResult", "FusedGroup", "permute_neurons", "FUSE_METHODS", "FUSE_COSTS"]
 
@@ -212,7 +212,7 @@ def _activation_features(x: torch.Tensor, pool: int = _POOL):
     """
     import torch.nn.functional as F
 
-    from ._data_aware import _observed_module, _recording, _run
+    from ..repair._activations import _observed_module, _recording, _run
 
     def features(model: nn.Module, group: Group) -> torch.Tensor:
         producers = [m for m in group.members if m.role == "out"]
@@ -366,7 +366,7 @@ def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cos
     if batch is not None or reset_bn or (cost == "activation" and method == "ot"):
         if batch is None:
             raise ValueError("cost='activation' and reset_bn=True need batch= (a couple of hundred inputs)")
-        from ._data_aware import _inputs_of
+        from ..repair._activations import _inputs_of
         batch_x = _inputs_of(batch, max_samples)
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
@@ -408,7 +408,7 @@ def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cos
             avg = sum(wi * s[key] for wi, s in zip(w, aligned_states))
             new_state[key].copy_(avg.to(new_state[key].dtype))
     if reset_bn:
-        from ._data_aware import _reset_bn_statistics
+        from ..repair._activations import _reset_bn_statistics
         _reset_bn_statistics(fused, batch_x)
     fused.train(models[0].training)
     return FuseResult(fused, aligned[0], aligned, method, cost, w, config)

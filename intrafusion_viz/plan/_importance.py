@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ._state import dtype_problem, model_device, saved_modes
+from .._state import dtype_problem, model_device, saved_modes
 
 __all__ = ["IMPORTANCES", "resolve_importance", "group_importance", "accumulate_gradients", "taylor_gradients"]
 

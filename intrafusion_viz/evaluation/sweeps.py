@@ -18,9 +18,9 @@ import weakref
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from ._distributed import CellOutcome, map_cells
-from ._groups import find_groups, resolve_group_keys
-from ._prune import METHODS, prune
-from ._transport import OTConfig
+from ..groups._trace import find_groups, resolve_group_keys
+from ..pruning._prune import METHODS, prune
+from ..plan._transport import OTConfig
 
 __all__ = ["layer_sweep", "sparsity_sweep", "evaluate_cells", "SweepCell", "SweepError", "sweep_methods",
            "SWEEP_METHODS"]
@@ -165,7 +165,7 @@ def evaluate_cells(model, data, example_inputs, cells: Sequence[SweepCell], *, b
         Where each worker prunes and evaluates (``"cuda"``: a worker's own GPU under dask-cuda); the
         model is sent as it is and moved there on the worker.  Default: where the model is.
     executor, progress, worker_threads
-        As :func:`intrafusion_viz._distributed.map_cells`.
+        As :func:`intrafusion_viz.evaluation._distributed.map_cells`.
     desc : str
         Label of the progress bar.
     on_done : callable, optional
@@ -253,7 +253,7 @@ def _run(model, data, example_inputs, targets, sparsities, methods, importance, 
          batch, on_step, executor, seed, errors, worker_threads, device):
     import pandas as pd
 
-    from ._importance import resolve_importance
+    from ..plan._importance import resolve_importance
 
     if errors not in ("raise", "warn"):
         raise ValueError(f"errors must be 'raise' or 'warn'; got {errors!r}")

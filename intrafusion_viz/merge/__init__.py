@@ -1,0 +1,12 @@
+"""The surgery: merge (or cut) a group's channels along a plan.
+
+Owns BatchNorm folding and the channel vectors a cost compares (``_surgery``), the per-call fold memo
+(``_memo``), the whole-model direct surgery and model copy (``_fastpath``) and the merge through
+``nn.MultiheadAttention`` (``_attention``).  Outgoing weights are plan-weighted averages, incoming
+weights plan-weighted sums, so merging exact duplicates changes nothing.
+
+May import: ``plan``, ``groups`` and ``intrafusion_viz._state``.
+"""
+from ._surgery import apply_merge, channel_features, fold_batchnorm, folded_weights
+
+__all__ = ["apply_merge", "channel_features", "fold_batchnorm", "folded_weights"]
