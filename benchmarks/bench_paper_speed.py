@@ -60,8 +60,7 @@ import intrafusion_viz as ifv  # noqa: E402
 from _bench_common import markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = [Path(os.environ.get("IFV_SHARED", ROOT.parent / "shared")) / "golden" / "paper",
-          Path("/work/shared/golden/paper")]
+GOLDEN = [Path(os.environ.get("INTRAFUSION_VIZ_SHARED", ROOT.parent / "shared")) / "golden" / "paper"]
 
 
 def load_model(arch: str):

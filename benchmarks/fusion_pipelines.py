@@ -73,8 +73,7 @@ def report(df, command: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared = Path("/work/shared/data/mnist")
-    parser.add_argument("--mnist-root", default=str(shared if shared.is_dir() else DEFAULT_MNIST))
+    parser.add_argument("--mnist-root", default=str(DEFAULT_MNIST))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--width", type=int, default=32, help="VGG width w: conv widths (w, 2w, 2w, 2w)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (baseline on all, each half on its half)")

@@ -13,7 +13,7 @@ import torch
 
 from intrafusion_viz import data as D
 
-SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_MNIST = D.shared_path("data", "mnist") or Path("no-shared-folder")
 
 # ----------------------------------------------------------------------------- digits
 

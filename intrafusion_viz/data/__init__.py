@@ -26,7 +26,12 @@ from typing import Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ._shared import SHARED_ENV, shared_dir, shared_path
+
 __all__ = [
+    "shared_dir",
+    "shared_path",
+    "SHARED_ENV",
     "DigitsData",
     "load_digits_tensors",
     "digits_loaders",
@@ -356,7 +361,7 @@ def mnist_test_split(
 
     Examples
     --------
-    >>> train, test = mnist_test_split("/work/shared/data/mnist")  # doctest: +SKIP
+    >>> train, test = mnist_test_split("data/mnist", download=True)  # doctest: +SKIP
     >>> len(train), len(test)  # doctest: +SKIP
     (8000, 2000)
     """

@@ -23,7 +23,6 @@ import torch.nn as nn
 PathLike = Union[str, os.PathLike]
 
 REFERENCE_ARCHS = ("vgg11_bn", "resnet18", "vit")
-DEFAULT_MNIST_ROOT = Path("/work/shared/data/mnist")
 # Training recipe (SGD + momentum, cosine schedule, batch 64, weight decay 5e-4), per architecture.
 RECIPES = {
     "vgg11_bn": dict(epochs=8, lr=0.05),
@@ -62,19 +61,38 @@ def build_reference(arch: str) -> nn.Module:
     raise ValueError(f"Unknown reference architecture {arch!r}; choose one of {REFERENCE_ARCHS}.")
 
 
-def reference_data(root: Optional[PathLike] = None, n_train: int = 8000, n_test: int = 2000):
+def default_mnist_root() -> Path:
+    """Where :func:`reference_data` looks for MNIST: ``$INTRAFUSION_VIZ_MNIST``, the shared folder's
+    ``data/mnist`` (see :func:`intrafusion_viz.data.shared_dir`), else ``~/.cache/intrafusion_viz_data/mnist``."""
+    from ..data._shared import shared_path
+
+    env = os.environ.get("INTRAFUSION_VIZ_MNIST")
+    if env:
+        return Path(env).expanduser()
+    shared = shared_path("data", "mnist")
+    return shared if shared is not None else Path.home() / ".cache" / "intrafusion_viz_data" / "mnist"
+
+
+def reference_data(root: Optional[PathLike] = None, n_train: int = 8000, n_test: int = 2000, download: bool = False):
     """``((x_train, y_train), (x_test, y_test))`` tensors of the MNIST split, padded to 32x32.
 
     The split is :func:`intrafusion_viz.data.mnist_test_split` with seed 0 (disjoint train/test images of
     MNIST's 10,000-image test set). Images are normalised and edge-padded by 2 pixels (VGG's five
     max-pools need 32x32).
+
+    Parameters
+    ----------
+    root : path, optional
+        Folder with MNIST's test-set files (torchvision's layout); default :func:`default_mnist_root`.
+    download : bool
+        Let torchvision download MNIST's test set into ``root`` when it is missing (needs internet).
     """
     import torch.nn.functional as F
 
     from ..data import mnist_test_split
 
-    root = Path(root) if root is not None else Path(os.environ.get("INTRAFUSION_VIZ_MNIST", DEFAULT_MNIST_ROOT))
-    train, test = mnist_test_split(root, n_train=n_train, n_test=n_test, seed=0)
+    root = Path(root) if root is not None else default_mnist_root()
+    train, test = mnist_test_split(root, n_train=n_train, n_test=n_test, seed=0, download=download)
 
     def tensors(ds):
         xs, ys = zip(*(ds[i] for i in range(len(ds))))
@@ -107,11 +125,15 @@ class _ShiftedBatches:
             yield xb, self.y[idx]
 
 
-def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, path: Optional[PathLike] = None):
-    """Train a reference model from scratch with the fixed recipe and save it; returns ``(model, test_accuracy)``."""
+def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, path: Optional[PathLike] = None,
+                    download: bool = False):
+    """Train a reference model from scratch with the fixed recipe and save it; returns ``(model, test_accuracy)``.
+
+    ``download``: let :func:`reference_data` download MNIST when it is not found (needs internet).
+    """
     from ._train import accuracy, save_checkpoint, train
 
-    (x_train, y_train), (x_test, y_test) = data if data is not None else reference_data()
+    (x_train, y_train), (x_test, y_test) = data if data is not None else reference_data(download=download)
     recipe = RECIPES[arch]
     torch.manual_seed(seed)
     model = build_reference(arch)
@@ -133,7 +155,7 @@ def train_reference(arch: str, seed: int = 0, data=None, progress: bool = True, 
 
 
 def reference_model(arch: str = "vgg11_bn", seed: int = 0, train_if_missing: bool = True,
-                    progress: bool = True) -> nn.Module:
+                    progress: bool = True, download: bool = False) -> nn.Module:
     """A converged reference model (eval mode), loaded from the cache or trained (and cached) when missing.
 
     Parameters
@@ -143,6 +165,8 @@ def reference_model(arch: str = "vgg11_bn", seed: int = 0, train_if_missing: boo
         Training seed (0, 1, 2 are the ones the benchmarks use).
     train_if_missing : bool
         Train when no checkpoint is cached (minutes on a CPU); otherwise raise FileNotFoundError.
+    download : bool
+        When training, let torchvision download MNIST if it is not found (needs internet).
     """
     from ._train import load_checkpoint
 
@@ -154,7 +178,7 @@ def reference_model(arch: str = "vgg11_bn", seed: int = 0, train_if_missing: boo
             raise FileNotFoundError(
                 f"No reference checkpoint at {path}; run `python benchmarks/train_reference.py --arch {arch} "
                 f"--seeds {seed}` or pass train_if_missing=True.")
-        model, _ = train_reference(arch, seed, progress=progress, path=path)
+        model, _ = train_reference(arch, seed, progress=progress, path=path, download=download)
         return model
     model = build_reference(arch)
     load_checkpoint(path, model)
