@@ -55,5 +55,6 @@ def test_docs_site_builds_strictly(tmp_path):
     for page in ("index.html", "results/index.html", "api/plan/index.html", "notebooks/02_teach_ot/index.html"):
         assert (site / page).is_file(), f"the built site lacks {page}"
     api = (site / "api" / "pruning" / "index.html").read_text(encoding="utf-8")
+    assert ":class:" not in api, "Sphinx roles show literally on the API pages (docs/_ext/sphinx_roles.py)"
     assert "intrafusion_viz.pruning.prune" in api or 'id="intrafusion_viz.pruning.prune"' in api, \
         "the API page of pruning does not document prune()"
