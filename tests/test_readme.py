@@ -53,3 +53,24 @@ def test_readme_block_runs_as_pasted(line, code, tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, (f"the ```python block at README.md line {line} fails when pasted:\n"
                                   f"{proc.stderr[-3000:]}")
+
+
+def test_readme_keeps_the_two_commands():
+    text = README.read_text(encoding="utf-8")
+    for command in ('pip install -e . && intrafusion-viz demo', 'pip install -e ".[dev]" && python -m pytest'):
+        assert f"```bash\n{command}\n```" in text, f"README.md must show the command `{command}` in its own block"
+
+
+def _demo_table(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    m = re.search(r"<!-- DEMO-TABLE.*?-->\n(.*?)<!-- /DEMO-TABLE -->", text, re.S)
+    assert m, f"{path.name} lacks its <!-- DEMO-TABLE --> ... <!-- /DEMO-TABLE --> block"
+    return m.group(1)
+
+
+def test_demo_table_is_the_same_in_readme_and_docs():
+    """The demo's printed table appears twice; regenerating it means pasting it into both."""
+    readme = _demo_table(README)
+    assert "| sparsity | params | default | intra-fusion |" in readme
+    assert readme == _demo_table(ROOT / "docs" / "getting-started.md"), \
+        "README.md and docs/getting-started.md show different demo tables: paste the new one into both"
