@@ -74,3 +74,34 @@ def test_demo_table_is_the_same_in_readme_and_docs():
     assert "| sparsity | params | default | intra-fusion |" in readme
     assert readme == _demo_table(ROOT / "docs" / "getting-started.md"), \
         "README.md and docs/getting-started.md show different demo tables: paste the new one into both"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(md: Path) -> set:
+    """The anchors MkDocs gives ``md``'s headings: explicit ``{ #id }`` or the slug of the title."""
+    out = set()
+    for line in md.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            continue
+        explicit = re.search(r"\{\s*#([\w-]+)\s*\}", line)
+        title = re.sub(r"\{.*?\}", "", line.lstrip("#")).strip().lower()
+        out.add(explicit.group(1) if explicit else re.sub(r"[^\w\- ]", "", title).strip().replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("doc", ["README.md", "BENCHMARKS.md"])
+def test_relative_links_resolve(doc):
+    """GitHub shows README.md and BENCHMARKS.md outside the docs site, so mkdocs does not check their links."""
+    broken = []
+    for target in LINK.findall((ROOT / doc).read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        path, _, anchor = target.partition("#")
+        file = ROOT / path
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            broken.append(target)
+    assert not broken, f"{doc} links to files or anchors that do not exist: {broken}"
