@@ -100,6 +100,8 @@ class OTConfig:
         shorter than their sources, and on converged ViTs this kept more accuracy (BENCHMARKS.md,
         section 8, "ViT: attention heads under Intra-Fusion").  Default pruning never rescales q.
 
+    Notes
+    -----
     Use :meth:`OTConfig.paper` for every setting of the paper's code at once, and
     :meth:`OTConfig.data_free` for the plan that holds up on a whole network without data.
     """

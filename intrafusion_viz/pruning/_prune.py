@@ -263,6 +263,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         (default): ``"raise"`` when you named the groups (``groups=[...]`` or a per-group sparsity
         dict), else ``"skip"``; when *no* selected group could be pruned it raises too.
 
+    Notes
+    -----
     Grouped convs keep the same number of channels in every conv group (Torch-Pruning's rule: each
     conv group loses ``floor(removed / groups)`` channels; ``GroupResult.k`` is the count kept) and
     channels merge only inside their conv group (a block-diagonal plan).  A GroupNorm's
