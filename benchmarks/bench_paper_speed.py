@@ -118,14 +118,14 @@ def cost_times(model, group, kept, repeats):
 
 
 PHASES = (  # (label, module, attribute): top-level steps of one prune() call, timed inclusively
-    ("channel vectors (+ folds)", "intrafusion_viz.pruning._prune", "channel_features"),
-    ("importance", "intrafusion_viz.pruning._prune", "folded_magnitude_importances"),
+    ("channel vectors (+ folds)", "intrafusion_viz.pruning._steps", "channel_features"),
+    ("importance", "intrafusion_viz.pruning._steps", "folded_magnitude_importances"),
     ("cost: L1 kernel", "intrafusion_viz.plan._l1", "l1_distances"),
-    ("cost: rest", "intrafusion_viz.pruning._prune", "dropped_rows_cost"),
-    ("EMD", "intrafusion_viz.pruning._prune", "transport_plan"),
+    ("cost: rest", "intrafusion_viz.pruning._steps", "dropped_rows_cost"),
+    ("EMD", "intrafusion_viz.pruning._steps", "transport_plan"),
     ("model copy", "intrafusion_viz.merge._fastpath", "private_copy"),
     ("BatchNorm restore", "intrafusion_viz.merge._surgery", "restore_folded_batchnorms"),
-    ("merge + cut", "intrafusion_viz.pruning._prune", "direct_surgery"),
+    ("merge + cut", "intrafusion_viz.pruning._steps", "direct_surgery"),
 )
 
 

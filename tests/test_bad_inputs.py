@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 import intrafusion_viz as ifv
-from intrafusion_viz.pruning import _prune
+from intrafusion_viz.pruning import _steps as _prune
 
 from helpers import conv_bn_net, mlp, randomize_bn
 

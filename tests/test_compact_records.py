@@ -94,7 +94,7 @@ def test_dense_and_compact_storage_give_the_same_prune_bit_for_bit(monkeypatch):
         model, x = make()
         compact = ifv.prune(copy.deepcopy(model), x, 0.5, **kw)
         with monkeypatch.context() as m:
-            m.setattr("intrafusion_viz.pruning._prune.compact_plan", lambda plan: _compact.densify(plan))
+            m.setattr("intrafusion_viz.pruning._steps.compact_plan", lambda plan: _compact.densify(plan))
             m.setattr(_compact.CompactPlan, "selection",
                       classmethod(lambda cls, n, kept: ifv.selection_plan(n, kept)))
             dense = ifv.prune(copy.deepcopy(model), x, 0.5, **kw)
@@ -170,7 +170,7 @@ def test_the_surgery_holds_one_groups_dense_maps_at_a_time(direct, method, monke
         return maps
 
     monkeypatch.setattr(_compact.MergeMaps, "build", spy)
-    monkeypatch.setattr("intrafusion_viz.pruning._prune.direct_surgery", lambda *a: surgeries.append(1) or real_surgery(*a))
+    monkeypatch.setattr("intrafusion_viz.pruning._steps.direct_surgery", lambda *a: surgeries.append(1) or real_surgery(*a))
     if direct:  # the direct surgery takes groups that share no layer
         torch.manual_seed(0)
         model, x, groups = mlp(widths=(8, 8, 8, 8)), torch.randn(4, 5), [0, 2]

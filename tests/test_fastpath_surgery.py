@@ -55,7 +55,7 @@ def _both(model, x, sparsity, monkeypatch, **kw):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr("intrafusion_viz.pruning._prune.direct_surgery", spy)
+    monkeypatch.setattr("intrafusion_viz.pruning._steps.direct_surgery", spy)
     fast = ifv.prune(model, x, sparsity, **kw)
     monkeypatch.setattr(fp, "DIRECT_SURGERY", False)
     slow = ifv.prune(model, x, sparsity, **kw)
