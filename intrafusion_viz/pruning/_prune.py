@@ -112,7 +112,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     records, plans = steps.plan(request, selection, scored)
     sources = steps.repair_sources(model, request, selection)  # read before anything is merged
     params_before = sum(p.numel() for p in model.parameters())
-    work = steps.work_copy(model, request, selection, scored, plans)
+    work = steps.work_copy(model, request, selection, scored)
     with steps.undo_on_failure(work):
         steps.merge(work, example_inputs, request, selection, scored, plans, records)
         result = PruneResult(work.model, records, method, request.config, params_before, 0,

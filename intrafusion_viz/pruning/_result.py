@@ -8,8 +8,8 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..merge._fastpath import LazyCost
 from ..plan._compact import read_field
+from ..plan._lazy_cost import LazyCost
 from ..plan._transport import OTConfig
 
 __all__ = ["GroupResult", "PruneResult", "num_kept"]

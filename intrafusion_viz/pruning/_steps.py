@@ -31,15 +31,16 @@ import torch_pruning as tp
 
 from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_problem, norm_blocks, round_up_to
 from ..groups._trace import Group, _trace, bind_groups, resolve_group_keys
-from ..merge._fastpath import (all_finite, direct_surgery, direct_surgery_replaces, dropped_rows_cost,
-                               folded_magnitude_importances, kept_rows_unused, private_copy)
+from ..merge._copy import private_copy, unshare
+from ..merge._scores import folded_magnitude_importances
 from ..merge._surgery import (IndexTracker, _check_mergeable, apply_merge, channel_features, check_tied_weights,
                               fold_batchnorm, fold_group_batchnorms, folded_copy_of_groups,
-                              restore_folded_batchnorms)
+                              restore_folded_batchnorms, shared_tensors)
 from ..plan._blocks import per_block, top_per_block
 from ..plan._compact import CompactPlan, DerivedMap, MergeMaps, compact_plan
 from ..plan._importance import group_importance, resolve_importance, taylor_gradients
-from ..plan._transport import OTConfig, cost_matrix, masses, transport_plan
+from ..plan._lazy_cost import dropped_rows_cost, kept_rows_unused
+from ..plan._transport import OTConfig, all_finite, cost_matrix, masses, transport_plan
 from .._state import ModelSnapshot, saved_modes
 from ._result import GroupResult, PruneResult, num_kept
 
@@ -437,38 +438,36 @@ def _transport_plan(vectors, imp, kept, n, k, blocks, config, seed, own_features
 
 @dataclass
 class Work:
-    """The model the surgery changes (a copy, or the caller's with ``inplace=True``) and how to undo it."""
+    """The model the surgery changes (a copy, or the caller's with ``inplace=True``) and how to undo it.
+
+    ``shares``: the caller's model, when the copy still shares with it the tensors the surgery
+    replaces (:func:`~intrafusion_viz.merge._surgery.shared_tensors`)."""
 
     model: nn.Module
     groups: List[Group]
     frozen: Dict[str, bool]
     snapshot: Optional[ModelSnapshot]
-    merged: bool  # the copy was made with every plan already merged
+    shares: Optional[nn.Module] = None
 
 
-def work_copy(model: nn.Module, request: Request, selection: Selection, scored: Scored,
-              plans: List[Planned]) -> Work:
+def work_copy(model: nn.Module, request: Request, selection: Selection, scored: Scored) -> Work:
     """The model to change: the caller's (``inplace=True``, with a snapshot of the layers it touches)
-    or a copy (plain layers: the pruned copy computed straight from the caller's tensors)."""
-    trace, originals = selection.trace, selection.originals
-    fold = _folds(request)
-    direct = (None if request.inplace or request.authors_fold or request.sequential
-              else direct_surgery_replaces(model, originals, plans, fold))
-    frozen = {name: p.requires_grad for name, p in model.named_parameters()} if direct is not None else None
+    or a copy that shares with it only the tensors the surgery replaces without writing into them."""
+    trace, frozen = selection.trace, {name: p.requires_grad for name, p in model.named_parameters()}
+    shares = None
     if request.authors_fold and not request.inplace:
         work = scored.model  # already the folded copy the authors' code prunes
-    elif direct is not None:
-        work = direct_surgery(model, originals, plans, fold, direct)
+    elif request.inplace:
+        work = model
     else:
-        work = model if request.inplace else private_copy(model)
-    bound = bind_groups(trace.specs, work, trace.fold_pairs) if direct is None else originals
+        shared = shared_tensors(model, selection.originals, selection.pruned)
+        work, shares = private_copy(model, share=shared), (model if shared else None)
+    bound = bind_groups(trace.specs, work, trace.fold_pairs)
     # inplace=True: a failure half-way through the surgery puts the touched layers back as they were
     touched = ({name for name, _ in work.named_modules()} if request.authors_fold
                else {m.name for i in selection.pruned for m in bound[i].members})
     snapshot = ModelSnapshot(work, touched) if request.inplace else None
-    if frozen is None:
-        frozen = {name: p.requires_grad for name, p in work.named_parameters()}
-    return Work(work, bound, frozen, snapshot, direct is not None)
+    return Work(work, bound, frozen, snapshot, shares)
 
 
 def _folds(request: Request) -> bool:
@@ -506,8 +505,10 @@ def merge(work: Work, example_inputs, request: Request, selection: Selection, sc
                 attention[i] = record.attention
             merge_plans(model, bound, [planned], fold, tracker, attention)
         records.sort(key=lambda r: r.index)
-    elif not work.merged:
+    else:
         merge_plans(model, bound, plans, fold, attention={r.index: r.attention for r in records if r.attention})
+    if work.shares is not None:  # whatever the surgery did not replace becomes the copy's own
+        unshare(model, work.shares)
     for name, p in model.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
         sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
         p.requires_grad_(work.frozen.get(name, work.frozen.get(sibling, True)))
@@ -521,12 +522,14 @@ def merge_plans(work: nn.Module, bound: List[Group], plans: List[Planned], fold:
     ``attention``: ``{index: {name: AttentionPlan}}`` of the groups holding an ``nn.MultiheadAttention``.
     """
     folded = {}
-    if fold:
+    if fold:  # new tensors for the folded layers: a work copy may share the old ones with the caller
         for i, *_ in plans:
-            folded.update(fold_group_batchnorms(work, bound[i]))
+            folded.update(fold_group_batchnorms(work, bound[i], replace=True))
     tracker = tracker if tracker is not None else IndexTracker()
-    for i, kept, maps in plans:  # one group's dense maps at a time
-        apply_merge(work, bound[i], kept, *maps.build(), tracker, (attention or {}).get(i))
+    for i, kept, maps in plans:  # one group's dense maps at a time (none for a selection: index operations)
+        dense = (None, None, None) if maps.selection else maps.build()
+        apply_merge(work, bound[i], kept, *dense, tracker, (attention or {}).get(i))
+        del dense  # freed before the next group's are built
     if folded:
         for i, kept, maps in plans:
             restore_folded_batchnorms(work, bound[i], kept, maps.norm_map(), folded, tracker)
