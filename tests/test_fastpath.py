@@ -16,7 +16,7 @@ import intrafusion_viz as ifv
 from intrafusion_viz.merge._copy import private_copy
 from intrafusion_viz.merge._memo import _local, exact_scale, fold_memo
 from intrafusion_viz.merge._scores import folded_magnitude_importances
-from intrafusion_viz.plan._lazy_cost import dropped_rows_cost, kept_rows_unused
+from intrafusion_viz.plan._lazy_cost import dropped_rows_cost, dropped_rows_suffice, kept_rows_unused
 from intrafusion_viz.plan._transport import all_finite
 from intrafusion_viz.merge._surgery import folded_weights
 
@@ -35,6 +35,29 @@ def test_dropped_rows_cost_completes_to_cost_matrix_bit_for_bit(n, k, d):
     dropped[kept] = False
     assert torch.equal(lazy.partial[dropped], expect[dropped])  # what the plan reads is final
     assert torch.equal(lazy.full(), expect)
+
+
+@pytest.mark.parametrize("n, k, d", [(40, 13, 70), (64, 32, 300), (9, 8, 5), (300, 210, 900)])
+def test_dropped_rows_cost_at_p2_is_cost_matrix_to_float32_rounding(n, k, d):
+    """p = 2 (the default config): the same float32 dot products, in fewer rows; the plan reads the same."""
+    g = torch.Generator().manual_seed(n)
+    features = torch.randn(n, d, generator=g)
+    kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
+    cfg = ifv.OTConfig()
+    assert cfg.p == 2 and dropped_rows_suffice(cfg, ifv.masses("uniform", None, n), ifv.masses("uniform", None, k))
+    lazy = dropped_rows_cost(features.clone(), kept, cfg, inplace=True).compact()
+    expect = ifv.cost_matrix(features, kept, cfg)
+    assert lazy.partial.shape == (n - k, k)
+    full = pickle.loads(pickle.dumps(lazy)).full()
+    assert torch.allclose(full, expect, rtol=0, atol=1e-5)  # distances of unit vectors, at most 2
+    assert torch.equal(full[kept, torch.arange(k)], torch.zeros(k, dtype=torch.float64))
+    a, b = ifv.masses("uniform", None, n), ifv.masses("uniform", None, k)
+    plan = ifv.transport_plan(full, a, b, cfg, kept=kept)
+    assert torch.allclose(plan.sum(0), b, atol=1e-12)
+    # random vectors: no two costs within rounding of each other, so the plans are the same
+    assert torch.equal(plan, ifv.transport_plan(expect, a, b, cfg, kept=kept))
+    for other in (ifv.OTConfig(p=3.0), ifv.OTConfig(standardize=True), ifv.OTConfig(normalize=False)):
+        assert not dropped_rows_suffice(other, a, b)
 
 
 def test_kept_rows_unused_only_where_the_plan_ignores_them():

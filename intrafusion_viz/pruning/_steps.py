@@ -39,7 +39,7 @@ from ..merge._surgery import (IndexTracker, _check_mergeable, apply_merge, chann
 from ..plan._blocks import per_block, top_per_block
 from ..plan._compact import CompactPlan, DerivedMap, MergeMaps, compact_plan
 from ..plan._importance import group_importance, resolve_importance, taylor_gradients
-from ..plan._lazy_cost import dropped_rows_cost, kept_rows_unused
+from ..plan._lazy_cost import dropped_rows_cost, dropped_rows_suffice
 from ..plan._transport import OTConfig, all_finite, cost_matrix, masses, transport_plan
 from .._state import ModelSnapshot, saved_modes
 from ._result import GroupResult, PruneResult, num_kept
@@ -413,7 +413,7 @@ def _transport_plan(vectors, imp, kept, n, k, blocks, config, seed, own_features
     """Intra-Fusion: the transport plan onto the kept channels and its cost (block diagonal for blocks)."""
     a = masses(config.source_mass, imp, n)
     b = masses(config.target_mass, imp[kept], k)
-    if blocks == 1 and config.p == 1 and kept_rows_unused(config, a, b):
+    if blocks == 1 and dropped_rows_suffice(config, a, b):
         # kept rows: computed if the record is read; our own vectors are normalised in place
         cost = dropped_rows_cost(vectors, kept, config, inplace=own_features)
         group_plan = transport_plan(cost.partial, a, b, config, kept=kept)
