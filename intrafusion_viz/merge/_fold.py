@@ -214,9 +214,9 @@ def restore_folded_batchnorms(model: nn.Module, group: Group, kept: torch.Tensor
         ok = scale.abs() > 1e-8 * float(scale.abs().max())
         if not bool(ok.any()):
             continue
-        bn_pos = tracker.current(m.name, m.dim, bn_slots[kept].tolist())[ok]
+        bn_pos = tracker.current(m.name, m.dim, bn_slots[kept])[ok]
         p_slots = _slots(producer, n)[kept]  # (k, positions per channel)
-        rows = tracker.current(producer.name, producer.dim, p_slots.flatten().tolist()).view_as(p_slots)[ok]
+        rows = tracker.current(producer.name, producer.dim, p_slots.flatten()).view_as(p_slots)[ok]
         per_row = scale[ok].repeat_interleave(rows.shape[1])
         weight = layer.weight.data.movedim(producer.dim, 0)
         flat = rows.flatten().to(weight.device)

@@ -16,14 +16,19 @@ __all__ = ["IndexTracker", "_slots"]
 
 
 class IndexTracker:
-    """Current position of every original channel index of (module, dim) as dimensions shrink."""
+    """Current position of every original channel index of (module, dim) as dimensions shrink.
+
+    One tracker per model being merged; ``cache`` holds what the surgery learns about that model
+    once (which layers share a tensor).
+    """
 
     def __init__(self):
         self._alive: Dict[Tuple[str, int], torch.Tensor] = {}
+        self.cache: Dict[str, object] = {}
 
     def current(self, name: str, dim: int, idxs: Iterable[int]) -> torch.Tensor:
         alive = self._alive.get((name, dim))
-        idxs = torch.as_tensor(list(idxs), dtype=torch.long)
+        idxs = _as_index(idxs)
         if alive is None:
             return idxs
         pos = torch.cumsum(alive.long(), 0) - 1
@@ -33,7 +38,14 @@ class IndexTracker:
 
     def remove(self, name: str, dim: int, size: int, idxs: Iterable[int]) -> None:
         alive = self._alive.setdefault((name, dim), torch.ones(size, dtype=torch.bool))
-        alive[torch.as_tensor(list(idxs), dtype=torch.long)] = False
+        alive[_as_index(idxs)] = False
+
+
+def _as_index(idxs) -> torch.Tensor:
+    """Indices as a CPU int64 tensor (a tensor is taken as it is, without a round trip through a list)."""
+    if torch.is_tensor(idxs):
+        return idxs.to("cpu", torch.long)
+    return torch.as_tensor(list(idxs), dtype=torch.long)
 
 
 def _slots(member: Member, n: int) -> torch.Tensor:

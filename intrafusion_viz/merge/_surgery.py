@@ -272,19 +272,22 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: Opt
     modules = _modules(model)
     dropped = torch.ones(n, dtype=torch.bool)
     dropped[kept] = False
-    ties = _ties(model, {m.name for m in group.members})
+    if "ties" not in tracker.cache:  # the model's ties, found once (the surgery keeps them tied)
+        tracker.cache["ties"] = _ties(model)
+    names = {m.name for m in group.members}
+    ties = [users for users in tracker.cache["ties"] if any(name in names for name, _ in users)]
     tied = {name for users in ties for name, _ in users}
     merged = set()  # (tensor, dim) already merged: a tensor tied between layers is merged once
     for m in group.members:
         module = model.get_parameter(m.name) if m.layer_type == "Parameter" else modules[m.name]
         slots = _slots(m, n)
         size = _dim_size(module, m)
-        cur = tracker.current(m.name, m.dim, slots.flatten().tolist()).view_as(slots)
+        cur = tracker.current(m.name, m.dim, slots.flatten()).view_as(slots)
         if m.name not in tied and replaceable(module, m):
             _replace_member(module, m, cur, kept, dropped, maps, selection)
         else:
             _merge_in_place(model, module, m, cur, kept, dropped, size, maps, selection, attention, merged)
-        tracker.remove(m.name, m.dim, size, slots[dropped].flatten().tolist())
+        tracker.remove(m.name, m.dim, size, slots[dropped].flatten())
     for users in ties:  # pruning gave each user its own new tensor: tie them again (they are equal)
         owners = [(model.get_submodule(name), attr) for name, attr in users]
         first = getattr(*owners[0])
@@ -333,8 +336,9 @@ def _merge_in_place(model: nn.Module, module, m: Member, cur: torch.Tensor, kept
             _handler(m.handler_name)(module, sorted(remove_cur))
 
 
-def _ties(model: nn.Module, names) -> List[List[Tuple[str, str]]]:
-    """Parameters of the modules ``names`` that several modules share: one list of (module, attribute) each."""
+def _ties(model: nn.Module, names=None) -> List[List[Tuple[str, str]]]:
+    """Parameters of the modules ``names`` (default: all) that several modules share: one list of
+    (module, attribute) each."""
     users: Dict[int, List[Tuple[str, str]]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         for attr, p in module.named_parameters(recurse=False):
@@ -342,7 +346,7 @@ def _ties(model: nn.Module, names) -> List[List[Tuple[str, str]]]:
             if (name, attr) not in users[id(p)]:
                 users[id(p)].append((name, attr))
     return [u for u in users.values()
-            if len({n for n, _ in u}) > 1 and any(n in names for n, _ in u)]
+            if len({n for n, _ in u}) > 1 and (names is None or any(n in names for n, _ in u))]
 
 
 def check_tied_weights(model: nn.Module, groups: List[Group], pruned, selection) -> None:
