@@ -87,7 +87,7 @@ def replaceable(module, member: Member) -> bool:
                 and not (conv and (module.groups != 1 or module.transposed)))
     return (member.role == "norm" and type(module) in _BATCHNORMS and module.track_running_stats
             and module.running_mean is not None and member.dim == 0
-            and member.handler_name == "prune_batchnorm_out_channels")
+            and member.handler_name in ("prune_batchnorm_out_channels", "prune_batchnorm_in_channels"))
 
 
 def _replaced_attributes(member: Member) -> Tuple[str, ...]:
