@@ -22,7 +22,7 @@ What each side's timed region covers (the same result: a new pruned model, the c
   folded weights; their cost (``torch.cdist(p=1)`` on all n x k pairs) and ``ot.emd``; cutting the
   group's layers.  Their pruned model keeps the folded BatchNorms as identities.
 * ours, warm: a private copy of the model (every tensor the group does not change is cloned, the
-  changed layers are computed from the caller's tensors in their pruned shape); the group's own
+  tensors the surgery replaces are shared until it computes their pruned shape from them); the group's own
   BatchNorm fold (exact, with eps) for channel vectors, importance and merge; importance; the cost
   of the n - k dropped channels (the only rows an exact plan with uniform masses reads; the rest is
   computed if ``GroupResult.cost`` is read); EMD; the merge; the BatchNorms given back their scale
@@ -117,14 +117,14 @@ def cost_times(model, group, kept, repeats):
 
 
 PHASES = (  # (label, module, attribute): top-level steps of one prune() call, timed inclusively
-    ("channel vectors (+ folds)", "intrafusion_viz.pruning._prune", "channel_features"),
-    ("importance", "intrafusion_viz.pruning._prune", "folded_magnitude_importances"),
+    ("channel vectors (+ folds)", "intrafusion_viz.pruning._steps", "channel_features"),
+    ("importance", "intrafusion_viz.pruning._steps", "folded_magnitude_importances"),
     ("cost: L1 kernel", "intrafusion_viz.plan._l1", "l1_distances"),
-    ("cost: rest", "intrafusion_viz.pruning._prune", "dropped_rows_cost"),
-    ("EMD", "intrafusion_viz.pruning._prune", "transport_plan"),
-    ("model copy", "intrafusion_viz.merge._fastpath", "private_copy"),
-    ("BatchNorm restore", "intrafusion_viz.merge._surgery", "restore_folded_batchnorms"),
-    ("merge + cut", "intrafusion_viz.pruning._prune", "direct_surgery"),
+    ("cost: rest", "intrafusion_viz.pruning._steps", "dropped_rows_cost"),
+    ("EMD", "intrafusion_viz.pruning._steps", "transport_plan"),
+    ("model copy", "intrafusion_viz.pruning._steps", "private_copy"),
+    ("BatchNorm restore", "intrafusion_viz.pruning._steps", "restore_folded_batchnorms"),
+    ("merge + cut", "intrafusion_viz.pruning._steps", "apply_merge"),
 )
 
 

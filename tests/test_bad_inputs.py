@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 import intrafusion_viz as ifv
-from intrafusion_viz.pruning import _prune
+from intrafusion_viz.merge import _surgery
+from intrafusion_viz.pruning import _steps as _prune
 
 from helpers import conv_bn_net, mlp, randomize_bn
 
@@ -275,11 +275,9 @@ ROWS = [
     ("inplace-merge-fails-on-second-group", caller_model, _injected("apply_merge", 2), RuntimeError, "injected"),
     ("inplace-batchnorm-restore-fails", caller_model, _injected("restore_folded_batchnorms", 1), RuntimeError,
      "injected"),
-    ("inplace-torch-pruning-handler-fails", caller_model,
-     _injected("prune_conv_in_channels", 1, owner=tp.pruner.function), RuntimeError, "injected"),
-    ("inplace-default-method-handler-fails", caller_model,
-     lambda m, mp: (mp.setattr(tp.pruner.function, "prune_linear_in_channels",
-                               fail_on_call(1)(tp.pruner.function.prune_linear_in_channels)),
+    ("inplace-cut-fails", caller_model, _injected("_merged_cut", 4, owner=_surgery), RuntimeError, "injected"),
+    ("inplace-default-method-cut-fails", caller_model,
+     lambda m, mp: (mp.setattr(_surgery, "_merged_cut", fail_on_call(4)(_surgery._merged_cut)),
                     ifv.prune(m, X[:1], 0.5, method="default", inplace=True)), RuntimeError, "injected"),
     # data files
     ("mnist-truncated-gzip", None, "mnist_truncated", RuntimeError, "corrupted or partly downloaded"),
@@ -357,7 +355,7 @@ def test_table_covers_every_class():
     names = [r[0] for r in ROWS]
     for prefix in ["dtype-", "shape-", "tracer-", "taylor-", "features-", "groups-", "config-", "importance-",
                    "torchscript-", "mnist-", "checkpoint-", "inplace-solver", "inplace-merge", "inplace-taylor",
-                   "inplace-torch-pruning"]:
+                   "inplace-cut"]:
         assert any(n.startswith(prefix) for n in names), prefix
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import intrafusion_viz as ifv
 from intrafusion_viz.plan import _compact
-from intrafusion_viz.merge import _fastpath as fp
+from intrafusion_viz.plan._lazy_cost import LazyCost, dropped_rows_cost
 
 from helpers import TinyResNet, mlp, randomize_bn
 
@@ -94,7 +94,7 @@ def test_dense_and_compact_storage_give_the_same_prune_bit_for_bit(monkeypatch):
         model, x = make()
         compact = ifv.prune(copy.deepcopy(model), x, 0.5, **kw)
         with monkeypatch.context() as m:
-            m.setattr("intrafusion_viz.pruning._prune.compact_plan", lambda plan: _compact.densify(plan))
+            m.setattr("intrafusion_viz.pruning._steps.compact_plan", lambda plan: _compact.densify(plan))
             m.setattr(_compact.CompactPlan, "selection",
                       classmethod(lambda cls, n, kept: ifv.selection_plan(n, kept)))
             dense = ifv.prune(copy.deepcopy(model), x, 0.5, **kw)
@@ -153,12 +153,13 @@ def test_fold_with_data_free_repair_leaves_the_records_compact():
     assert all(_dense_tensors(r) == [] for r in res.groups)
 
 
-@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("shared_layers", [False, True])
 @pytest.mark.parametrize("method", ["intra-fusion", "default"])
-def test_the_surgery_holds_one_groups_dense_maps_at_a_time(direct, method, monkeypatch):
-    """Each group's maps are freed before the next group's are built (direct surgery and general path)."""
-    alive, most, builds, surgeries = [], [0], [0], []
-    real, real_surgery = _compact.MergeMaps.build, fp.direct_surgery
+def test_the_surgery_holds_one_groups_dense_maps_at_a_time(shared_layers, method, monkeypatch):
+    """Each group's maps are freed before the next group's are built (groups that share layers or not);
+    a selection (default pruning) is cut by its kept indices without a dense map."""
+    alive, most, builds = [], [0], [0]
+    real = _compact.MergeMaps.build
 
     def spy(self):
         maps = real(self)
@@ -170,16 +171,15 @@ def test_the_surgery_holds_one_groups_dense_maps_at_a_time(direct, method, monke
         return maps
 
     monkeypatch.setattr(_compact.MergeMaps, "build", spy)
-    monkeypatch.setattr("intrafusion_viz.pruning._prune.direct_surgery", lambda *a: surgeries.append(1) or real_surgery(*a))
-    if direct:  # the direct surgery takes groups that share no layer
+    if not shared_layers:  # groups 0 and 2 of an MLP share no layer
         torch.manual_seed(0)
         model, x, groups = mlp(widths=(8, 8, 8, 8)), torch.randn(4, 5), [0, 2]
     else:
         (model, x), groups = _net(), None
     res = ifv.prune(model, x, 0.5, method=method, groups=groups)
-    assert len(res.groups) > 1 and len(surgeries) == int(direct)
+    assert len(res.groups) > 1
     assert most[0] == 0  # no earlier group's map was still alive when the next was built
-    assert builds[0] == (0 if direct and method == "default" else len(res.groups))  # selections: index ops
+    assert builds[0] == (0 if method == "default" else len(res.groups))  # selections: index ops
 
 
 @pytest.mark.parametrize("n, k, d", [(40, 13, 70), (9, 8, 5)])
@@ -189,7 +189,7 @@ def test_compacted_lazy_cost_completes_to_cost_matrix_bit_for_bit(n, k, d):
     kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
     cfg = ifv.OTConfig.paper()
     expect = ifv.cost_matrix(features, kept, cfg)
-    lazy = fp.dropped_rows_cost(features, kept, cfg).compact()
+    lazy = dropped_rows_cost(features, kept, cfg).compact()
     assert lazy.partial.shape == (n - k, k)  # the dropped rows only
     clone = pickle.loads(pickle.dumps(lazy))
     assert torch.equal(lazy.full(), expect) and torch.equal(clone.full(), expect)
@@ -201,7 +201,7 @@ def test_intra_fusion_records_hold_the_dropped_cost_rows_only():
     res = ifv.prune(model, x, 0.5, config=ifv.OTConfig.paper())
     for rec in res.groups:
         stored = vars(rec)["_cost"]
-        assert isinstance(stored, fp.LazyCost) and stored.partial.shape == (rec.n - rec.k, rec.k)
+        assert isinstance(stored, LazyCost) and stored.partial.shape == (rec.n - rec.k, rec.k)
         assert rec.cost.shape == (rec.n, rec.k) and bool((rec.cost[rec.kept, torch.arange(rec.k)] == 0).all())
 
 

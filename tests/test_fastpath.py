@@ -1,4 +1,4 @@
-"""The per-call shortcuts of ``prune`` (``intrafusion_viz/merge/_fastpath.py``) change no result.
+"""The per-call shortcuts of ``prune`` (fold memo, model copy, lazy cost rows, folded scores) change no result.
 
 Each shortcut is checked against the plain computation it replaces: the cost whose kept rows are
 filled in on first use against ``cost_matrix``, the fold memo against a fresh fold (and against
@@ -13,7 +13,11 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz.merge import _fastpath as fp
+from intrafusion_viz.merge._copy import private_copy
+from intrafusion_viz.merge._memo import _local, exact_scale, fold_memo
+from intrafusion_viz.merge._scores import folded_magnitude_importances
+from intrafusion_viz.plan._lazy_cost import dropped_rows_cost, dropped_rows_suffice, kept_rows_unused
+from intrafusion_viz.plan._transport import all_finite
 from intrafusion_viz.merge._surgery import folded_weights
 
 from helpers import TinyResNet, conv_bn_net, randomize_bn
@@ -25,7 +29,7 @@ def test_dropped_rows_cost_completes_to_cost_matrix_bit_for_bit(n, k, d):
     features = torch.randn(n, d, generator=g)
     kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
     cfg = ifv.OTConfig.paper()
-    lazy = fp.dropped_rows_cost(features, kept, cfg)
+    lazy = dropped_rows_cost(features, kept, cfg)
     expect = ifv.cost_matrix(features, kept, cfg)
     dropped = torch.ones(n, dtype=torch.bool)
     dropped[kept] = False
@@ -33,16 +37,39 @@ def test_dropped_rows_cost_completes_to_cost_matrix_bit_for_bit(n, k, d):
     assert torch.equal(lazy.full(), expect)
 
 
+@pytest.mark.parametrize("n, k, d", [(40, 13, 70), (64, 32, 300), (9, 8, 5), (300, 210, 900)])
+def test_dropped_rows_cost_at_p2_is_cost_matrix_to_float32_rounding(n, k, d):
+    """p = 2 (the default config): the same float32 dot products, in fewer rows; the plan reads the same."""
+    g = torch.Generator().manual_seed(n)
+    features = torch.randn(n, d, generator=g)
+    kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
+    cfg = ifv.OTConfig()
+    assert cfg.p == 2 and dropped_rows_suffice(cfg, ifv.masses("uniform", None, n), ifv.masses("uniform", None, k))
+    lazy = dropped_rows_cost(features.clone(), kept, cfg, inplace=True).compact()
+    expect = ifv.cost_matrix(features, kept, cfg)
+    assert lazy.partial.shape == (n - k, k)
+    full = pickle.loads(pickle.dumps(lazy)).full()
+    assert torch.allclose(full, expect, rtol=0, atol=1e-5)  # distances of unit vectors, at most 2
+    assert torch.equal(full[kept, torch.arange(k)], torch.zeros(k, dtype=torch.float64))
+    a, b = ifv.masses("uniform", None, n), ifv.masses("uniform", None, k)
+    plan = ifv.transport_plan(full, a, b, cfg, kept=kept)
+    assert torch.allclose(plan.sum(0), b, atol=1e-12)
+    # random vectors: no two costs within rounding of each other, so the plans are the same
+    assert torch.equal(plan, ifv.transport_plan(expect, a, b, cfg, kept=kept))
+    for other in (ifv.OTConfig(p=3.0), ifv.OTConfig(standardize=True), ifv.OTConfig(normalize=False)):
+        assert not dropped_rows_suffice(other, a, b)
+
+
 def test_kept_rows_unused_only_where_the_plan_ignores_them():
     n, k = 10, 4
     uniform_a, uniform_b = ifv.masses("uniform", None, n), ifv.masses("uniform", None, k)
-    assert fp.kept_rows_unused(ifv.OTConfig.paper(), uniform_a, uniform_b)
+    assert kept_rows_unused(ifv.OTConfig.paper(), uniform_a, uniform_b)
     imp = torch.ones(n, dtype=torch.float64)
     imp[3] = 20.0  # a channel heavier than a target's room: some of it moves, its row is read
     heavy = ifv.masses("importance", imp, n)
-    assert not fp.kept_rows_unused(ifv.OTConfig.paper(source_mass="importance"), heavy, uniform_b)
-    assert not fp.kept_rows_unused(ifv.OTConfig.paper(solver="sinkhorn"), uniform_a, uniform_b)
-    assert not fp.kept_rows_unused(ifv.OTConfig.paper(target="centroid"), uniform_a, uniform_b)
+    assert not kept_rows_unused(ifv.OTConfig.paper(source_mass="importance"), heavy, uniform_b)
+    assert not kept_rows_unused(ifv.OTConfig.paper(solver="sinkhorn"), uniform_a, uniform_b)
+    assert not kept_rows_unused(ifv.OTConfig.paper(target="centroid"), uniform_a, uniform_b)
 
 
 def test_the_plan_from_the_partial_cost_is_the_plan_from_the_full_cost():
@@ -53,7 +80,7 @@ def test_the_plan_from_the_partial_cost_is_the_plan_from_the_full_cost():
     cfg = ifv.OTConfig.paper()
     a, b = ifv.masses("uniform", None, n), ifv.masses("uniform", None, k)
     full = ifv.transport_plan(ifv.cost_matrix(features, kept, cfg), a, b, cfg, kept=kept)
-    lazy = ifv.transport_plan(fp.dropped_rows_cost(features, kept, cfg).partial, a, b, cfg, kept=kept)
+    lazy = ifv.transport_plan(dropped_rows_cost(features, kept, cfg).partial, a, b, cfg, kept=kept)
     assert torch.equal(full, lazy)
 
 
@@ -78,12 +105,12 @@ def test_fold_memo_reuses_a_fold_only_while_its_tensors_are_unchanged():
     model = randomize_bn(conv_bn_net(c=6)).eval()
     conv, bn = model[0], model[1]
     fresh_w, fresh_b = folded_weights(conv, bn)  # outside the block: no memo
-    with fp.fold_memo():
+    with fold_memo():
         w, b = folded_weights(conv, bn)
         assert torch.equal(w, fresh_w) and torch.equal(b, fresh_b)
         assert folded_weights(conv, bn)[0].data_ptr() == w.data_ptr()  # computed once
         assert folded_weights(conv, bn, "authors")[0].data_ptr() != w.data_ptr()
-        copied = fp.private_copy(model)  # an untouched clone has the original's fold
+        copied = private_copy(model)  # an untouched clone has the original's fold
         assert folded_weights(copied[0], copied[1])[0].data_ptr() == w.data_ptr()
         copied[1].running_var.mul_(4.0)  # changed in place: folded again, with the new values
         w2, _ = folded_weights(copied[0], copied[1])
@@ -91,7 +118,7 @@ def test_fold_memo_reuses_a_fold_only_while_its_tensors_are_unchanged():
         bn.weight.mul_(3.0)
         assert torch.allclose(folded_weights(conv, bn)[0], 3 * w)
         bn.weight.div_(3.0)
-    assert getattr(fp._local, "memo", None) is None  # nothing outlives the block
+    assert getattr(_local, "memo", None) is None  # nothing outlives the block
 
 
 def _tensors(model):
@@ -106,7 +133,7 @@ def test_private_copy_is_deepcopy_and_shares_nothing():
     model.register_buffer("view_a", torch.arange(6.0))
     model.register_buffer("view_b", model.view_a[2:])  # two buffers on one storage stay one storage
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    copied = fp.private_copy(model)
+    copied = private_copy(model)
     reference = copy.deepcopy(model)
     assert list(copied.state_dict()) == list(reference.state_dict())
     for (name, a), b in zip(copied.state_dict(keep_vars=True).items(), _tensors(reference)):
@@ -139,17 +166,17 @@ def test_prune_result_is_independent_of_the_callers_model():
 
 
 def test_all_finite():
-    assert fp.all_finite(torch.randn(100, 7))
-    assert fp.all_finite(torch.empty(0))
-    assert fp.all_finite(torch.full((4,), 3e38))  # the sum overflows; every entry is finite
+    assert all_finite(torch.randn(100, 7))
+    assert all_finite(torch.empty(0))
+    assert all_finite(torch.full((4,), 3e38))  # the sum overflows; every entry is finite
     for bad in (float("nan"), float("inf"), -float("inf")):
         t = torch.randn(50)
         t[17] = bad
-        assert not fp.all_finite(t)
+        assert not all_finite(t)
     t = torch.zeros(4)
     t[0], t[1] = float("inf"), -float("inf")
-    assert not fp.all_finite(t)
-    assert fp.all_finite(torch.arange(5))
+    assert not all_finite(t)
+    assert all_finite(torch.arange(5))
 
 
 @pytest.mark.parametrize("layer, bn", [
@@ -185,9 +212,9 @@ def test_exact_scale_is_the_float64_product_cast_bit_for_bit(shape, factor_shape
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(dtype)
     f = torch.rand(factor_shape, generator=g, dtype=torch.float64) * 3 + 1e-3
-    assert torch.equal(fp.exact_scale(x, f), (x.double() * f).to(dtype))
+    assert torch.equal(exact_scale(x, f), (x.double() * f).to(dtype))
     y = x.clone()
-    fp.exact_scale(y, f, divide=True, out=y)
+    exact_scale(y, f, divide=True, out=y)
     assert torch.equal(y, (x.double() / f).to(dtype))
 
 
@@ -210,9 +237,9 @@ def test_folded_magnitude_scores_equal_scoring_a_folded_copy_bit_for_bit(build, 
     trace = _trace(model, x)
     estimator = tp.importance.GroupMagnitudeImportance(p=p)
     folded = bind_groups(trace.specs, folded_copy_of_groups(model, groups), trace.fold_pairs)
-    fast = fp.folded_magnitude_importances(model, groups, estimator)
+    fast = folded_magnitude_importances(model, groups, estimator)
     assert fast is not None
     for g in groups:
         assert torch.equal(fast[g.index], group_importance(folded[g.index], estimator)), g.name
-    assert fp.folded_magnitude_importances(model, groups, tp.importance.LAMPImportance(p=2)) is None
-    assert fp.folded_magnitude_importances(model, groups, tp.importance.GroupMagnitudeImportance(bias=True)) is None
+    assert folded_magnitude_importances(model, groups, tp.importance.LAMPImportance(p=2)) is None
+    assert folded_magnitude_importances(model, groups, tp.importance.GroupMagnitudeImportance(bias=True)) is None

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 import intrafusion_viz as ifv
-from intrafusion_viz.pruning import _prune
+from intrafusion_viz.pruning import _steps as _prune
 
 from helpers import (TinyResNet, assert_state_equal, conv_bn_net, duplicate_group, keep_first_half, mlp,
                      randomize_bn, rel_err, state_copy)

@@ -350,7 +350,7 @@ def test_index_lists_that_blow_up_stop_the_trace_with_a_tracer_error(monkeypatch
     """On Swin and MaxViT, Torch-Pruning's index mappings grow without bound (minutes, > 14 GB); the trace
     stops once a list is longer than any layer dimension allows.  Here the budget is shrunk so that a
     legitimate flatten (8 channels x 16 positions into a Linear) trips it and the report can be checked."""
-    from intrafusion_viz.groups import _trace as _groups
+    from intrafusion_viz.groups import _checks as _groups
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 2))
     x = torch.randn(1, 3, 4, 4)

@@ -3,7 +3,7 @@
 :func:`fold_memo`: inside the block, :func:`intrafusion_viz.merge._surgery.folded_weights` computes each
 (layer, BatchNorm) fold once; a fold is reused only while none of the tensors it was computed from has
 changed (same objects, same version counters).  Nothing outlives the block.  The lowest module of
-``merge``: the surgery and the fast path both use it.
+``merge``: folding, channel vectors, scores and the surgery all use it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["fold_memo", "memo_lookup", "memo_store", "exact_scale"]
+__all__ = ["fold_memo", "memo_lookup", "memo_pop", "memo_store", "exact_scale"]
 
 _local = threading.local()
 
@@ -55,6 +55,16 @@ def memo_lookup(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = ""):
         return None
     key, _ = _fold_key(layer, bn, bn_eps, tag)
     hit = memo.get(key)
+    return None if hit is None else hit[1]
+
+
+def memo_pop(layer: nn.Module, bn: nn.Module, bn_eps: str, tag: str = ""):
+    """:func:`memo_lookup`, and the entry forgotten: its tensors become the caller's to keep or change."""
+    memo = getattr(_local, "memo", None)
+    if memo is None:
+        return None
+    key, _ = _fold_key(layer, bn, bn_eps, tag)
+    hit = memo.pop(key, None)
     return None if hit is None else hit[1]
 
 

@@ -1,21 +1,29 @@
-"""The direct surgery of ``prune`` (``_fastpath.direct_surgery``) gives the general path's model bit for bit.
+"""The one surgery of ``prune`` on models of every kind of plain layer: behaviour, not a second path.
 
-The general path clones the whole model, folds BatchNorms into the clone, merges channels in place
-and lets Torch-Pruning cut the merged tensors; the direct path computes the changed weights straight
-from the caller's tensors in their pruned shape and clones only the rest.  Each case runs both (the
-switch ``_fastpath.DIRECT_SURGERY``) and compares every tensor exactly, plus the caller's model
-(unchanged) and storage sharing (none).
+Plain layers (conv, linear, BatchNorm) get new tensors computed from their current ones, so the work
+copy shares those with the caller's model until they are replaced; everything else is merged in
+place.  Each case checks what that must never change: the caller's model (values and objects), a
+result that shares no storage with it, the same model from a copy and from ``inplace=True`` (bit for
+bit), the function at sparsity 0 and after merging exact duplicates; plus the pieces the surgery is
+made of (the shared copy, selection without dense maps, tied tensors, channel vectors, folded scores).
 """
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz.merge import _fastpath as fp
+from intrafusion_viz.merge._copy import private_copy, unshare
+from intrafusion_viz.merge._fold import folded_weights_as
+from intrafusion_viz.merge._memo import fold_memo
+from intrafusion_viz.merge._positions import _slots
+from intrafusion_viz.merge._scores import folded_magnitude_scores, magnitude_scores_from_features
+from intrafusion_viz.merge._surgery import shared_tensors
+from intrafusion_viz.plan._lazy_cost import dropped_rows_cost
 
-from helpers import TinyResNet, conv_bn_net, mlp, randomize_bn
+from helpers import TinyResNet, conv_bn_net, duplicate_group, keep_first_half, mlp, randomize_bn, rel_err
 
 
 def _bn_mlp():
@@ -28,12 +36,18 @@ def _flatten_bn():  # a flatten before a linear layer that has a BatchNorm of it
                          nn.Linear(6 * 4 * 4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 
 
+def _grouped():  # a grouped conv consumes the channels: merged in place, beside plain layers
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
 CASES = {  # name: (model factory, example input shape)
     "tinyresnet": (lambda: TinyResNet(w=8), (2, 3, 8, 8)),
     "conv_bn_net": (lambda: conv_bn_net(c=8), (2, 1, 8, 8)),
     "mlp": (lambda: mlp(widths=(9, 7)), (4, 5)),
     "bn_mlp": (_bn_mlp, (4, 5)),
     "flatten_bn": (_flatten_bn, (4, 1, 4, 4)),
+    "grouped": (_grouped, (2, 3, 8, 8)),
 }
 CONFIGS = {"paper": ifv.OTConfig.paper(), "default": ifv.OTConfig(), "paper_p2": ifv.OTConfig.paper(p=2.0)}
 
@@ -44,23 +58,6 @@ def _model(name, seed=0, train=False):
     model = randomize_bn(factory(), seed)
     model.train(train)
     return model, torch.randn(*shape)
-
-
-def _both(model, x, sparsity, monkeypatch, **kw):
-    """prune() with the direct surgery and with the general path; also how often the direct one ran."""
-    calls = []
-    real = fp.direct_surgery
-
-    def spy(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr("intrafusion_viz.pruning._prune.direct_surgery", spy)
-    fast = ifv.prune(model, x, sparsity, **kw)
-    monkeypatch.setattr(fp, "DIRECT_SURGERY", False)
-    slow = ifv.prune(model, x, sparsity, **kw)
-    monkeypatch.setattr(fp, "DIRECT_SURGERY", True)
-    return fast, slow, len(calls)
 
 
 def _assert_same_model(a: nn.Module, b: nn.Module):
@@ -80,90 +77,129 @@ def _assert_same_model(a: nn.Module, b: nn.Module):
             assert getattr(ma, attr, None) == getattr(mb, attr, None), f"{na}.{attr}"
 
 
-def _assert_private(result: nn.Module, model: nn.Module):
-    theirs = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())
-              if t.numel()}
-    ours = {t.untyped_storage().data_ptr() for t in list(result.parameters()) + list(result.buffers()) if t.numel()}
-    assert not theirs & ours
+def _storages(model: nn.Module) -> set:
+    return {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers()) if t.numel()}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("method", ["intra-fusion", "default", "fold"])
-def test_direct_surgery_equals_the_general_path_bit_for_bit(case, config, method, monkeypatch):
+def test_a_copy_and_inplace_give_the_same_model_and_the_caller_keeps_its_own(case, config, method):
     model, x = _model(case)
     before = copy.deepcopy(model.state_dict())
     params = list(model.parameters())
     n_groups = len(ifv.find_groups(model, x))
     for sparsity in (0.5, {0: 0.3}, {n_groups - 1: 0.7}):
-        fast, slow, calls = _both(model, x, sparsity, monkeypatch, method=method, config=CONFIGS[config])
-        if isinstance(sparsity, dict):  # one group of plain layers: the direct surgery ran
-            assert calls == 1
-        _assert_same_model(fast.model, slow.model)
-        for rf, rs in zip(fast.groups, slow.groups):
-            assert torch.equal(rf.kept, rs.kept) and torch.equal(rf.plan, rs.plan)
-        _assert_private(fast.model, model)
-        assert fast.params_after == slow.params_after
-    for key, value in model.state_dict().items():  # the caller's model is untouched
-        assert torch.equal(value, before[key]), key
-    assert all(p is q for p, q in zip(params, model.parameters()))
+        res = ifv.prune(model, x, sparsity, method=method, config=CONFIGS[config])
+        assert not _storages(res.model) & _storages(model)  # nothing shared with the caller's model
+        for key, value in model.state_dict().items():  # the caller's model is untouched
+            assert torch.equal(value, before[key]), key
+        assert all(p is q for p, q in zip(params, model.parameters()))
+        inplace = copy.deepcopy(model)
+        res_inplace = ifv.prune(inplace, x, sparsity, method=method, config=CONFIGS[config], inplace=True)
+        assert res_inplace.model is inplace
+        _assert_same_model(res.model, res_inplace.model)
+        for a, b in zip(res.groups, res_inplace.groups):
+            assert torch.equal(a.kept, b.kept) and torch.equal(a.plan, b.plan)
+        assert res.params_after == res_inplace.params_after == sum(p.numel() for p in res.model.parameters())
+        with torch.no_grad():
+            out = res.model.eval()(x)
+        assert out.shape == model.eval()(x).shape and torch.isfinite(out).all()
 
 
-def test_direct_surgery_keeps_train_mode_frozen_layers_and_the_function(monkeypatch):
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("method", ["intra-fusion", "default", "fold"])
+def test_sparsity_zero_is_the_same_function(case, method):
+    model, x = _model(case)
+    res = ifv.prune(model.eval(), x, 0.0, method=method)
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-6
+
+
+@pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "mlp", "bn_mlp"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_merging_exact_duplicates_is_the_same_function(case, config):
+    """Every plain layer kind, BatchNorm folded and restored: duplicates merged into their twins."""
+    model, x = _model(case)
+    if case == "mlp":  # an even width: every channel has a twin
+        torch.manual_seed(0)
+        model = mlp(widths=(8, 6))
+    model.eval()
+    group = ifv.find_groups(model, x)[0]
+    duplicate_group(model, group)
+    cfg = dataclasses.replace(CONFIGS[config], fusion="barycentric")  # the paper's fusion doubles the copies
+    res = ifv.prune(model, x, {0: 0.5}, importance=keep_first_half, config=cfg)
+    assert torch.equal(res.groups[0].assignment, torch.arange(group.size) % (group.size // 2))
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) <= 1e-5
+
+
+def test_train_mode_frozen_layers_and_a_working_network():
     model, x = _model("tinyresnet", seed=3, train=True)
     model.layer1[0].bn1.eval()  # a frozen eval-mode BatchNorm inside a train-mode model
     model.conv1.weight.requires_grad_(False)
     stem = next(g for g in ifv.find_groups(model, x) if "conv1" in {m.name for m in g.members})
-    fast, slow, calls = _both(model, x, {stem.index: 0.5}, monkeypatch, config=ifv.OTConfig.paper())
-    assert calls == 1
-    _assert_same_model(fast.model, slow.model)
-    assert fast.model.conv1.out_channels == 4
-    assert not fast.model.conv1.weight.requires_grad and fast.model.layer1[0].bn1.training is False
-    assert fast.model.training
-    # merging exact duplicates preserves the function: a sanity check that the copy is a working network
-    model.eval(), fast.model.eval()
-    assert fast.model(x).shape == model(x).shape
+    res = ifv.prune(model, x, {stem.index: 0.5}, config=ifv.OTConfig.paper())
+    assert res.model.conv1.out_channels == 4 and res.model.conv1.weight.shape[0] == 4
+    assert not res.model.conv1.weight.requires_grad and res.model.layer1[0].bn1.training is False
+    assert res.model.training
+    res.model(x).sum().backward()  # trains
 
 
-def test_direct_surgery_on_vgg11_bn_paper_group(monkeypatch):
+def test_vgg11_bn_paper_group_from_a_copy_and_in_place():
     torch.manual_seed(0)
     model = randomize_bn(ifv.models.vgg11_bn(num_classes=10)).eval()
     x = torch.randn(1, 3, 32, 32)
     g = {g.paper_index: g for g in ifv.find_groups(model, x)}[1]
-    fast, slow, calls = _both(model, x, {g.index: 0.7}, monkeypatch, config=ifv.OTConfig.paper())
-    assert calls == 1
-    _assert_same_model(fast.model, slow.model)
-    _assert_private(fast.model, model)
-    assert torch.equal(fast.model(x), slow.model(x))
+    res = ifv.prune(model, x, {g.index: 0.7}, config=ifv.OTConfig.paper())
+    same = ifv.prune(copy.deepcopy(model), x, {g.index: 0.7}, config=ifv.OTConfig.paper(), inplace=True)
+    _assert_same_model(res.model, same.model)
+    assert not _storages(res.model) & _storages(model)
+    assert torch.equal(res.model(x), same.model(x))
 
 
-def test_general_path_where_the_direct_surgery_does_not_apply(monkeypatch):
+def test_the_shared_copy_shares_only_what_the_surgery_replaces():
     model, x = _model("tinyresnet")
-    for kw in (dict(inplace=True), dict(sequential=True), dict(config=ifv.OTConfig.paper(bn_eps="authors"))):
-        m = copy.deepcopy(model)
-        fast, slow, calls = _both(m, x, 0.5, monkeypatch, **kw)
-        assert calls == 0, kw
-    # a grouped conv consumes the channels: not a plain layer
-    torch.manual_seed(0)
-    grouped = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2),
-                            nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
-    randomize_bn(grouped).eval()
-    xg = torch.randn(2, 3, 8, 8)
-    fast, slow, calls = _both(grouped, xg, {0: 0.5}, monkeypatch)
-    assert calls == 0
-    _assert_same_model(fast.model, slow.model)
+    groups = ifv.find_groups(model, x)
+    shared = shared_tensors(model, groups, range(len(groups)))
+    assert shared and all(any(t is p for p in list(model.parameters()) + list(model.buffers()))
+                          for t in shared.values())
+    copied = private_copy(model, share=shared)
+    ours, theirs = _storages(copied), _storages(model)
+    assert len(ours & theirs) == len(shared)
+    unshare(copied, model)  # what the surgery did not replace becomes the copy's own
+    assert not _storages(copied) & theirs
+    for (name, a), b in zip(copied.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
-def test_tied_weights_take_the_general_path():
+def test_tied_tensors_are_never_shared():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
     x = torch.randn(3, 5)
     groups = ifv.find_groups(model, x)
-    plan = [(0, torch.arange(3), None, None, None)]
-    assert fp.direct_surgery_replaces(model, groups, plan, fold=True) is not None
+    assert id(model[2].weight) in shared_tensors(model, groups, [0])
     model.extra = nn.Linear(6, 6)  # holds the consumer's weight too (not called in forward)
     model.extra.weight = model[2].weight
-    assert fp.direct_surgery_replaces(model, groups, plan, fold=True) is None
+    assert id(model[2].weight) not in shared_tensors(model, groups, [0])
+
+
+@pytest.mark.parametrize("case", ["conv_bn_net", "tinyresnet", "grouped"])
+def test_selection_without_maps_is_the_selection_with_its_maps(case):
+    model, x = _model(case)
+    model.eval()
+    for g in ifv.find_groups(model, x):
+        if g.size < 2:
+            continue
+        kept = torch.arange(0, g.size, 2)
+        sel = ifv.selection_plan(g.size, kept)
+        maps = ifv.merge_matrices(sel)
+        a, b = copy.deepcopy(model), copy.deepcopy(model)
+        ifv.apply_merge(a, ifv.find_groups(a, x)[g.index], kept, *maps)
+        ifv.apply_merge(b, ifv.find_groups(b, x)[g.index], kept, None, None)
+        _assert_same_model(a, b)
+    with pytest.raises(ValueError, match="both out_map and in_map"):
+        ifv.apply_merge(copy.deepcopy(model), ifv.find_groups(model, x)[0], torch.arange(2), maps[0], None)
 
 
 @pytest.mark.parametrize("case", ["tinyresnet", "conv_bn_net", "bn_mlp", "vgg11_bn"])
@@ -178,10 +214,10 @@ def test_scores_read_from_the_channel_vectors_equal_the_folded_scores(case, impo
     estimator = ifv.resolve_importance(importance, 0)
     applied = 0
     for g in ifv.find_groups(model, x):
-        with fp.fold_memo():
+        with fold_memo():
             features = ifv.channel_features(model, g, bias=bias)
-            expect = fp.folded_magnitude_scores(model, g, estimator)
-            got = fp.magnitude_scores_from_features(model, g, estimator, features, bias)
+            expect = folded_magnitude_scores(model, g, estimator)
+            got = magnitude_scores_from_features(model, g, estimator, features, bias)
         if got is None:  # a flatten before a linear layer: the general path
             continue
         applied += 1
@@ -195,9 +231,9 @@ def test_dropped_rows_cost_in_place_equals_the_copying_one(n, k, d):
     features = torch.randn(n, d, generator=g)
     kept = torch.sort(torch.randperm(n, generator=g)[:k]).values
     cfg = ifv.OTConfig.paper()
-    expect = fp.dropped_rows_cost(features, kept, cfg)
+    expect = dropped_rows_cost(features, kept, cfg)
     work = features.clone()
-    got = fp.dropped_rows_cost(work, kept, cfg, inplace=True)
+    got = dropped_rows_cost(work, kept, cfg, inplace=True)
     assert torch.equal(got.partial, expect.partial) and torch.equal(got.full(), expect.full())
     assert torch.equal(got.full(), ifv.cost_matrix(features, kept, cfg))
     norms = features.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -242,7 +278,7 @@ def test_the_module_tree_copy_is_deepcopy():
     seen = []
     model.heads["a"].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     torch.nn.utils.parametrizations.weight_norm(model.heads["b"])  # a class that refuses __getstate__
-    copied, reference = fp.private_copy(model), copy.deepcopy(model)
+    copied, reference = private_copy(model), copy.deepcopy(model)
     pairs = list(zip(copied.named_modules(remove_duplicate=False), reference.named_modules(remove_duplicate=False)))
     assert len(pairs) == len(list(model.named_modules(remove_duplicate=False)))
     for (na, a), (nb, b) in pairs:
@@ -267,7 +303,7 @@ def test_the_module_tree_copy_is_deepcopy():
 def test_the_module_tree_copy_of_a_torchvision_model():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.resnet18(num_classes=10).eval()
-    copied = fp.private_copy(model)
+    copied = private_copy(model)
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(copied(x), model(x))
     assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
@@ -277,7 +313,6 @@ def test_the_module_tree_copy_of_a_torchvision_model():
 @pytest.mark.parametrize("bias", [False, True])
 def test_channel_vectors_equal_the_folded_weights_laid_side_by_side(case, bias):
     """Consumers' folded columns are written straight into the vectors: the same numbers as a folded copy."""
-    from intrafusion_viz.merge._surgery import _slots, folded_weights_as
 
     if case == "vgg11_bn":
         torch.manual_seed(0)
