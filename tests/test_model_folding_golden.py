@@ -30,11 +30,13 @@ REASON = ("golden cells of Model Folding's code not found (set INTRAFUSION_VIZ_S
           "golden/model_folding and golden/paper)")
 
 
-def _golden_cells(keep=lambda c: True):
-    """The cells ``keep`` selects, or one visibly skipped placeholder when the folder is absent."""
+def _golden_cells(keep=lambda c: True, slow=lambda c: False):
+    """The cells ``keep`` selects (``slow`` ones marked slow), or one visibly skipped placeholder when the
+    folder is absent."""
     if not CELLS:
         return [pytest.param(None, id="golden-cells-absent", marks=pytest.mark.skip(reason=REASON))]
-    return [pytest.param(c, id=f"{c['model']}-s{c['sparsity']:g}-seed{c['seed']}") for c in CELLS if keep(c)]
+    return [pytest.param(c, id=f"{c['model']}-s{c['sparsity']:g}-seed{c['seed']}",
+                         marks=[pytest.mark.slow] if slow(c) else []) for c in CELLS if keep(c)]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +104,7 @@ def test_their_labels_give_their_logits(golden, cell, monkeypatch):
     assert _rel(cell["fused_logits"], cell["unpruned_logits"]) < 1e-4
 
 
-@pytest.mark.parametrize("cell", _golden_cells(lambda c: c["seed"] == 0))
+@pytest.mark.parametrize("cell", _golden_cells(lambda c: c["seed"] == 0, slow=lambda c: c["sparsity"] != 0.7))
 def test_our_clusters_are_no_worse_than_theirs(golden, cell):
     models_, x = golden
     model = models_[cell["model"]]

@@ -484,13 +484,15 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                 records.sort(key=lambda r: r.index)
             elif faithful_fold:
                 from ..repair._fold_repair import fold_surgery
-                fold_surgery(work, bound, plans, attention_plans, repair == "data-free")
+                fold_scales = fold_surgery(work, bound, plans, attention_plans, repair == "data-free")
             elif direct is None:
                 _merge(work, bound, plans, fold, attention=attention_plans)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
             result = PruneResult(work, records, method, config, params_before, 0, skipped)
+            if faithful_fold and pruned:  # DF_REPAIR's gamma factors, for ifv.repair(result, mode="data-free")
+                result.fold_repair = {"scales": fold_scales, "applied": repair == "data-free"}
             if sources is not None:
                 from ..repair._data_free import data_free_repair
 

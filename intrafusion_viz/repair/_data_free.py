@@ -277,6 +277,16 @@ def data_free_repair(result, model: Optional[nn.Module] = None, snapshot: Option
     if snapshot is None:
         snapshot = snapshot_sources(model, result.groups)
     fixed = result.model if inplace else copy.deepcopy(result.model)
+    fold = getattr(result, "fold_repair", None)
+    if fold is not None:  # prune(method="fold"): Model Folding's own repair (repair/_fold_repair.py), once
+        if correlation != "model-folding":
+            raise ValueError("a prune(method='fold') result is repaired as Model Folding repairs it "
+                             "(correlation='model-folding'); prune with method='intra-fusion' to try other estimates")
+        if not fold["applied"]:
+            from ._fold_repair import apply_fold_repair
+
+            apply_fold_repair(fixed, result.groups, fold["scales"])
+        return fixed
     for g in result.groups:
         if g.k >= g.n:
             continue

@@ -146,27 +146,29 @@ def standardise_producers(model: nn.Module, groups: Iterable) -> Dict[str, str]:
 
 
 @torch.no_grad()
-def fold_surgery(model: nn.Module, bound, plans, attention: Optional[dict] = None, repair: bool = True) -> None:
+def fold_surgery(model: nn.Module, bound, plans, attention: Optional[dict] = None,
+                 repair: bool = True) -> Dict[int, torch.Tensor]:
     """Model Folding's merge (and, with ``repair``, its DF_REPAIR) of every planned group, in place.
 
     ``bound``: the groups bound to ``model``; ``plans``: ``(index, kept, MergeMaps)`` in forward (group)
     order, hard clusters.  Producers are standardised first (:func:`standardise_producers`); then each group
     is merged on the current weights, its clusters' correlations read from :func:`fold_vectors` just before.
+    Returns ``{group index: (k,) gamma factor}`` of DF_REPAIR (applied when ``repair``; a gamma scaled
+    enters no other group's vectors, so :func:`apply_fold_repair` can apply them later).
     """
     standardise_producers(model, [bound[i] for i, *_ in plans])
     tracker = IndexTracker()
+    scales = {}
     for i, kept, maps in plans:
         group = bound[i]
         out_map, in_map, norm_map = maps.build()
         members = out_map > 0
-        scale = None
-        if repair:
-            rho = cluster_correlation(fold_vectors(model, group, tracker), members)
-            n_c = members.double().sum(0)
-            scale = torch.sqrt(n_c / (1.0 + (n_c - 1.0) * rho).clamp_min(1e-12))
+        rho = cluster_correlation(fold_vectors(model, group, tracker), members)
+        n_c = members.double().sum(0)
+        scale = scales[i] = torch.sqrt(n_c / (1.0 + (n_c - 1.0) * rho).clamp_min(1e-12))
         kept = torch.as_tensor(kept, dtype=torch.long).cpu()
         apply_merge(model, group, kept, out_map, in_map, norm_map, tracker, (attention or {}).get(i))
-        if scale is None:
+        if not repair:
             continue
         modules = dict(model.named_modules())
         for m in group.members:
@@ -175,4 +177,26 @@ def fold_surgery(model: nn.Module, bound, plans, attention: Optional[dict] = Non
                 continue
             slots = _slots(m, group.size)[kept][:, 0]  # the merged channels, in kept order
             pos = tracker.current(m.name, m.dim, slots.tolist())
+            bn.weight[pos.to(bn.weight.device)] *= scale.to(bn.weight)
+    return scales
+
+
+@torch.no_grad()
+def apply_fold_repair(model: nn.Module, records, scales: Dict[int, torch.Tensor]) -> None:
+    """Multiply the merged BatchNorms' gamma of a folded ``model`` by DF_REPAIR's factors, in place.
+
+    ``records``: the prune's GroupResults; ``scales``: :func:`fold_surgery`'s return.
+    """
+    from ._activations import _pruned_positions
+
+    modules = dict(model.named_modules())
+    for g in records:
+        scale = scales.get(g.index)
+        if scale is None:
+            continue
+        for m in g.members:
+            bn = modules.get(m.name)
+            if m.role != "norm" or not isinstance(bn, _BN) or not bn.affine:
+                continue
+            pos = _pruned_positions(_slots(m, g.n)[:, 0], torch.as_tensor(g.kept, dtype=torch.long))
             bn.weight[pos.to(bn.weight.device)] *= scale.to(bn.weight)
