@@ -202,3 +202,21 @@ def test_hartigan_is_no_worse_than_the_hartigan_kmeans_package():
         km = hkmeans.HKMeans(n_clusters=24, random_state=seed, n_init=10, max_iter=20, n_jobs=1).fit(x)
         labels, obj = _hartigan.hartigan_kmeans(gram, 24, _hartigan.FoldSeeds(seed).next())
         assert obj <= _hartigan.kmeans_objective(gram, km.labels_, 24) * (1 + 1e-9)
+
+
+def test_hartigan_c_kernel_and_numpy_path_agree():
+    """The compiled iteration and the numpy path (no compiler) find the same clusters (same objective to 1e-9,
+    same partition on random points)."""
+    from intrafusion_viz.plan import _hartigan
+
+    if _hartigan.hartigan_backend() != "c":
+        pytest.skip("no C compiler here: only the numpy path runs")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((70, 20))
+    gram = (x - x.mean(0)) @ (x - x.mean(0)).T
+    for k in (5, 30, 60):
+        seeds = _hartigan.FoldSeeds(k).next()
+        a, obj_a = _hartigan.hartigan_kmeans(gram, k, seeds, backend="c")
+        b, obj_b = _hartigan.hartigan_kmeans(gram, k, seeds, backend="numpy")
+        assert obj_a == pytest.approx(obj_b, rel=1e-9)
+        assert _same_partition(torch.as_tensor(a), torch.as_tensor(b))

@@ -21,13 +21,25 @@ each group's channel vectors (:func:`intrafusion_viz.repair._fold_repair.fold_ve
   groups in the same order this is the same stream as their ``numpy.random.seed(seed)``, so the clusters
   are theirs up to floating-point near-ties.
 
-Speed: the ``n_init`` runs advance together, vectorised over runs, and each move costs O(n + k) with the
-distances read off the Gram matrix (``x . c_t`` = a sum of Gram columns kept per cluster), not O(k d).
+Speed: each visit costs O(k), each move O(n), with the distances read off the Gram matrix (``x . c_t`` = a
+sum of Gram rows kept per cluster), not O(k d).  One iteration of one run is a few lines of C compiled once
+into the per-user cache (as ``plan/_l1.py``; ``-ffp-contract=off``, so it computes the numpy path's numbers);
+without a compiler (or with ``IFV_NO_C_KERNEL=1``) the numpy path advances the ``n_init`` runs together.
 ``hartigan-kmeans`` 0.0.6 itself is O(k d) per visit in C++, has no wheels after Python 3.10 and an sdist that
 does not build (docs/results/model_folding_faithful.md).
 """
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -75,17 +87,102 @@ def kmeans_objective(gram: np.ndarray, labels, k: Optional[int] = None) -> float
     return float(np.trace(gram) - (ss[filled] / sizes[filled]).sum())
 
 
+_SOURCE = r"""
+/* One Hartigan iteration of one run: visit the points in perm order; sums[t * n + j] = x_j . S_t, sq[t] = |S_t|^2,
+   size[t] = |t| (doubles), labels[i] = cluster of i.  cost holds k doubles of scratch.  Returns the number of
+   points moved.  The arithmetic is the numpy path's, in the same order (compile with -ffp-contract=off). */
+long ifv_hartigan_iteration(const double *gram, long n, long k, const long *perm, long *labels, double *size,
+                            double *sums, double *sq, double *cost) {
+    long changes = 0;
+    for (long s = 0; s < n; s++) {
+        long i = perm[s], a = labels[i];
+        if (size[a] <= 1.0) continue;
+        double g = gram[i * n + i];
+        double xs_a = sums[a * n + i] - g;
+        double sq_a = sq[a] - 2.0 * sums[a * n + i] + g;
+        long best = 0;
+        double best_cost = 0.0;
+        for (long t = 0; t < k; t++) {
+            double nt = size[t], xs = sums[t * n + i], q = sq[t];
+            if (t == a) { nt -= 1.0; xs = xs_a; q = sq_a; }
+            double safe = nt > 1.0 ? nt : 1.0;
+            double c = nt / (nt + 1.0) * (g - 2.0 * xs / safe + q / (safe * safe));
+            if (t == 0 || c < best_cost) { best = t; best_cost = c; }
+        }
+        if (best == a) continue;
+        const double *row = gram + i * n;
+        double *sa = sums + a * n, *sb = sums + best * n;
+        double xs_b = sb[i];
+        for (long j = 0; j < n; j++) { sa[j] -= row[j]; sb[j] += row[j]; }
+        sq[a] = sq_a;
+        sq[best] += 2.0 * xs_b + g;
+        size[a] -= 1.0;
+        size[best] += 1.0;
+        labels[i] = best;
+        changes++;
+    }
+    return changes;
+}
+"""
+_lock = threading.Lock()
+_kernel = None  # None: not tried yet; False: unavailable
+
+
+def _load_kernel():
+    """The compiled iteration (cached per source), or None where it cannot be built."""
+    global _kernel
+    if _kernel is not None:
+        return _kernel or None
+    with _lock:
+        if _kernel is not None:
+            return _kernel or None
+        _kernel = False
+        if os.environ.get("IFV_NO_C_KERNEL") or sys.platform == "win32":
+            return None
+        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+        if cc is None:
+            return None
+        key = hashlib.sha256((_SOURCE + platform.machine()).encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("IFV_CACHE_DIR") or Path.home() / ".cache" / "intrafusion_viz")
+        lib = cache / f"hartigan_{key}.so"
+        try:
+            if not lib.is_file():
+                cache.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                    src = Path(tmp) / "hartigan.c"
+                    src.write_text(_SOURCE)
+                    built = Path(tmp) / "hartigan.so"
+                    subprocess.run([cc, "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", str(src),
+                                    "-o", str(built)], check=True, capture_output=True, timeout=120)
+                    os.replace(built, lib)  # atomic: a concurrent process sees all or nothing
+            fn = ctypes.CDLL(str(lib)).ifv_hartigan_iteration
+            fn.restype = ctypes.c_long
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 6
+            _kernel = fn
+        except (OSError, subprocess.SubprocessError):
+            _kernel = False
+        return _kernel or None
+
+
+def hartigan_backend() -> str:
+    """``"c"`` when the compiled iteration is in use, else ``"numpy"``."""
+    return "c" if _load_kernel() is not None else "numpy"
+
+
 def hartigan_kmeans(gram: np.ndarray, k: int, seeds: Sequence[int], max_iter: int = MAX_ITER,
-                    tol: float = TOL) -> Tuple[np.ndarray, float]:
+                    tol: float = TOL, backend: Optional[str] = None) -> Tuple[np.ndarray, float]:
     """Hartigan's k-means of the points whose Gram matrix is ``gram``; returns ``(labels (n,), objective)``.
 
     One run per seed, as HKMeans runs them (module docstring); the best run's labels after the final
-    assignment pass.
+    assignment pass.  ``backend``: ``"c"`` or ``"numpy"`` (default: C where it can be built).
     """
     gram = np.ascontiguousarray(gram, dtype=np.float64)
     n = gram.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    kernel = _load_kernel() if backend in (None, "c") else None
+    if backend == "c" and kernel is None:
+        raise RuntimeError("the C Hartigan kernel cannot be built here (no C compiler, or IFV_NO_C_KERNEL set)")
     diag = gram.diagonal().copy()
     runs = [np.random.RandomState(int(s)) for s in seeds]
     r_count = len(runs)
@@ -101,6 +198,19 @@ def hartigan_kmeans(gram: np.ndarray, k: int, seeds: Sequence[int], max_iter: in
     for r in range(r_count):
         np.add.at(sq[r], labels[r], ss[r])
     active = np.ones(r_count, dtype=bool)
+    if kernel is not None:
+        scratch = np.empty(k)
+        for r in range(r_count):
+            lab = np.ascontiguousarray(labels[r])
+            size_r, sums_r, sq_r = (np.ascontiguousarray(a[r]) for a in (sizes, sums, sq))
+            for _ in range(max_iter):
+                perm = runs[r].permutation(n).astype(np.int64)
+                changes = kernel(gram.ctypes.data, n, k, perm.ctypes.data, lab.ctypes.data, size_r.ctypes.data,
+                                 sums_r.ctypes.data, sq_r.ctypes.data, scratch.ctypes.data)
+                if changes / n <= tol:
+                    break
+            labels[r], sizes[r], sums[r], sq[r] = lab, size_r, sums_r, sq_r
+        active[:] = False
     for _ in range(max_iter):
         act = np.flatnonzero(active)
         if len(act) == 0:

@@ -218,8 +218,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
     method : {"intra-fusion", "default", "fold"}
-        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
-        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
+        Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
+        with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
+        own code in ``tests/test_model_folding_golden.py``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).

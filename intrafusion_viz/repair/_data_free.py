@@ -36,9 +36,10 @@ and the BatchNorm gets ``running_mean = m_j``, ``running_var = v_j - eps`` and t
 normalised to 1 (the plan-weighted output statistics of the sources, as REPAIR targets).  A merged
 channel of channels identical in every tensor (``rho = 1``) is left exactly as it was; so is every
 channel that default pruning keeps.  For a hard cluster whose gammas are equal this is Model Folding's
-repair exactly (``tests/test_data_free.py``); with unequal gammas ours merges ``gamma_i xhat_i`` (the
-BatchNorm folded whole, Intra-Fusion's convention) where Model Folding merges ``xhat_i`` and averages
-gamma, so ``v_j`` weights the correlations by the gammas.  A producer without BatchNorm has its
+repair; with unequal gammas ours merges ``gamma_i xhat_i`` (the BatchNorm folded whole, Intra-Fusion's
+convention) where Model Folding merges ``xhat_i`` and averages gamma, so ``v_j`` weights the correlations by
+the gammas.  ``prune(method="fold")`` results get Model Folding's own repair instead
+(``repair/_fold_repair.py``, group by group on the partially merged weights, as its code does).  A producer without BatchNorm has its
 merged rows rescaled so their predicted output std (inputs of unit variance, the same ``rho``) is the
 plan-weighted std of its sources.
 """
