@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's intrafusion_viz
 from _bench_common import header, markdown_table, save_text  # noqa: E402
 
 

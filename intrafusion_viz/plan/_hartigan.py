@@ -77,14 +77,25 @@ def scaled_gram(vectors) -> np.ndarray:
 
 def kmeans_objective(gram: np.ndarray, labels, k: Optional[int] = None) -> float:
     """Sum over clusters of squared distances to the cluster mean, from the Gram matrix of the points."""
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1 if k is None else k
-    onehot = np.zeros((len(labels), k))
-    onehot[np.arange(len(labels)), labels] = 1.0
-    sizes = onehot.sum(0)
-    ss = np.einsum("it,ij,jt->t", onehot, gram, onehot)
+    sums = _cluster_sums(gram, labels, k)  # (k, n)
+    sizes = np.bincount(labels, minlength=k).astype(np.float64)
+    ss = np.bincount(labels, weights=sums[labels, np.arange(len(labels))], minlength=k)  # |S_t|^2
     filled = sizes > 0
     return float(np.trace(gram) - (ss[filled] / sizes[filled]).sum())
+
+
+def _cluster_sums(gram: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """(k, n): row t is the sum of the Gram rows of cluster t (O(n^2), no (n, k) product)."""
+    order = np.argsort(labels, kind="stable")
+    sizes = np.bincount(labels, minlength=k)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = np.zeros((k, gram.shape[0]))
+    filled = sizes > 0
+    if filled.any():
+        out[filled] = np.add.reduceat(gram[order], starts[filled], axis=0)
+    return out
 
 
 _SOURCE = r"""
@@ -191,12 +202,10 @@ def hartigan_kmeans(gram: np.ndarray, k: int, seeds: Sequence[int], max_iter: in
     sizes = np.zeros((r_count, k))
     sums = np.zeros((r_count, k, n))  # sums[r, t] = sum of Gram rows of cluster t = (x_j . S_t)_j
     for r in range(r_count):
-        np.add.at(sizes[r], labels[r], 1.0)
-        np.add.at(sums[r], labels[r], gram)
+        sizes[r] = np.bincount(labels[r], minlength=k)
+        sums[r] = _cluster_sums(gram, labels[r], k)
     ss = np.stack([sums[r][labels[r], np.arange(n)] for r in range(r_count)])  # (R, n): x_j . S_{t(j)}
-    sq = np.zeros((r_count, k))  # |S_t|^2
-    for r in range(r_count):
-        np.add.at(sq[r], labels[r], ss[r])
+    sq = np.stack([np.bincount(labels[r], weights=ss[r], minlength=k) for r in range(r_count)])  # |S_t|^2
     active = np.ones(r_count, dtype=bool)
     if kernel is not None:
         scratch = np.empty(k)

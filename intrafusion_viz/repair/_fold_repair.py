@@ -108,10 +108,12 @@ def cluster_correlation(vectors: torch.Tensor, members: torch.Tensor) -> torch.T
     v = vectors.double()
     norms = v.norm(dim=1).clamp_min(1e-300)
     u = v / norms[:, None]
-    a = members.double()
-    s = a.T @ u  # (k, d): sum of unit vectors per cluster
-    n_c = a.sum(0)
-    pair_sum = (s * s).sum(1) - (u * u).sum(1) @ a  # sum over i != j of cos
+    labels = members.double().argmax(1)
+    k = members.shape[1]
+    s = torch.zeros(k, v.shape[1], dtype=torch.float64).index_add_(0, labels, u)  # sum of unit vectors per cluster
+    n_c = members.double().sum(0)
+    own = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, (u * u).sum(1))
+    pair_sum = (s * s).sum(1) - own  # sum over i != j of cos
     pairs = n_c * (n_c - 1)
     return torch.where(pairs > 0, pair_sum / pairs.clamp_min(1), torch.zeros_like(pair_sum))
 
