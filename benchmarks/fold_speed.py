@@ -64,18 +64,19 @@ def whole_model(names, sparsity: float, size: int, argv) -> None:
         with _timed(_fold_repair, "fold_vectors", totals, "vectors"), \
                 _timed(_hartigan, "fold_labels", totals, "clustering"), \
                 _timed(_fold_repair, "fold_surgery", totals, "surgery"):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             res = ifv.prune(model, x, sparsity, method="fold")
-            total = time.perf_counter() - t
-        rows.append([name, f"{sparsity:.0%}", len(res.groups), f"{total:.1f}", f"{totals.get('vectors', 0):.1f}",
+            total, cpu = time.perf_counter() - t, time.process_time() - cpu
+        rows.append([name, f"{sparsity:.0%}", len(res.groups), f"{total:.1f}", f"{cpu:.1f}", f"{totals.get('vectors', 0):.1f}",
                      f"{totals.get('clustering', 0):.1f}", f"{totals.get('surgery', 0):.1f}",
                      f"{res.params_before / 1e6:.2f}M -> {res.params_after / 1e6:.2f}M", _hartigan.hartigan_backend()])
         print(rows[-1], file=sys.stderr, flush=True)
-    cols = ["model", "removed", "groups", "prune s", "vectors s", "clustering s", "surgery + repair s", "params",
+    cols = ["model", "removed", "groups", "prune s", "prune CPU s", "vectors s", "clustering s", "surgery + repair s", "params",
             "Hartigan"]
     text = header("python benchmarks/fold_speed.py " + " ".join(argv)) \
         + f"\nprune(model, x, {sparsity:g}, method='fold'), random weights, input {size}x{size}, batch 2, one torch " \
-        "thread (vectors: also read again for the repair's correlations)\n\n" + markdown_table(cols, rows)
+        "thread (CPU s: this process's CPU time, the wall time on an idle core; vectors: also read again for the "
+        "repair's correlations)\n\n" + markdown_table(cols, rows)
     save_text("fold_speed.md", text + "\n")
     print(text)
 
