@@ -75,7 +75,7 @@ def whole_model(names, sparsity: float, size: int, argv) -> None:
             "Hartigan"]
     text = header("python benchmarks/fold_speed.py " + " ".join(argv)) \
         + f"\nprune(model, x, {sparsity:g}, method='fold'), random weights, input {size}x{size}, batch 2, one torch " \
-        "thread (CPU s: this process's CPU time, the wall time on an idle core; vectors: also read again for the "
+        "thread (CPU s: this process's CPU time, the wall time on an idle core; vectors: also read again for the " \
         "repair's correlations)\n\n" + markdown_table(cols, rows)
     save_text("fold_speed.md", text + "\n")
     print(text)
