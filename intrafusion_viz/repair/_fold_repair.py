@@ -47,6 +47,10 @@ def _current(member, n: int, tracker: Optional[IndexTracker]) -> torch.Tensor:
     return tracker.current(member.name, member.dim, slots.flatten().tolist()).view_as(slots)
 
 
+def _has_stats(bn) -> bool:
+    return isinstance(bn, _BN) and bn.running_var is not None and bn.running_mean is not None
+
+
 def _sigma_mu(bn: nn.Module):
     """(s, mu) float64 of a BatchNorm's running statistics: ``s = sqrt(var + eps)``."""
     var = bn.running_var.detach().double().cpu()
@@ -78,7 +82,7 @@ def fold_vectors(model: nn.Module, group, tracker: Optional[IndexTracker] = None
             bias = (module.bias.detach().double().cpu()[cur[:, 0]] if getattr(module, "bias", None) is not None
                     else torch.zeros(n, dtype=torch.float64))
             bn = modules.get(pairs.get(m.name, ""))
-            if isinstance(bn, _BN):
+            if _has_stats(bn):
                 s, mu = _sigma_mu(bn)
                 s, mu = s[cur[:, 0]], mu[cur[:, 0]]
                 rows, bias = rows / s[:, None], (bias - mu) / s
@@ -91,7 +95,7 @@ def fold_vectors(model: nn.Module, group, tracker: Optional[IndexTracker] = None
         elif m.role == "in":
             w = module.weight.detach().double().cpu()
             bn = modules.get(pairs.get(m.name, ""))
-            if isinstance(bn, _BN) and m.dim != 0:  # the consumer's own rows, standardised
+            if _has_stats(bn) and m.dim != 0:  # the consumer's own rows, standardised
                 s, _ = _sigma_mu(bn)
                 w = w / s.view(-1, *([1] * (w.dim() - 1)))
             parts.append(w.movedim(m.dim, 0)[cur.flatten()].reshape(n, -1))
