@@ -330,3 +330,75 @@ def test_fold_clusters_in_the_span_of_the_channels_as_in_the_full_space():
     reduced = eigvec * eigval.clamp_min(0).sqrt()
     assert torch.cdist(reduced, reduced).sub(torch.cdist(x, x)).abs().max() < 1e-5  # distances 15-95: kept
     assert torch.equal(kmeans(x, 6, seed=3), kmeans(reduced, 6, seed=3))
+
+
+def _their_sequential_fold(model, labels_per_group):
+    """Model Folding's fuse + DF_REPAIR of ``Conv-BN-ReLU-Conv-BN-ReLU-pool-Linear``, transcribed from their
+    ``fuse_bnorms_vgg`` and ``merge_channel_clustering_approx_repair`` (groups merged one after another, each
+    group's correlations from the current, partially merged weights), without their eps quirk.  Returns a forward."""
+    import itertools
+
+    c0, b0, c1, b1, lin = model[0], model[1], model[3], model[4], model[8]
+    p = {}
+    for name, conv, bn in (("c0", c0, b0), ("c1", c1, b1)):
+        s = torch.sqrt(bn.running_var + bn.eps)
+        p[name + ".w"] = conv.weight.detach() / s[:, None, None, None]
+        p[name + ".b"] = (conv.bias.detach() - bn.running_mean) / s
+        p[name + ".g"], p[name + ".beta"] = bn.weight.detach().clone(), bn.bias.detach().clone()
+    p["lin.w"], p["lin.b"] = lin.weight.detach().clone(), lin.bias.detach().clone()
+    groups = [[("c0.w", 0), ("c0.b", 0), ("c0.g", 0), ("c0.beta", 0), ("c1.w", 1)],
+              [("c1.w", 0), ("c1.b", 0), ("c1.g", 0), ("c1.beta", 0), ("lin.w", 1)]]
+    for members, labels in zip(groups, labels_per_group):
+        n, k = len(labels), int(labels.max()) + 1
+        merge = torch.zeros(k, n, dtype=torch.float64)
+        merge[labels, torch.arange(n)] = 1.0
+        w = torch.cat([p[nm].movedim(ax, 0).reshape(n, -1) for nm, ax in members], 1)  # concat_weights
+        avg = torch.zeros(k, dtype=torch.float64)
+        for c in range(k):  # get_average_correlation
+            idx = torch.nonzero(merge[c]).flatten().tolist()
+            pairs = [(a, b) for a, b in itertools.product(idx, idx) if a != b]
+            for a, b in pairs:
+                avg[c] += w[a] @ w[b] / torch.sqrt((w[a] @ w[a]) * (w[b] @ w[b]))
+            avg[c] /= max(len(pairs), 1)
+        mean = torch.diag(1.0 / torch.diag(merge @ merge.T)) @ merge
+        n_c = merge.sum(1)
+        for nm, ax in members:
+            t = p[nm]
+            if ax == 0:
+                p[nm] = (mean @ t.reshape(n, -1)).reshape(k, *t.shape[1:])
+                if nm.endswith(".g"):
+                    p[nm] = p[nm] * torch.sqrt(n_c / (1 + (n_c - 1) * avg))
+            else:
+                p[nm] = (merge @ t.movedim(1, 0).reshape(n, -1)).reshape(k, *t.movedim(1, 0).shape[1:]).movedim(0, 1)
+
+    def forward(x):
+        h = x
+        for name in ("c0", "c1"):
+            h = torch.nn.functional.conv2d(h, p[name + ".w"], p[name + ".b"], padding=1)
+            h = torch.relu(p[name + ".g"][:, None, None] * h + p[name + ".beta"][:, None, None])
+        return h.mean((2, 3)) @ p["lin.w"].T + p["lin.b"]
+
+    return forward
+
+
+def test_fold_is_their_sequential_fold_on_a_cnn():
+    """The second group's correlations read the first group's merge (their order): our prune(method="fold") is
+    their network, given our clusters (without ../shared: the golden test runs their code's own cells)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(),
+                          nn.Conv2d(10, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4)).double().eval()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.3, 2.0)
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.5, method="fold", seed=1)
+    assert [g.k for g in res.groups] == [5, 6]
+    assert all(int(torch.bincount(g.assignment).max()) >= 2 for g in res.groups), "the case must merge channels"
+    theirs = _their_sequential_fold(model, [g.assignment for g in res.groups])
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), theirs(x), atol=1e-10, rtol=1e-9)
