@@ -107,7 +107,7 @@ def test_predicted_statistics_match_gaussian_measurement():
 
 
 @pytest.mark.parametrize("fold_bn", [True, False])
-@pytest.mark.parametrize("method", ["intra-fusion", "fold"])
+@pytest.mark.parametrize("method", ["intra-fusion"])
 def test_repaired_channels_get_their_sources_statistics_on_white_inputs(fold_bn, method):
     """With white Gaussian inputs the producer rows' correlation is exact: every merged channel's BN output
     must have the plan-weighted mean and |gamma| of its sources."""
@@ -162,7 +162,8 @@ def test_sequential_matches_simultaneous_on_one_group_and_runs_on_all():
 def _model_folding_reference(model, labels, k):
     """Model Folding's DF_REPAIR of ``Linear -> BatchNorm1d -> ReLU -> Linear``, transcribed from
     marza96/ModelFolding (``fuse_bnorms_vgg``, ``concat_weights``, ``get_average_correlation``,
-    ``merge_channel_clustering_approx_repair``), without its ``running_var = 1`` eps (so it is exact)."""
+    ``merge_channel_clustering_approx_repair``), without its ``running_var = 1`` eps (so it is exact).
+    (The full networks against their own code: tests/test_model_folding_golden.py.)"""
     import itertools
 
     lin, bn, out = model[0], model[1], model[3]
@@ -193,30 +194,30 @@ def _model_folding_reference(model, labels, k):
 
 
 @pytest.mark.parametrize("fold_bn", [True, False])
-def test_fold_data_free_repair_is_model_foldings_on_hard_clusters(fold_bn):
-    """method="fold" + data-free repair computes Model Folding's DF_REPAIR network where the two merges
-    coincide: equal gammas (ours merges gamma_i * xhat_i, theirs xhat_i and then averages gamma) and,
-    with the BatchNorm not folded (ours then averages the raw rows, theirs the standardised ones), equal
-    running variances."""
+@pytest.mark.parametrize("repair_later", [False, True])
+def test_fold_data_free_repair_is_model_foldings_on_hard_clusters(fold_bn, repair_later):
+    """method="fold" + data-free repair computes Model Folding's DF_REPAIR network (unequal gammas and
+    running variances; OTConfig.fold_batchnorm does not matter to it), also as ifv.repair after repair="none"."""
     model = _mlp(n=12, d=5, seed=3)
     with torch.no_grad():
-        model[1].weight.fill_(1.3)
-        if not fold_bn:
-            model[1].running_var.fill_(0.7)
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].running_var.uniform_(0.3, 2.0)
     x = torch.randn(64, 5, dtype=torch.float64)
-    res = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig(fold_batchnorm=fold_bn))
+    kwargs = dict(method="fold", config=ifv.OTConfig(fold_batchnorm=fold_bn))
+    res = ifv.prune(model, x[:1], 0.5, repair="none" if repair_later else "auto", **kwargs)
     g = res.groups[0]
     sizes = torch.bincount(g.assignment)
     assert int(sizes.max()) >= 2, "the case must merge channels"
     reference = _model_folding_reference(model, g.assignment, g.k)
+    fixed = ifv.repair(res, model, mode="data-free") if repair_later else res.model
     with torch.no_grad():
-        assert torch.allclose(res.model(x), reference(x), atol=1e-9, rtol=1e-9)
-    # the producer rows alone give another (lower) correlation, hence another network
-    white = data_free_repair(ifv.prune(model, x[:1], 0.5, method="fold", repair="none",
-                                       config=ifv.OTConfig(fold_batchnorm=fold_bn)), model,
-                             correlation="white-inputs")
-    with torch.no_grad():
-        assert not torch.allclose(white(x), reference(x), atol=1e-3)
+        assert torch.allclose(fixed(x), reference(x), atol=1e-9, rtol=1e-9)
+        if repair_later:  # before the repair it is another network; repairing twice changes nothing
+            assert not torch.allclose(res.model(x), reference(x), atol=1e-3)
+        else:
+            assert torch.equal(ifv.repair(res, model, mode="data-free")(x), fixed(x))
+    with pytest.raises(ValueError, match="Model Folding repairs it"):
+        data_free_repair(res, model, correlation="white-inputs")
 
 
 def test_bad_inputs_raise_our_errors():
@@ -329,3 +330,75 @@ def test_fold_clusters_in_the_span_of_the_channels_as_in_the_full_space():
     reduced = eigvec * eigval.clamp_min(0).sqrt()
     assert torch.cdist(reduced, reduced).sub(torch.cdist(x, x)).abs().max() < 1e-5  # distances 15-95: kept
     assert torch.equal(kmeans(x, 6, seed=3), kmeans(reduced, 6, seed=3))
+
+
+def _their_sequential_fold(model, labels_per_group):
+    """Model Folding's fuse + DF_REPAIR of ``Conv-BN-ReLU-Conv-BN-ReLU-pool-Linear``, transcribed from their
+    ``fuse_bnorms_vgg`` and ``merge_channel_clustering_approx_repair`` (groups merged one after another, each
+    group's correlations from the current, partially merged weights), without their eps quirk.  Returns a forward."""
+    import itertools
+
+    c0, b0, c1, b1, lin = model[0], model[1], model[3], model[4], model[8]
+    p = {}
+    for name, conv, bn in (("c0", c0, b0), ("c1", c1, b1)):
+        s = torch.sqrt(bn.running_var + bn.eps)
+        p[name + ".w"] = conv.weight.detach() / s[:, None, None, None]
+        p[name + ".b"] = (conv.bias.detach() - bn.running_mean) / s
+        p[name + ".g"], p[name + ".beta"] = bn.weight.detach().clone(), bn.bias.detach().clone()
+    p["lin.w"], p["lin.b"] = lin.weight.detach().clone(), lin.bias.detach().clone()
+    groups = [[("c0.w", 0), ("c0.b", 0), ("c0.g", 0), ("c0.beta", 0), ("c1.w", 1)],
+              [("c1.w", 0), ("c1.b", 0), ("c1.g", 0), ("c1.beta", 0), ("lin.w", 1)]]
+    for members, labels in zip(groups, labels_per_group):
+        n, k = len(labels), int(labels.max()) + 1
+        merge = torch.zeros(k, n, dtype=torch.float64)
+        merge[labels, torch.arange(n)] = 1.0
+        w = torch.cat([p[nm].movedim(ax, 0).reshape(n, -1) for nm, ax in members], 1)  # concat_weights
+        avg = torch.zeros(k, dtype=torch.float64)
+        for c in range(k):  # get_average_correlation
+            idx = torch.nonzero(merge[c]).flatten().tolist()
+            pairs = [(a, b) for a, b in itertools.product(idx, idx) if a != b]
+            for a, b in pairs:
+                avg[c] += w[a] @ w[b] / torch.sqrt((w[a] @ w[a]) * (w[b] @ w[b]))
+            avg[c] /= max(len(pairs), 1)
+        mean = torch.diag(1.0 / torch.diag(merge @ merge.T)) @ merge
+        n_c = merge.sum(1)
+        for nm, ax in members:
+            t = p[nm]
+            if ax == 0:
+                p[nm] = (mean @ t.reshape(n, -1)).reshape(k, *t.shape[1:])
+                if nm.endswith(".g"):
+                    p[nm] = p[nm] * torch.sqrt(n_c / (1 + (n_c - 1) * avg))
+            else:
+                p[nm] = (merge @ t.movedim(1, 0).reshape(n, -1)).reshape(k, *t.movedim(1, 0).shape[1:]).movedim(0, 1)
+
+    def forward(x):
+        h = x
+        for name in ("c0", "c1"):
+            h = torch.nn.functional.conv2d(h, p[name + ".w"], p[name + ".b"], padding=1)
+            h = torch.relu(p[name + ".g"][:, None, None] * h + p[name + ".beta"][:, None, None])
+        return h.mean((2, 3)) @ p["lin.w"].T + p["lin.b"]
+
+    return forward
+
+
+def test_fold_is_their_sequential_fold_on_a_cnn():
+    """The second group's correlations read the first group's merge (their order): our prune(method="fold") is
+    their network, given our clusters (without ../shared: the golden test runs their code's own cells)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1), nn.BatchNorm2d(10), nn.ReLU(),
+                          nn.Conv2d(10, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 4)).double().eval()
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.3, 2.0)
+    x = torch.randn(16, 3, 6, 6, dtype=torch.float64)
+    res = ifv.prune(model, x[:1], 0.5, method="fold", seed=1)
+    assert [g.k for g in res.groups] == [5, 6]
+    assert all(int(torch.bincount(g.assignment).max()) >= 2 for g in res.groups), "the case must merge channels"
+    theirs = _their_sequential_fold(model, [g.assignment for g in res.groups])
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), theirs(x), atol=1e-10, rtol=1e-9)

@@ -1,8 +1,8 @@
 """Plans: which channels to keep and where the others go.
 
 Owns importance scores (``_importance``), the :class:`OTConfig` settings, channel costs, masses and
-transport plans (``_transport``, with the p = 1 kernel in ``_l1``), k-means clusters for Model Folding and
-centroid targets (``_kmeans``), per-block selection for grouped convs (``_blocks``), and the compact
+transport plans (``_transport``, with the p = 1 kernel in ``_l1``), Model Folding's Hartigan k-means
+(``_hartigan``, ``method="fold"``), Lloyd's k-means for centroid targets (``_kmeans``), per-block selection for grouped convs (``_blocks``), and the compact
 records of plans (``_compact``).
 
 May import: ``groups`` and ``intrafusion_viz._state``.

@@ -39,8 +39,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
     method : {"intra-fusion", "default", "fold"}
-        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
-        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
+        Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
+        with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
+        own code in ``tests/test_model_folding_golden.py``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -116,9 +118,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     params_before = sum(p.numel() for p in model.parameters())
     work = steps.work_copy(model, request, selection, scored)
     with steps.undo_on_failure(work):
-        steps.merge(work, example_inputs, request, selection, scored, plans, records)
+        fold_scales = steps.merge(work, example_inputs, request, selection, scored, plans, records)
         result = PruneResult(work.model, records, method, request.config, params_before, 0,
                              selection.skipped)
-        steps.repair(result, sources)
+        steps.repair(result, sources, request, fold_scales)
         steps.sync_widths(work.model)  # last: nothing after it can fail and leave the attribute changed
     return steps.record(result, request, selection)

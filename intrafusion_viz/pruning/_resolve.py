@@ -50,6 +50,11 @@ class Request:
         return self.method in ("intra-fusion", "fold")
 
     @property
+    def faithful_fold(self) -> bool:
+        """``method="fold"`` planned at once: Model Folding's own vectors, merge and repair (``repair/_fold_repair.py``)."""
+        return self.method == "fold" and not self.sequential
+
+    @property
     def authors_fold(self) -> bool:
         """``bn_eps="authors"``: the paper's code folds every BatchNorm (without eps) before anything else."""
         return self.config.bn_eps == "authors"

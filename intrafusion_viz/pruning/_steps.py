@@ -66,6 +66,7 @@ class Scored:
     own_features: bool
     vectors: Dict[int, torch.Tensor]
     scores: Dict[int, torch.Tensor]
+    fold_seeds: object = None  # method="fold": Model Folding's k-means run seeds, drawn group after group
 
 
 def score(model: nn.Module, example_inputs, request: Request, selection: Selection) -> Scored:
@@ -81,7 +82,10 @@ def score(model: nn.Module, example_inputs, request: Request, selection: Selecti
     model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
     read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
     features = request.features
-    own_features = features is None and config.fold_batchnorm and not authors_fold  # folded, as scored
+    own_features = (features is None and config.fold_batchnorm and not authors_fold  # folded, as scored
+                    and request.method != "fold")
+    if features is None and request.method == "fold":
+        from ..repair._fold_repair import fold_vectors as features  # Model Folding's channel vectors
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
@@ -90,7 +94,12 @@ def score(model: nn.Module, example_inputs, request: Request, selection: Selecti
     scores = _folded_scores(model, example_inputs, request, selection, read, vectors, own_features)
     if scores is None:
         scores = _importances(read[0].model if read else model, [read[i] for i in pruned], request)
-    return Scored(model_read, read, features, own_features, vectors, scores)
+    fold_seeds = None
+    if request.method == "fold":
+        from ..plan._hartigan import FoldSeeds
+
+        fold_seeds = FoldSeeds(request.seed)
+    return Scored(model_read, read, features, own_features, vectors, scores, fold_seeds)
 
 
 def _folded_scores(model, example_inputs, request: Request, selection: Selection, read, vectors,
@@ -190,7 +199,7 @@ def plan_group(i: int, vectors: Optional[torch.Tensor], source: nn.Module, reque
     cost = None
     group_method = "default" if i in selection.by_selection else request.method
     if group_method == "fold":
-        kept, group_plan, cost = _cluster_plan(vectors, imp, n, k, blocks, config, seed)
+        kept, group_plan, cost = _cluster_plan(vectors, imp, n, k, blocks, config, scored.fold_seeds)
         fusion = "barycentric"
     elif group_method != "default":
         group_plan, cost = _transport_plan(vectors, imp, kept, n, k, blocks, config, seed, scored.own_features)
@@ -215,15 +224,14 @@ def plan_group(i: int, vectors: Optional[torch.Tensor], source: nn.Module, reque
     return record, (i, kept, MergeMaps(group_plan, kept, fusion))
 
 
-def _cluster_plan(vectors, imp, n, k, blocks, config, seed):
-    """``method="fold"``: k-means clusters merged into their means (inside every block)."""
-    from ..plan._kmeans import cluster_plan
+def _cluster_plan(vectors, imp, n, k, blocks, config, fold_seeds):
+    """``method="fold"``: Model Folding's Hartigan k-means clusters merged into their means (inside every block)."""
+    from ..plan._hartigan import fold_plan
 
     if blocks == 1:
-        kept, group_plan = cluster_plan(vectors, imp, k, seed=seed)
+        kept, group_plan = fold_plan(vectors, imp, k, fold_seeds)
     else:
-        kept, group_plan = per_block(n, k, blocks,
-                                     lambda rows, kb: cluster_plan(vectors[rows], imp[rows], kb, seed=seed))
+        kept, group_plan = per_block(n, k, blocks, lambda rows, kb: fold_plan(vectors[rows], imp[rows], kb, fold_seeds))
     return kept, group_plan, cost_matrix(vectors, kept, config)
 
 
@@ -277,6 +285,8 @@ def work_copy(model: nn.Module, request: Request, selection: Selection, scored: 
         work = scored.model  # already the folded copy the authors' code prunes
     elif request.inplace:
         work = model
+    elif request.faithful_fold:  # Model Folding's surgery writes into the layers it standardises
+        work = private_copy(model)
     else:
         shared = shared_tensors(model, selection.originals, selection.pruned)
         work, shares = private_copy(model, share=shared), (model if shared else None)
@@ -306,9 +316,11 @@ def undo_on_failure(work: Work) -> Iterator[None]:
 
 
 def merge(work: Work, example_inputs, request: Request, selection: Selection, scored: Scored,
-          plans: List[Planned], records: List[GroupResult]) -> None:
+          plans: List[Planned], records: List[GroupResult]) -> Optional[Dict[int, torch.Tensor]]:
     """Step 4: merge every plan into ``work.model``, in place (``sequential=True``: plan and merge
-    group by group, appending to ``records``); new Parameters keep the caller's ``requires_grad``."""
+    group by group, appending to ``records``); new Parameters keep the caller's ``requires_grad``.
+
+    Returns Model Folding's repair factors of every group (``method="fold"``), else ``None``."""
     model, bound, fold = work.model, work.groups, _folds(request)
     if request.authors_fold and request.inplace:
         fold_batchnorm(model, example_inputs, inplace=True, bn_eps="authors")
@@ -323,6 +335,11 @@ def merge(work: Work, example_inputs, request: Request, selection: Selection, sc
                 attention[i] = record.attention
             merge_plans(model, bound, [planned], fold, tracker, attention)
         records.sort(key=lambda r: r.index)
+    elif request.faithful_fold:  # Model Folding's merge, group after group, with its data-free repair
+        from ..repair._fold_repair import fold_surgery
+
+        fold_scales = fold_surgery(model, bound, plans, {r.index: r.attention for r in records if r.attention},
+                                   request.repair == "data-free")
     else:
         merge_plans(model, bound, plans, fold, attention={r.index: r.attention for r in records if r.attention})
     if work.shares is not None:  # whatever the surgery did not replace becomes the copy's own
@@ -330,6 +347,7 @@ def merge(work: Work, example_inputs, request: Request, selection: Selection, sc
     for name, p in model.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
         sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
         p.requires_grad_(work.frozen.get(name, work.frozen.get(sibling, True)))
+    return fold_scales if request.faithful_fold else None
 
 
 def merge_plans(work: nn.Module, bound: List[Group], plans: List[Planned], fold: bool,
@@ -357,19 +375,31 @@ def merge_plans(work: nn.Module, bound: List[Group], plans: List[Planned], fold:
 
 def repair_sources(model: nn.Module, request: Request, selection: Selection) -> Optional[dict]:
     """What ``repair="data-free"`` needs from the unpruned model, read before anything is merged."""
-    if request.repair != "data-free" or not selection.pruned:
-        return None
+    if request.repair != "data-free" or not selection.pruned or request.faithful_fold:
+        return None  # (Model Folding's own repair runs inside its surgery)
     from ..repair._data_free import snapshot_sources
 
     return snapshot_sources(model, [selection.originals[i] for i in selection.pruned])
 
 
-def repair(result: PruneResult, sources: Optional[dict]) -> None:
-    """Step 5: the data-free statistics repair of the merged channels, in place (if asked)."""
+def repair(result: PruneResult, sources: Optional[dict], request: Request,
+           fold_scales: Optional[Dict[int, torch.Tensor]] = None) -> None:
+    """Step 5: the data-free statistics repair of the merged channels, in place (if asked).
+
+    ``method="fold"`` repaired inside its surgery; its factors are kept on the result so that
+    ``ifv.repair(result, model, mode="data-free")`` can apply them (once) when ``repair="none"``.
+    """
+    if fold_scales is not None and selection_pruned(result):
+        result.fold_repair = {"scales": fold_scales, "applied": request.repair == "data-free"}
     if sources is not None:
         from ..repair._data_free import data_free_repair
 
         data_free_repair(result, snapshot=sources, inplace=True)
+
+
+def selection_pruned(result: PruneResult) -> bool:
+    """Whether any group of the result lost channels."""
+    return any(g.k < g.n for g in result.groups)
 
 
 def sync_widths(model: nn.Module) -> None:

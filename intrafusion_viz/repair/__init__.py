@@ -2,7 +2,8 @@
 
 Owns recording activations (``_activations``), re-estimating BatchNorm statistics and REPAIR on a batch
 plus activation features (``_data_aware``), the data-free repair that predicts merged channels'
-statistics from weights (``_data_free``) and synthetic inputs made from BatchNorm statistics
+statistics from weights (``_data_free``), Model Folding's channel vectors, merge and DF_REPAIR
+(``_fold_repair``, ``method="fold"``) and synthetic inputs made from BatchNorm statistics
 (``_synthetic``).
 
 May import: ``merge``, ``plan``, ``groups`` and ``intrafusion_viz._state``.
