@@ -82,3 +82,19 @@ def test_bad_inputs_say_what_to_do(digits_pruned):
         ifv.finetune(res, (data.x_train, data.y_train), epochs=1, lr=0)
     zero = ifv.finetune(res.model, (data.x_train, data.y_train), epochs=0, progress=False)
     assert list(zero.records.epoch) == [0] and zero.records.method.iloc[0] == ""
+
+
+def test_finetune_figure_one_line_per_method_and_sparsity():
+    rows = [dict(epoch=e, accuracy=50 + 10 * e + (5 if label == "IF (paper)" else 0) + seed, label=label,
+                 sparsity=s, seed=seed, unpruned=90.0)
+            for e in range(3) for label in ("default", "IF (paper)") for s in (0.5, 0.7) for seed in (0, 1)]
+    fig = ifv.figures.finetune_figure(rows, model_name="vgg11_bn", importance="l1")
+    assert len(fig.data) == 4 and {t.name for t in fig.data} == {"default", "IF (paper)"}
+    first = fig.data[0]
+    assert list(first.x) == [0, 1, 2] and list(first.y) == [50.5, 60.5, 70.5]  # mean of the two seeds
+    assert list(first.error_y.array) == [0.5, 0.5, 0.5]
+    title = fig.layout.title.text
+    assert "vgg11_bn" in title and "l1" in title and "50% / 70%" in title and "2 seeds" in title
+    assert len(ifv.figures.finetune_figure(rows, max_epoch=1).data[0].x) == 2
+    with pytest.raises(ValueError, match="'epoch' column"):
+        ifv.figures.finetune_figure([dict(accuracy=1.0, sparsity=0.5, label="x")])

@@ -138,3 +138,73 @@ def fusion_embedding(record, method: str = "pca", title: Optional[str] = None):
         f"G{record.paper_index} {record.name}: model B's {record.n} neurons aligned onto model A's {record.k} "
         f"({method.upper()} of the compared vectors; stars: model A)"))
     return fig
+
+
+FINETUNE_COLORS = {"default": "#EF553B", "IF (paper)": "#00CC96", "IF (data-free)": "#636EFA", "fold": "#AB63FA"}
+
+
+def finetune_figure(records, model_name: str = "", importance: str = "", max_epoch: Optional[int] = None,
+                    sparsities=None, title: Optional[str] = None):
+    """Accuracy against fine-tuning epochs (0 = right after pruning), one line per method, a panel per sparsity.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame or list of dict
+        Rows of :func:`intrafusion_viz.finetune` (``epoch``, ``accuracy``, ``label`` or ``method``,
+        ``sparsity``; optional ``seed`` and ``unpruned``), e.g. ``benchmarks/finetune_recovery.py``'s
+        ``records.csv``.  Several seeds: the mean, with the min-max range as error bars.
+    model_name, importance : str
+        Named in the title.
+    max_epoch : int, optional
+        Draw epochs ``0..max_epoch`` only (a slider over epochs).
+    sparsities : list of float, optional
+        Panels to draw (default every sparsity in ``records``).
+    title : str, optional
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One ``Scatter`` per (sparsity, method); a dashed line at the unpruned accuracy when known.
+    """
+    import pandas as pd
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    if "label" not in df.columns or (df["label"].fillna("") == "").all():
+        df["label"] = df.get("method", "")
+    for col in ("epoch", "accuracy", "sparsity"):
+        if col not in df.columns:
+            raise ValueError(f"records need a {col!r} column (finetune()'s records); got {list(df.columns)}")
+    if max_epoch is not None:
+        df = df[df.epoch <= max_epoch]
+    levels = sorted(df.sparsity.unique()) if sparsities is None else list(sparsities)
+    fig = make_subplots(rows=1, cols=len(levels), shared_yaxes=True,
+                        subplot_titles=[f"sparsity {s:.0%}" for s in levels])
+    labels = [m for m in FINETUNE_COLORS if m in set(df.label)] + [m for m in df.label.unique()
+                                                                   if m not in FINETUNE_COLORS]
+    for col, s in enumerate(levels, start=1):
+        part = df[(df.sparsity - s).abs() < 1e-9]
+        for label in labels:
+            curve = part[part.label == label].groupby("epoch").accuracy.agg(["mean", "min", "max"]).reset_index()
+            if not len(curve):
+                continue
+            fig.add_trace(go.Scatter(
+                x=curve.epoch, y=curve["mean"], mode="lines+markers", name=label, legendgroup=label,
+                showlegend=col == 1, line=dict(color=FINETUNE_COLORS.get(label)),
+                error_y=dict(type="data", symmetric=False, array=curve["max"] - curve["mean"],
+                             arrayminus=curve["mean"] - curve["min"], thickness=1, width=3),
+                hovertemplate=f"{label}, sparsity {s:.0%}<br>epoch %{{x}}: %{{y:.2f}} %<extra></extra>"), 1, col)
+        if "unpruned" in part.columns and part.unpruned.notna().any():
+            fig.add_hline(y=float(part.unpruned.mean()), line=dict(color="#444444", dash="dash"), row=1, col=col,
+                          annotation_text="unpruned", annotation_position="bottom right")
+    seeds = df["seed"].nunique() if "seed" in df.columns else 1
+    what = ", ".join(p for p in (model_name, "whole model", importance and f"importance {importance}",
+                                 "sparsity " + " / ".join(f"{s:.0%}" for s in levels),
+                                 f"mean of {seeds} seeds (bars: min-max)" if seeds > 1 else "") if p)
+    fig.update_layout(title=title or f"Recovery with fine-tuning: accuracy after each epoch<br><sup>{what}; "
+                      f"methods: {', '.join(labels)}</sup>", height=460, margin=dict(t=100),
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(title_text="fine-tuning epochs", dtick=1)
+    fig.update_yaxes(title_text="test accuracy (%)", col=1)
+    return fig
