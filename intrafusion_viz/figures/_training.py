@@ -208,3 +208,113 @@ def finetune_figure(records, model_name: str = "", importance: str = "", max_epo
     fig.update_xaxes(title_text="fine-tuning epochs", dtick=1)
     fig.update_yaxes(title_text="test accuracy (%)", col=1)
     return fig
+
+
+_STAGE_COLORS = {"train": "#7f7f7f", "train halves": "#7f7f7f", "prune": "#EF553B", "prune each": "#EF553B",
+                 "fuse": "#636EFA", "fine-tune": "#00CC96", "fine-tune fused": "#19D3F3", "fine-tune each": "#00CC96"}
+
+
+def pipeline_gantt(records, title: Optional[str] = None):
+    """Every pipeline's stages on one wall-clock axis; the parallel halves as two bars side by side in time.
+
+    Parameters
+    ----------
+    records : pandas.DataFrame or list of dict
+        Rows of :func:`intrafusion_viz.fusion.pipelines.compare_pipelines` (columns ``pipeline``, ``stage``,
+        ``step``, ``stage_start_s``, ``stage_time_s``, ``stage_model_times_s``, ``accuracy``; one seed).
+    title : str, optional
+        Default names the model, the data and the sparsity, and each pipeline's time against the baseline's.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Horizontal bars (``Bar`` traces, one per stage kind): a row per pipeline, two rows ("model A",
+        "model B") where the halves run in parallel; the final accuracy and the time relative to the
+        baseline written after each pipeline's last bar.
+    """
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
+    for col in ("pipeline", "stage", "step", "stage_start_s", "stage_time_s", "accuracy"):
+        if col not in df.columns:
+            raise ValueError(f"records need a {col!r} column (compare_pipelines' records); got {list(df.columns)}")
+    if "seed" in df.columns and df["seed"].nunique() > 1:
+        raise ValueError("pipeline_gantt draws one run: pass the records of one seed")
+    order = [p for p in PIPELINE_COLORS if p in set(df.pipeline)] + [p for p in df.pipeline.unique()
+                                                                   if p not in PIPELINE_COLORS]
+    bars = []  # (row label, stage, start, duration, accuracy)
+    rows = []
+    for name in order:
+        part = df[df.pipeline == name].sort_values("step")
+        label = PIPELINE_LABELS.get(name, name).split(" (")[0]
+        parallel = part.stage_model_times_s.astype(str).str.contains("/") if "stage_model_times_s" in part else \
+            pd.Series(False, index=part.index)
+        halves = bool(parallel.any())
+        names = [f"{label} · model A", f"{label} · model B"] if halves else []
+        rows += names + [label]
+        for (_, r), par in zip(part.iterrows(), parallel):
+            if par:
+                for row, t in zip(names, str(r.stage_model_times_s).split(" / ")):
+                    bars.append((row, r.stage, r.stage_start_s, float(t), r.accuracy))
+            else:
+                bars.append((label, r.stage, r.stage_start_s, r.stage_time_s, r.accuracy))
+    fig = go.Figure()
+    bdf = pd.DataFrame(bars, columns=["row", "stage", "start", "duration", "accuracy"])
+    for stage in dict.fromkeys(bdf.stage):
+        part = bdf[bdf.stage == stage]
+        fig.add_trace(go.Bar(
+            y=part.row, x=part.duration, base=part.start, orientation="h", name=stage,
+            marker=dict(color=_STAGE_COLORS.get(stage, "#BAB0AC"), line=dict(color="white", width=1)),
+            text=[stage if d > 0 else "" for d in part.duration], textposition="inside", insidetextanchor="middle",
+            constraintext="both", customdata=np.stack([part.start, part.start + part.duration, part.accuracy], 1),
+            hovertemplate=("%{y}: " + stage + "<br>%{customdata[0]:.2f} s to %{customdata[1]:.2f} s<br>"
+                           "accuracy after it %{customdata[2]:.2f} %<extra></extra>")))
+    base_end = None
+    ends = {}
+    for name in order:
+        part = df[df.pipeline == name].sort_values("step")
+        end = float(part.stage_start_s.iloc[-1] + part.stage_time_s.iloc[-1])
+        ends[name] = (end, float(part.accuracy.iloc[-1]))
+        if name == "baseline":
+            base_end = end
+    for name, (end, acc) in ends.items():
+        label = PIPELINE_LABELS.get(name, name).split(" (")[0]
+        ratio = "" if base_end is None or name == "baseline" or end <= 0 else (
+            f", {base_end / end:.2f}x faster" if end < base_end else f", {end / base_end:.2f}x slower")
+        fig.add_annotation(x=end, y=label, text=f" {acc:.1f} %{ratio}", showarrow=False, xanchor="left",
+                           font=dict(size=12))
+    what = _describe(df)
+    longest = max(e for e, _ in ends.values()) if ends else 1.0
+    fig.update_layout(
+        title=title or f"Fusion in the training loop: every stage on one time axis<br><sup>{what}; parallel halves "
+                       "side by side; final accuracy and time against the baseline at the right</sup>",
+        barmode="overlay", height=160 + 34 * len(rows), margin=dict(l=10, r=10, t=90, b=40),
+        xaxis=dict(title="wall-clock seconds (warmed up; parallel halves counted once)", range=[0, longest * 1.35]),
+        yaxis=dict(categoryorder="array", categoryarray=list(reversed(rows)), automargin=True),
+        legend=dict(orientation="h", y=-0.25, title_text="stage"), uniformtext=dict(minsize=9, mode="hide"))
+    return fig
+
+
+def fusion_plan(record, title: Optional[str] = None):
+    """A fusion plan as a heatmap with axes that say whose neurons they are (rows: model B's, columns: model A's).
+
+    Parameters
+    ----------
+    record : FusedGroup
+        One of :func:`intrafusion_viz.fuse`'s ``.groups``.
+    title : str, optional
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        :func:`plan_heatmap` of the record, axes retitled.
+    """
+    from ._plans import plan_heatmap
+
+    fig = plan_heatmap(record, title=title or (
+        f"G{record.paper_index} {record.name}: fusion plan, model B's {record.n} neurons (rows) onto model A's "
+        f"{record.k} (columns)"))
+    fig.update_xaxes(title_text=f"model A's neurons ({record.k})")
+    fig.update_yaxes(title_text=f"model B's neurons ({record.n}, by the A neuron they join)")
+    return fig
