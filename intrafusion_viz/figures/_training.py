@@ -80,7 +80,7 @@ def pipeline_timeline(records, x: str = "train_time_s", title: Optional[str] = N
                            for c in ("train_time_s", "epochs", "params")], 1)
         fig.add_trace(go.Scatter(
             x=part.xval, y=part.accuracy, mode="lines+markers+text", name=PIPELINE_LABELS.get(name, name),
-            text=part.stage, textposition="top center", textfont=dict(size=9),
+            text=part.stage, textposition="top center", textfont=dict(size=11),
             error_y=dict(array=part.accuracy_std.fillna(0), thickness=1, width=3),
             line=dict(color=PIPELINE_COLORS.get(name)), marker=dict(size=8), customdata=custom,
             hovertext=part.stage,
@@ -312,8 +312,9 @@ def fusion_plan(record, title: Optional[str] = None):
     """
     from ._plans import plan_heatmap
 
+    where = f"G{record.paper_index} {record.name}" if record.paper_index else f"group {record.index} ({record.name})"
     fig = plan_heatmap(record, title=title or (
-        f"G{record.paper_index} {record.name}: fusion plan, model B's {record.n} neurons (rows) onto model A's "
+        f"{where}: fusion plan, model B's {record.n} neurons (rows) onto model A's "
         f"{record.k} (columns)"))
     fig.update_xaxes(title_text=f"model A's neurons ({record.k})")
     fig.update_yaxes(title_text=f"model B's neurons ({record.n}, by the A neuron they join)")
