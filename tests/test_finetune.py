@@ -98,3 +98,24 @@ def test_finetune_figure_one_line_per_method_and_sparsity():
     assert len(ifv.figures.finetune_figure(rows, max_epoch=1).data[0].x) == 2
     with pytest.raises(ValueError, match="'epoch' column"):
         ifv.figures.finetune_figure([dict(accuracy=1.0, sparsity=0.5, label="x")])
+
+
+def test_recovery_benchmark_tiny_runs_and_resumes(tmp_path):
+    """benchmarks/finetune_recovery.py --tiny: every method's curve, the summary table, a rerun measures nothing."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "finetune_recovery.py"
+    sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location("finetune_recovery", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--tiny", "--quiet", "--out", str(tmp_path)]
+    text = module.main(argv)
+    records = pd.read_csv(tmp_path / "records.csv")
+    assert set(records.label) == set(module.METHODS) and sorted(records.epoch.unique()) == [0, 1, 2]
+    assert "| 50% | default |" in text and "epochs saved" in text
+    assert (tmp_path / "finetune_recovery.html").is_file()
+    assert module.main(argv) == text  # resumed from records.csv: nothing measured twice
+    assert len(pd.read_csv(tmp_path / "records.csv")) == len(records)
