@@ -137,3 +137,12 @@ def test_gantt_puts_the_halves_side_by_side(compared):
     assert "MLP-BN" in fig.layout.title.text
     with pytest.raises(ValueError, match="stage_start_s"):
         ifv.figures.pipeline_gantt(records.drop(columns="stage_start_s"))
+
+
+def test_fusion_plan_axes_say_whose_neurons(compared):
+    _, runs = compared
+    record = runs["fap"].fusion.groups[0]
+    fig = ifv.figures.fusion_plan(record)
+    assert fig.layout.xaxis.title.text.startswith("model A's neurons")
+    assert fig.layout.yaxis.title.text.startswith("model B's neurons")
+    assert f"model B's {record.n} neurons" in fig.layout.title.text
