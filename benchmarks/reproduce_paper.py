@@ -2,11 +2,14 @@
 
 Trains (or loads, ``--checkpoint-dir``) VGG11-BN and ResNet18 on CIFAR-10, then prunes groups G1-G3
 (the paper's numbering, counted from the output) alone at 30-70% with l1 and Taylor importance, without
-fine-tuning, and prints our default pruning / paper-normalised Intra-Fusion / barycentric Intra-Fusion
-beside the paper's numbers (only the cells we could verify are carried; the others print "n/a").
-The sweep is the one the authors' repository (alexandertheus/Intra-Fusion) runs: groups 1-3,
-sparsities 0.3-0.7, l1 and Taylor, with its settings (``ifv.OTConfig.paper()``: p = 1, weight-only cost,
-importance scored on the BatchNorm-folded weights; the barycentric column changes only the fusion rule).
+fine-tuning, and prints every cell of the paper (``intrafusion_viz.paper.PAPER``: Tables 10 and 12 and the
+paper's failure cases, VGG11-BN G7 and ResNet18 G4 / G7) beside ours: paper default, paper Intra-Fusion,
+ours default, ours Intra-Fusion with the paper preset (``ifv.OTConfig.paper()``: p = 1, weight-only cost,
+importance scored on the BatchNorm-folded weights), ours Intra-Fusion with the project's default config
+(``ifv.OTConfig()``), and the differences (ours minus the paper's).  The sweep is the one the authors'
+repository (alexandertheus/Intra-Fusion) runs: groups 1-3, sparsities 0.3-0.7, l1 and Taylor, plus the groups of
+the failure cases.  The paper's Table 1 (whole model, fine-tuned) and section 6 speed-ups are printed after
+the tables (their flows: ``benchmarks/finetune_recovery.py``, ``benchmarks/fusion_pipelines.py``).
 
 Runs as is on one GPU with internet (CIFAR-10 is downloaded into ``--data-root``) or on Colab:
 
@@ -35,10 +38,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intrafusion_viz as ifv  # noqa: E402
 from _bench_common import RESULTS, add_executor_options, executor_from_args, markdown_table  # noqa: E402
-from intrafusion_viz.paper import PAPER, PAPER_TABLE  # noqa: E402,F401  (the paper's cells live in the package)
+from intrafusion_viz.paper import (PAPER, PAPER_TABLE, SECTION_6, TABLE_1, TABLE_1_UNPRUNED,  # noqa: E402,F401
+                                   paper_groups)  # the paper's numbers live in the package
 
-METHODS = (("default", "default", "barycentric"), ("IF (paper)", "intra-fusion", "paper"),
-           ("IF (barycentric)", "intra-fusion", "barycentric"))
+# (results label, prune method, config): default pruning, Intra-Fusion with the paper preset, with our default.
+METHODS = (("default", "default", ifv.OTConfig.paper()), ("IF (paper)", "intra-fusion", ifv.OTConfig.paper()),
+           ("IF (default config)", "intra-fusion", ifv.OTConfig()))
 
 
 def build(name: str, tiny: bool) -> torch.nn.Module:
@@ -125,7 +130,8 @@ def estimate(args, train_loader, test_loader, device) -> str:
     # Relative cost per step: ResNet18 1.0 (measured), VGG11-BN about 0.5; data loading assumed to keep up.
     factor = sum({"resnet18": 1.0, "vgg11_bn": 0.5}.get(m, 1.0) for m in args.models)
     train_s = per_step * len(train_loader) * args.epochs * factor
-    cells = len(args.groups) * len(args.sparsities) * len(args.importances) * len(METHODS) * len(args.models)
+    groups = sum(len(args.groups or paper_groups(m)) for m in args.models)
+    cells = groups * len(args.sparsities) * len(args.importances) * len(METHODS)
     test_steps = math.ceil(len(test_loader.dataset) / args.batch_size)
     eval_s = cells * test_steps * per_step / 3  # a forward pass is about a third of a training step
     return (f"estimated time on this machine ({device}): training {train_s / 60:.0f} min "
@@ -153,14 +159,14 @@ def sweep(name, model, args, train_loader, test_loader, device, results: Path, d
     if (name, 0, 0.0, "", "original") not in done:
         cells.append(ifv.sweeps.SweepCell(None, 0.0, "original"))
         records.append(dict(model=name, group=0, sparsity=0.0, importance="", method="original", group_name=""))
-    for paper in args.groups:
+    for paper in args.groups or paper_groups(name):
         for s in args.sparsities:
             for imp in args.importances:
-                for label, method, fusion in METHODS:
+                for label, method, config in METHODS:
                     if (name, paper, s, imp, label) in done:
                         continue
                     g = groups[paper]
-                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, ifv.OTConfig.paper(fusion=fusion), args.seed))
+                    cells.append(ifv.sweeps.SweepCell(g.index, s, method, imp, config, args.seed))
                     records.append(dict(model=name, group=paper, sparsity=s, importance=imp, method=label,
                                         group_name=g.name))
     if executor is not None:
@@ -187,22 +193,34 @@ def _append(path: Path, done, record):
 
 
 def report(done, args) -> str:
+    """Every paper cell of each model with ours beside it, then Table 1 and section 6 (the paper's)."""
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    diff = lambda a, b: "" if a is None or b is None else f"{a - b:+.2f}"  # noqa: E731
     out = []
     for name in args.models:
         orig = done.get((name, 0, 0.0, "", "original"))
         out.append(f"\n### {name} on CIFAR-10 vs the paper's {PAPER_TABLE[name]} "
                    f"(ours unpruned: {fmt(orig and orig['accuracy'])} %)\n")
+        keys = {(g, s, imp) for m, imp, g, s in PAPER if m == name}
+        keys |= {(r["group"], r["sparsity"], r["importance"]) for (m, *_), r in done.items()
+                 if m == name and r["method"] != "original"}
         rows = []
-        for paper in args.groups:
-            for s in args.sparsities:
-                for imp in args.importances:
-                    ours = [done.get((name, paper, s, imp, label)) for label, _, _ in METHODS]
-                    theirs = PAPER.get((name, imp, paper, s), (None, None))
-                    rows.append([f"G{paper}", f"{s:.0%}", imp, *(fmt(r and r["accuracy"]) for r in ours),
-                                 fmt(theirs[0]), fmt(theirs[1])])
-        out.append(markdown_table(["group", "sparsity", "importance", "ours: default", "ours: IF (paper)",
-                                   "ours: IF (barycentric)", "paper: default", "paper: IF"], rows))
+        for paper, s, imp in sorted(keys, key=lambda k: (k[2], k[0], k[1])):
+            ours = [done.get((name, paper, s, imp, label)) for label, _, _ in METHODS]
+            ours = [r and r["accuracy"] for r in ours]
+            theirs = PAPER.get((name, imp, paper, s), (None, None))
+            rows.append([f"G{paper}", f"{s:.0%}", imp, fmt(theirs[0]), fmt(theirs[1]), *(fmt(a) for a in ours),
+                         diff(ours[0], theirs[0]), diff(ours[1], theirs[1])])
+        out.append(markdown_table(["group", "sparsity", "importance", "paper: default", "paper: IF",
+                                   "ours: default", "ours: IF (paper preset)", "ours: IF (default config)",
+                                   "Δ default", "Δ IF"], rows))
+    out.append("\n### The paper's Table 1 (whole model, l1, fine-tuned; ours: benchmarks/finetune_recovery.py)\n")
+    out.append(markdown_table(["model", "unpruned", "sparsity (weights)", "paper: default", "paper: IF"],
+                              [[m, fmt(TABLE_1_UNPRUNED[m]), f"{s:.0%}", fmt(d), fmt(f)]
+                               for (m, s), (d, f) in TABLE_1.items()]))
+    out.append(f"\n### The paper's section 6 ({SECTION_6['model']}, {SECTION_6['protocol']}; ours: "
+               f"benchmarks/fusion_pipelines.py)\n\ntraining-time speed-up {SECTION_6['training_speedup']}x, "
+               f"overall {SECTION_6['overall_speedup_paf']}x (PaF), {SECTION_6['overall_speedup_fap']}x (FaP)")
     return "\n".join(out)
 
 
@@ -213,7 +231,8 @@ def parse(argv=None):
     p.add_argument("--out", default=str(RESULTS / "paper"))
     p.add_argument("--checkpoint-dir", default=None, help="folder with <model>.pt to load instead of training")
     p.add_argument("--models", nargs="+", default=["vgg11_bn", "resnet18"])
-    p.add_argument("--groups", type=int, nargs="+", default=[1, 2, 3], help="paper group numbers")
+    p.add_argument("--groups", type=int, nargs="+", default=None,
+                   help="paper group numbers (default: every group the paper reports for the model)")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--importances", nargs="+", default=["l1", "taylor"])
     p.add_argument("--epochs", type=int, default=100)

@@ -49,6 +49,7 @@ _LAZY_NAMES = {
     "reference_data": "evaluation._reference",
     "layer_drift": "evaluation._diagnostics",
     "synthetic_inputs": "repair._synthetic",
+    "finetune": "evaluation._finetune",
 }
 
 __all__ = [

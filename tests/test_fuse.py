@@ -1,4 +1,6 @@
 """OTFusion (``ifv.fuse``): permuted copies are un-permuted exactly, self-fusion is the identity, alignment beats averaging."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -187,3 +189,47 @@ def test_bad_input_is_refused_clearly():
     wide = conv_bn_net(c=8)
     with pytest.raises(ValueError, match="architecture|tensors"):
         ifv.fuse([model, nn.Sequential(*list(wide)[:3])], x[:1])
+
+
+# --- OTFusion's own code, recorded (benchmarks/otfusion_side_by_side.py --record) -------------------------------
+RECORDED = Path(__file__).resolve().parent / "data" / "otfusion_acts.torch"
+
+
+def _glue_models(arch):
+    """The bias-free architectures of benchmarks/otfusion_side_by_side.py (OTFusion's activation code needs no bias)."""
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 32, bias=False),
+                             nn.ReLU(), nn.Linear(32, 10, bias=False))
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16 * 4 * 4, 10, bias=False))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_activation_cost_gives_otfusions_assignments(arch):
+    """Whole feature maps (the default, pool=None): every neuron goes where OTFusion's own code sends it."""
+    record = torch.load(RECORDED, weights_only=True)
+    x, case = record["inputs"], record["archs"][arch]
+    models = []
+    for key in ("state_0", "state_1"):
+        model = _glue_models(arch)
+        model.load_state_dict(case[key])
+        models.append(model.eval())
+    # OTFusion aligns its model 0 onto its model 1; ifv.fuse aligns models[1:] onto models[0].
+    res = ifv.fuse([models[1], models[0]], x[:1], cost="activation", batch=x)
+    assert len(res.groups) == len(case["assignments"])
+    for group, theirs in zip(res.groups, case["assignments"]):
+        assert group.is_permutation
+        assert torch.equal(group.plan.argmax(1), theirs), f"group {group.name}: not OTFusion's assignment"
+    if arch == "cnn":  # pooling the 8x8 maps to 2x2 loses where a channel fires: other assignments
+        pooled = ifv.fuse([models[1], models[0]], x[:1], cost="activation", batch=x, pool=2)
+        same = [float((g.plan.argmax(1) == t).double().mean()) for g, t in zip(pooled.groups, case["assignments"])]
+        assert min(same) < 0.9
+
+
+def test_pool_must_be_a_positive_int():
+    x = torch.randn(8, 1, 8, 8)
+    model = _glue_models("cnn")
+    with pytest.raises(ValueError, match="pool must be None"):
+        ifv.fuse([model, model], x[:1], cost="activation", batch=x, pool=0)

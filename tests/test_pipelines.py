@@ -109,3 +109,40 @@ def test_halves_trained_in_two_processes(digits):
     assert len(t.times_s) == 2 and t.sum_s == pytest.approx(sum(t.times_s)) and t.parallel_s > 0
     assert 0 < t.cpu_parallel_s <= t.cpu_sum_s
     assert all(not torch.equal(b, m.classifier.weight) for b, m in zip(before, models))
+
+
+def test_stages_lie_end_to_end_on_one_time_axis(compared):
+    records, _ = compared
+    for name, part in records.groupby("pipeline"):
+        part = part.sort_values("step")
+        starts, times = part.stage_start_s.to_numpy(), part.stage_time_s.to_numpy()
+        assert starts[0] == 0 and (times >= 0).all()
+        assert starts[1:] == pytest.approx(starts[:-1] + times[:-1], abs=1e-9)
+        assert part.wall_time_s.iloc[-1] == pytest.approx(starts[-1] + times[-1], abs=1e-9)
+        for _, r in part.iterrows():  # the parallel stage lasts as long as its slowest model
+            each = [float(t) for t in str(r.stage_model_times_s).split(" / ")]
+            assert max(each) == pytest.approx(r.stage_time_s, abs=2e-3)
+    halves = records[records.stage == "train halves"].stage_model_times_s
+    assert halves.str.count("/").eq(1).all()
+
+
+def test_gantt_puts_the_halves_side_by_side(compared):
+    records, _ = compared
+    fig = ifv.figures.pipeline_gantt(records)
+    train = next(t for t in fig.data if t.name == "train halves")
+    assert {"PaF · model A", "PaF · model B", "FaP · model A", "FaP · model B"} <= set(train.y)
+    assert all(b == 0 for b in train.base)  # both halves start at 0: parallel
+    notes = " ".join(a.text for a in fig.layout.annotations)
+    assert "faster" in notes or "slower" in notes
+    assert "MLP-BN" in fig.layout.title.text
+    with pytest.raises(ValueError, match="stage_start_s"):
+        ifv.figures.pipeline_gantt(records.drop(columns="stage_start_s"))
+
+
+def test_fusion_plan_axes_say_whose_neurons(compared):
+    _, runs = compared
+    record = runs["fap"].fusion.groups[0]
+    fig = ifv.figures.fusion_plan(record)
+    assert fig.layout.xaxis.title.text.startswith("model A's neurons")
+    assert fig.layout.yaxis.title.text.startswith("model B's neurons")
+    assert f"model B's {record.n} neurons" in fig.layout.title.text

@@ -59,17 +59,30 @@ def test_tiny_run_reports_paper_cells_and_resumes(cifar_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "estimated time" in printed
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    # 2 models x (1 original + 3 groups x 1 sparsity x 1 importance x 3 methods)
-    assert len(lines) == 2 * (1 + 3 * 3)
+    # 1 original + (every paper group of the model) x 1 sparsity x 1 importance x 3 methods:
+    # VGG11-BN G1-G3 and G7 (failure case), ResNet18 G1-G4 and G7.
+    assert len(lines) == (1 + 4 * 3) + (1 + 5 * 3)
     assert all(0.0 <= r["accuracy"] <= 100.0 for r in lines)
-    assert {r["group"] for r in lines if r["method"] != "original"} == {1, 2, 3}
+    assert {r["group"] for r in lines if r["method"] != "original" and r["model"] == "vgg11_bn"} == {1, 2, 3, 7}
+    assert {r["method"] for r in lines} == {"original", "default", "IF (paper)", "IF (default config)"}
     vgg_g1 = [r for r in lines if r["model"] == "vgg11_bn" and r["group"] == 1]
     assert {r["group_name"] for r in vgg_g1} == {"features.22"}  # the paper's G1 of VGG11-BN
-    # The paper's own numbers are carried for the verified cells and printed beside ours.
+    # Every paper cell is printed, ours beside it, with the difference where both exist.
     assert script.PAPER[("vgg11_bn", "l1", 2, 0.7)] == (37.89, 80.11)
-    assert script.PAPER[("resnet18", "l1", 3, 0.5)] == (81.91, 91.25)
-    assert "| G3 | 50% | l1 |" in text and "81.91 | 91.25 |" in text
-    assert "n/a" in text  # cells without a verified paper number
+    table_rows = [line for line in text.splitlines() if line.startswith("| G")]
+    measured = {(r["model"], "l1", r["group"], 0.5) for r in lines if r["method"] != "original"}
+    assert len(table_rows) == len(set(script.PAPER) | measured)  # every paper cell, and ours the paper lacks
+    ours = {(r["model"], r["group"], r["method"]): r["accuracy"] for r in lines}
+    g3 = next(line for line in table_rows if line.startswith("| G3 | 50% | l1 |") and "81.91" in line)
+    cells = [c.strip() for c in g3.strip("|").split("|")]
+    assert cells[3:5] == ["81.91", "91.25"]
+    assert float(cells[5]) == pytest.approx(ours[("resnet18", 3, "default")], abs=0.006)
+    assert float(cells[6]) == pytest.approx(ours[("resnet18", 3, "IF (paper)")], abs=0.006)
+    assert float(cells[8]) == pytest.approx(ours[("resnet18", 3, "default")] - 81.91, abs=0.011)
+    assert float(cells[9]) == pytest.approx(ours[("resnet18", 3, "IF (paper)")] - 91.25, abs=0.011)
+    assert "| G2 | 70% | l1 | 37.89 | 80.11 | n/a | n/a | n/a |" in text  # not measured in tiny mode
+    assert "| G4 | 50% | taylor | n/a | 10.10 |" in text  # ResNet18's failure case, no default number
+    assert "Table 1" in text and "89.56" in text and "1.81x" in text
     assert (out / "vgg11_bn.pt").is_file() and (out / "resnet18.pt").is_file()
 
     # Rerun: checkpoints are loaded, no cell is measured twice, the report is the same.
@@ -91,7 +104,7 @@ def test_resume_measures_only_missing_cells(cifar_root, tmp_path):
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert lines[:4] == [json.loads(line) for line in kept]
     keys = [(r["group"], r["method"]) for r in lines]
-    assert len(keys) == len(set(keys)) == 1 + 3 * 3
+    assert len(keys) == len(set(keys)) == 1 + 4 * 3
 
 
 def test_missing_data_says_what_is_needed(tmp_path):

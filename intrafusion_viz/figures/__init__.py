@@ -8,7 +8,7 @@ from ._merges import merge_gallery, producer_rows
 from ._plans import plan_comparison, plan_heatmap, source_order
 from ._similarity import embed_features, neuron_embedding, similarity_matrix
 from ._size import cpu_latency_ms, model_size, size_comparison
-from ._training import fusion_embedding, pipeline_timeline
+from ._training import finetune_figure, fusion_embedding, fusion_plan, pipeline_gantt, pipeline_timeline
 
 __all__ = [
     "plan_heatmap", "plan_comparison", "source_order",
@@ -16,5 +16,6 @@ __all__ = [
     "merge_gallery", "producer_rows",
     "accuracy_vs_sparsity", "sweep_heatmap", "sweep_bars",
     "size_comparison", "model_size", "cpu_latency_ms",
-    "pipeline_timeline", "fusion_embedding",
+    "pipeline_timeline", "fusion_embedding", "finetune_figure",
+    "pipeline_gantt", "fusion_plan",
 ]

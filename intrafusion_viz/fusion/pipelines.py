@@ -10,9 +10,11 @@ and :func:`~intrafusion_viz.fuse`:
   fuse, fine-tune.
 
 Every stage appends a row to a tidy table: ``pipeline, stage, step, stage_epochs, epochs,
-samples_seen, train_time_s, train_time_sum_s, train_cpu_s, train_cpu_sum_s, wall_time_s, accuracy,
-accuracy_models, params,
-sparsity, seed, model, parallel``.  ``train_time_s`` counts the two halves' training once (they run
+samples_seen, train_time_s, train_time_sum_s, train_cpu_s, train_cpu_sum_s, wall_time_s, stage_start_s,
+stage_time_s, stage_model_times_s, accuracy, accuracy_models, params, sparsity, seed, model, parallel``.
+``stage_start_s`` / ``stage_time_s``: where the stage lies on the pipeline's wall-clock axis (parallel halves
+counted once, fuse and prune included); ``stage_model_times_s``: each model's own seconds in that stage
+("1.20 / 1.31" for the two halves).  ``train_time_s`` counts the two halves' training once (they run
 in parallel); ``train_time_sum_s`` adds them up.  With ``parallel="max"`` the halves are trained one
 after the other here and the parallel time is the longer of the two; with ``parallel="processes"``
 they really run at once in two processes and the parallel time is the measured wall clock.
@@ -113,14 +115,37 @@ def _train_timed(model: nn.Module, data, epochs: int, seed: int, train_kwargs: d
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _train_worker(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict, threads: int):
+def _warm_up(model: nn.Module, data, train_kwargs: dict) -> None:
+    """One throw-away epoch on 128 samples of a copy: the first training in a process pays one-off costs
+    (kernel selection, allocator, lazy imports) several times an epoch of a small model; not the pipeline's."""
+    x, y = data
+    _train_timed(copy.deepcopy(model), (x[:128], y[:128]), 1, 0, train_kwargs)
+
+
+def _warm_up_all(build, train_data, sparsity, seed, train_kwargs, prune_kwargs, fuse_samples) -> None:
+    """Train, prune and fuse throw-away models once (tracing, kernel set-up, lazy imports are paid here)."""
+    from ._otfusion import fuse
+
+    models = [_build(build, seed + 1000 + i) for i in range(2)]
+    for m in models:
+        _warm_up(m, train_data, train_kwargs)
+        m.eval()
+    example_inputs, batch_x = _setup(train_data, None, fuse_samples, seed)
+    _prune(models[0], example_inputs, sparsity, batch_x, {"method": "intra-fusion", **(prune_kwargs or {})})
+    fuse(models, _on(models[0], example_inputs), batch=_on(models[0], batch_x), reset_bn=_has_bn(models[0]))
+
+
+def _train_worker(model: nn.Module, data, epochs: int, seed: int, train_kwargs: dict, threads: int,
+                  warmup: bool = True):
     torch.set_num_threads(threads)
+    if warmup:
+        _warm_up(model, data, train_kwargs)
     wall, cpu = _train_timed(model, data, epochs, seed, train_kwargs)
     return model.state_dict(), wall, cpu
 
 
 def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *, seeds: Sequence[int],
-                 train_kwargs: Optional[dict] = None, parallel: str = "max") -> TrainTimes:
+                 train_kwargs: Optional[dict] = None, parallel: str = "max", warmup: bool = True) -> TrainTimes:
     """Train ``models[i]`` on ``datasets[i]`` in place, "in parallel".
 
     Parameters
@@ -131,6 +156,10 @@ def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *
         and data must pickle, so model classes must live in an importable module), each with
         ``torch.get_num_threads() // len(models)`` threads (at least 1); the parallel time is the
         measured wall clock of the whole block.
+    warmup : bool
+        Before timing, train a throw-away copy of the first model one epoch on 128 samples (in each
+        worker process for ``"processes"``): the first training in a process is several times slower
+        (one-off set-up), which would otherwise be charged to the first model.
 
     Returns
     -------
@@ -143,6 +172,8 @@ def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *
         raise ValueError(f"parallel must be one of {', '.join(map(repr, PARALLEL_MODES))}; got {parallel!r}")
     train_kwargs = dict(train_kwargs or {})
     if parallel == "max" or len(models) == 1:
+        if warmup and len(models) and epochs > 0:
+            _warm_up(models[0], datasets[0], train_kwargs)
         timed = [_train_timed(m, d, epochs, s, train_kwargs) for m, d, s in zip(models, datasets, seeds)]
         times, cpus = [t for t, _ in timed], [c for _, c in timed]
         return TrainTimes(max(times), sum(times), times, max(cpus), sum(cpus))
@@ -152,7 +183,7 @@ def train_models(models: Sequence[nn.Module], datasets: Sequence, epochs: int, *
     threads = max(1, torch.get_num_threads() // len(models))
     start = time.perf_counter()
     with ProcessPoolExecutor(len(models), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_worker, m, d, epochs, s, train_kwargs, threads)
+        futures = [pool.submit(_train_worker, m, d, epochs, s, train_kwargs, threads, warmup and epochs > 0)
                    for m, d, s in zip(models, datasets, seeds)]
         results = [f.result() for f in futures]
     wall = time.perf_counter() - start
@@ -179,10 +210,13 @@ class _Recorder:
         self.n_train = n_train
 
     def add(self, stage: str, models: Sequence[nn.Module], *, epochs: int = 0, samples: int = 0,
-            times: Optional[TrainTimes] = None, wall: float = 0.0) -> dict:
+            times: Optional[TrainTimes] = None, wall: float = 0.0, model_times: Optional[Sequence[float]] = None) -> dict:
         from ..evaluation._train import accuracy
 
         times = times or TrainTimes(0.0, 0.0, [], 0.0, 0.0)
+        start = self.wall
+        each = list(model_times) if model_times is not None else (list(times.times_s) if times.times_s else
+                                                                   [wall + times.parallel_s])
         train_time, train_time_sum = times.parallel_s, times.sum_s
         wall = wall + times.parallel_s
         self.cpu += times.cpu_parallel_s
@@ -196,7 +230,8 @@ class _Recorder:
         row = dict(self.base, pipeline=self.pipeline, stage=stage, step=len(self.records), stage_epochs=epochs,
                    epochs=self.epochs, samples_seen=self.samples, train_time_s=self.train_time,
                    train_time_sum_s=self.train_time_sum, train_cpu_s=self.cpu, train_cpu_sum_s=self.cpu_sum,
-                   wall_time_s=self.wall,
+                   wall_time_s=self.wall, stage_start_s=start, stage_time_s=self.wall - start,
+                   stage_model_times_s=" / ".join(f"{t:.3f}" for t in each),
                    accuracy=sum(accs) / len(accs), accuracy_models=" / ".join(f"{a:.2f}" for a in accs),
                    params=_params(models[0]))
         self.records.append(row)
@@ -425,7 +460,7 @@ def prune_then_fuse(build: Callable[[], nn.Module], train_data, test_data, *, sp
             one, t = _timed(_prune, m, example_inputs, sparsity, h[0][:fuse_samples], prune_kwargs)
             pruned.append(one)
             times.append(t)
-        rec.add("prune each", pruned, wall=max(times))
+        rec.add("prune each", pruned, wall=max(times), model_times=times)
         bar.update()
         times = train_models(pruned, halves, pruned_finetune_epochs, seeds=[seed + 100, seed + 101],
                              train_kwargs=tune_kwargs, parallel=parallel)
@@ -460,8 +495,9 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
         Two models already trained ``half_epochs`` epochs on ``split_data(train_data, 2, seed)`` (as
         :func:`train_models` returns the times); used instead of training them again.
     warmup : bool
-        Train a throw-away model for one epoch on 128 samples first: the first training in a process
-        is several times slower (one-off set-up) and would be charged to the first pipeline.
+        Train a throw-away model for one epoch on 128 samples first (and before the halves, see
+        :func:`train_models`): the first training in a process is several times slower (one-off
+        set-up) and would be charged to the first pipeline.
 
     Returns
     -------
@@ -482,8 +518,8 @@ def compare_pipelines(build: Callable[[], nn.Module], train_data, test_data, *, 
                   model_name=model_name, progress=False)
     runs: Dict[str, PipelineRun] = {}
     trained = trained_halves
-    if warmup and trained is None:  # the first training in a process pays one-off costs (kernels, allocator): not the pipeline's
-        _train_timed(_build(build, seed), (train_data[0][:128], train_data[1][:128]), 1, seed, dict(train_kwargs or {}))
+    if warmup:  # the first training, prune and fuse in a process pay one-off costs: not the pipeline's
+        _warm_up_all(build, train_data, sparsity, seed, dict(train_kwargs or {}), prune_kwargs, fuse_samples)
     from tqdm.auto import tqdm
 
     for name in tqdm(list(pipelines), desc="pipelines", disable=not progress, leave=False):
