@@ -9,6 +9,7 @@ failure happen with ``inplace=True``, some by injecting a failure half-way throu
 """
 import gzip
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ Y = torch.randint(0, 4, (4,))
 # everything the rows need is made here: a row's call must not draw from the global RNG itself
 X3 = torch.randn(4, 3, 8, 8)
 V = torch.randn(2, 5)
-MLP, MLP_STATE, WIDER = mlp(), mlp().state_dict(), conv_bn_net(c=8)
+MLP, MLP_STATE, WIDER, CONV6 = mlp(), mlp().state_dict(), conv_bn_net(c=8), conv_bn_net(c=6)
 
 
 class ReturnsNumber(nn.Module):
@@ -146,6 +147,14 @@ def checkpoint(tmp, payload, model=None):
     path = tmp / "foreign.pt"
     torch.save(payload, path)
     return ifv.load_checkpoint(path, model)
+
+
+def torchscript_checkpoint(tmp):
+    path = tmp / "scripted.pt"
+    with warnings.catch_warnings():  # torch.jit.* are deprecated in recent torch; the files still exist
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(MLP), str(path))
+    return ifv.load_checkpoint(path)
 
 
 def wider_checkpoint(tmp, model):
@@ -288,11 +297,13 @@ ROWS = [
     # checkpoints in a foreign format
     ("checkpoint-foreign-dict", None, lambda tmp: checkpoint(tmp, {"weights": 1}), ifv.CheckpointError,
      "save_checkpoint"),
-    ("checkpoint-bare-state-dict", None, lambda tmp: checkpoint(tmp, MLP_STATE), ifv.CheckpointError,
-     "Re-save it"),
-    ("checkpoint-other-tool", None, lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}),
-     ifv.CheckpointError, "model.load_state_dict"),
-    ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "torch.load failed"),
+    ("checkpoint-bare-state-dict-other-model", None, lambda tmp: checkpoint(tmp, MLP_STATE, CONV6),
+     ifv.CheckpointError, "does not fit"),
+    ("checkpoint-other-tool-other-model", None,
+     lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}, CONV6),
+     ifv.CheckpointError, "does not fit"),
+    ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "weights_only=False"),
+    ("checkpoint-torchscript", None, lambda tmp: torchscript_checkpoint(tmp), ifv.CheckpointError, "TorchScript"),
     ("checkpoint-other-width", caller_model, "wider_checkpoint", ifv.CheckpointError, "left unchanged"),
     ("checkpoint-into-non-module", None, lambda tmp: ifv.load_checkpoint(ifv.save_checkpoint(MLP, tmp / "m.pt"),
                                                                           MLP_STATE), TypeError, "nn.Module"),

@@ -440,3 +440,11 @@ def cifar_datasets(
             "partly downloaded. Delete that folder and extract or download the archive again."
         ) from err
     return train, test
+
+
+# Your own images (an image folder, a torchvision dataset by name): intrafusion_viz/data/_folders.py
+from ._folders import (IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_DATASETS, eval_transform,  # noqa: E402
+                       example_batch, image_folder, loader_for, torchvision_dataset)
+
+__all__ += ["IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_DATASETS", "eval_transform", "image_folder",
+            "torchvision_dataset", "example_batch", "loader_for"]
