@@ -102,6 +102,15 @@ def _check_root(root, what: str) -> Path:
     return Path(root).expanduser()
 
 
+def _check_dataset(dataset, batch_size) -> None:
+    if dataset is None:
+        raise TypeError("a DataLoader needs a dataset (e.g. ifv.data.image_folder(...)), got None")
+    if not hasattr(dataset, "__getitem__") and not hasattr(dataset, "__iter__"):
+        raise TypeError(f"expected a torch Dataset (items (x, y)), got {type(dataset).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 def image_folder(root: PathLike, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, channels: int = 3, transform=None):
     """Images sorted into one sub-folder per class (``root/cat/1.png``, ``root/dog/7.jpg``, ...).
@@ -221,10 +230,7 @@ def loader_for(dataset, batch_size: int = 64, num_workers: int = 0, limit: Optio
     """An evaluation DataLoader (no shuffle) over ``dataset``, optionally its first ``limit`` items."""
     from torch.utils.data import DataLoader, Subset
 
-    if dataset is None:
-        raise TypeError("loader_for needs a dataset (e.g. image_folder(...)), got None")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_dataset(dataset, batch_size)
     if limit is not None:
         dataset = Subset(dataset, range(min(int(limit), len(dataset))))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

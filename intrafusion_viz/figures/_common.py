@@ -1,6 +1,8 @@
 """Shared helpers for the figure modules: tidy tables, tensors to numpy, palettes."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 # Fixed colours per method so every figure of the project reads the same way.
@@ -99,6 +101,34 @@ def method_of(group_result, config=None) -> str:
     if config.fusion != "barycentric":
         extras.append(f"{config.fusion} fusion")
     return "intra-fusion (" + ", ".join(extras) + ")"
+
+
+def record_of(obj, group=None, helper: str = "this figure"):
+    """``(group record, model name or None, OTConfig or None)`` from a ``GroupResult``, or a ``PruneResult`` and ``group``.
+
+    A ``PruneResult`` names its model (the class name of ``res.model``); a bare ``GroupResult`` does so
+    when it carries a ``model_name`` attribute.  Anything else is refused with what to pass instead.
+    """
+    if all(hasattr(obj, a) for a in ("plan", "kept", "n", "k")) and not hasattr(obj, "groups"):
+        return obj, getattr(obj, "model_name", None), None
+    if hasattr(obj, "groups") and hasattr(obj, "model") and hasattr(obj, "group"):
+        name, config = type(obj.model).__name__, getattr(obj, "config", None)
+        if group is not None:
+            return obj.group(group), name, config
+        if len(obj.groups) == 1:
+            return obj.groups[0], name, config
+        raise TypeError(f"{helper} draws one group; this PruneResult has {len(obj.groups)}: pass "
+                        f"{helper}(res, group=KEY) or {helper}(res.group(KEY)) with KEY one of "
+                        f"{[g.index for g in obj.groups][:12]} (index or name)")
+    if group is not None:
+        raise TypeError(f"{helper}(..., group=) needs a PruneResult, got {type(obj).__name__}")
+    raise TypeError(f"{helper} needs one group's record from ifv.prune: res.groups[i] or res.group(key) "
+                    f"(or the PruneResult with group=); got a {type(obj).__name__}")
+
+
+def model_name_of(model) -> Optional[str]:
+    """The class name of a model (``None`` for ``None``)."""
+    return None if model is None else type(model).__name__
 
 
 def group_title(what: str, group_result, model_name=None, importance=None, config=None) -> str:

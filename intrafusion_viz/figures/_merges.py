@@ -5,17 +5,27 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import TITLE_MARGIN, group_title, to_numpy
+from ._common import TITLE_MARGIN, group_title, model_name_of, record_of, to_numpy
 
 
 def _producer(group_result, model):
     """The group's first conv/linear producing its channels, and its BatchNorm (or None)."""
+    if not hasattr(model, "named_modules"):
+        raise TypeError(f"the original model (an nn.Module, before pruning) is needed to draw its filters; "
+                        f"got a {type(model).__name__}")
     modules = dict(model.named_modules())
     out = next((m for m in group_result.members if m.role == "out"), None)
     if out is None:
         raise ValueError(f"group {group_result.name!r} has no producing conv/linear layer to draw")
     norm = next((m for m in group_result.members if m.role == "norm" and m.fold_from == out.name), None)
-    return out, modules[out.name], (modules[norm.name] if norm is not None else None)
+    if out.name not in modules or getattr(modules[out.name], "weight", None) is None:
+        raise ValueError(f"layer {out.name!r} of group {group_result.name!r} is not in the given model: pass the "
+                         "original model (the one ifv.prune was given), not the pruned one")
+    layer = modules[out.name]
+    if layer.weight.shape[out.dim] < max(out.local_idxs, default=-1) + 1:
+        raise ValueError(f"layer {out.name!r} has {layer.weight.shape[out.dim]} channels, fewer than the group's "
+                         f"{group_result.n}: pass the original model (before pruning), not the pruned one")
+    return out, layer, (modules[norm.name] if norm is not None else None)
 
 
 def producer_rows(group_result, model) -> np.ndarray:
@@ -26,6 +36,7 @@ def producer_rows(group_result, model) -> np.ndarray:
     numpy.ndarray, shape (n, *weight.shape[1:])
         Row ``i`` is neuron ``i``'s filter (conv: ``(in_channels, kh, kw)``; linear: ``(in_features,)``).
     """
+    group_result = record_of(group_result, None, "producer_rows")[0]
     member, layer, bn = _producer(group_result, model)
     w = to_numpy(layer.weight)
     if bn is not None and bn.running_var is not None:
@@ -65,7 +76,7 @@ def _tile(filt: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sources: int = 6,
                   title: Optional[str] = None, model_name: Optional[str] = None,
-                  importance: Optional[str] = None, config=None):
+                  importance: Optional[str] = None, config=None, *, group=None):
     """Each kept neuron beside the neurons merged into it, and the merged result.
 
     For convs whose input has 1 or 3 channels the filters are image tiles (one ``Image`` mosaic:
@@ -96,6 +107,8 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
     """
     import plotly.graph_objects as go
 
+    group_result, _, default_config = record_of(group_result, group, "merge_gallery")
+    model_name, config = model_name or model_name_of(original_model), config or default_config
     rows = producer_rows(group_result, original_model)
     clusters, out_map = _clusters(group_result, max_clusters, max_sources)
     merged = {j: out_map[:, j] @ rows.reshape(len(rows), -1) for j, _, _, _ in clusters}
