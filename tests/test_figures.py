@@ -71,7 +71,10 @@ def test_plan_heatmap_values_equal_recorded_plan(small, method, config):
     res = ifv.prune(model, x, 0.5, method=method, config=config)
     for g in res.groups:
         fig = ifv.figures.plan_heatmap(g)
-        assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
+        assert isinstance(fig.data[0], go.Heatmap) and all(isinstance(t, go.Scatter) for t in fig.data[1:])
+        kept_marks = fig.data[1] if len(fig.data) > 1 else None  # the kept neurons' own cells
+        if kept_marks is not None:
+            assert list(kept_marks.x) == [str(j) for j in g.kept.tolist()]
         z = np.asarray(fig.data[0].z)
         assert z.shape == (g.n, g.k)
         order = ifv.figures.source_order(g)
@@ -186,9 +189,15 @@ def test_merge_gallery_rgb_conv():
     model = ifv.models.vgg11_bn(width_mult=0.125).eval()
     x = torch.randn(2, 3, 32, 32)
     res = ifv.prune(model, x, 0.5, groups=[0])
-    fig = ifv.figures.merge_gallery(res.groups[0], model, max_clusters=4)
+    g = res.groups[0]
+    fig = ifv.figures.merge_gallery(g, model)
     assert isinstance(fig.data[0], go.Image)
-    assert np.asarray(fig.data[0].z).shape[0] == 4 * (3 + 1)
+    assert len(fig.data[1].x) == g.k * 3  # every cluster drawn: kept, the one merged in, the result
+    height, width = np.asarray(fig.data[0].z).shape[:2]
+    assert width >= 2 * height  # blocks side by side: the mosaic fills a laptop's width, not a third of it
+    assert "showing" not in fig.layout.title.text
+    part = ifv.figures.merge_gallery(g, model, max_clusters=2)
+    assert len(part.data[1].x) == 2 * 3 and f"showing the 2 of {g.k} kept neurons" in part.layout.title.text
 
 
 def test_sweep_figures_and_table():

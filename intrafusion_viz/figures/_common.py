@@ -70,12 +70,15 @@ def group_label(row) -> str:
 
 
 def row_layout(n: int):
-    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 380-900 px high."""
+    """Figure height and row-label step for a heatmap of ``n`` rows: 14 px a row (every row named) up to
+    900 px high; taller groups name every ``step``-th row, ``step`` odd so that clusters of two (a 50 %
+    plan: a kept neuron and the one merged into it) are not all named by their kept neuron."""
     import math
 
-    height = int(min(900, max(380, 140 + 12 * n)))
+    height = int(min(900, max(380, 140 + 14 * n)))
     # 14 px per labelled row leaves a gap between 11-px tick labels (the plot area is height - ~140 px)
-    return height, max(1, int(math.ceil(n * 14 / (height - 140))))
+    step = max(1, int(math.ceil(n * 14 / (height - 140))))
+    return height, step + 1 if step > 1 and step % 2 == 0 else step
 
 
 def chance_level(num_classes) -> float:

@@ -76,7 +76,8 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; rows are named
+        A ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``, then a ``Scatter``
+        marking each kept neuron's own cell (default pruning and Intra-Fusion alike); rows are named
         by source neuron and its importance (``y``, a category axis: ``"17 (importance 0.123)"`` in
         ``source_order``, tick labels the numbers), columns by kept neuron (``x``: ``kept``).
     """
@@ -109,6 +110,18 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
         breaks = np.nonzero(np.diff(target))[0]
         fig.update_layout(shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=b + 0.5, y1=b + 0.5,
                                        line=dict(color="#999999", width=0.5)) for b in breaks])
+    # the kept neuron's own cell: without it a 50 % plan (one neuron merged into each kept one) reads
+    # as a plain diagonal; with it every column shows the kept neuron and what merged into it
+    row_of = {int(i): r for r, i in enumerate(order)}
+    self_rows = [(j, row_of[int(i)]) for j, i in enumerate(kept) if int(i) in row_of and plan[int(i), j] > 0]
+    if self_rows:
+        fig.add_trace(go.Scatter(
+            x=[str(int(kept[j])) for j, _ in self_rows], y=[rows[r] for _, r in self_rows], mode="markers",
+            name="the kept neuron itself", marker=dict(symbol="circle", size=5, color="#f2a541",
+                                                        line=dict(width=0.5, color="#333333")),
+            hovertemplate="kept neuron %{x} (itself)<extra></extra>", showlegend=True))
+        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1.0, xanchor="right",
+                                      font=dict(size=10)))
     height, row_every = row_layout(n)
     tick_every = max(1, int(np.ceil(k / 32)))
     what = "Selection plan" if group_result.cost is None else "Transport plan"
