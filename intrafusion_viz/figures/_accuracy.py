@@ -212,6 +212,6 @@ def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] =
         "Accuracy drop per layer group", tidy_frame(records), model_name,
         f"one group pruned at a time at {at} · original {base:.2f}%"), barmode="group",
         xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
-        yaxis_title="accuracy drop (points)", legend_title="method", margin=TITLE_MARGIN,
+        yaxis_title="accuracy drop (points)", legend_title="method", margin=TITLE_MARGIN, height=440,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig
