@@ -88,8 +88,14 @@ def lab_server(tmp_path):
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     port, token = _free_port(), uuid.uuid4().hex
+    # every cell stays in the page: JupyterLab 4 otherwise detaches cells scrolled out of view, and the
+    # checks below look at every figure of a notebook
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     env = fast_env({"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
                     "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+                    "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
                     "JUPYTER_CONFIG_DIR": str(tmp_path / "config")})
     log_path = tmp_path / "jupyter.log"
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
@@ -603,6 +609,21 @@ ALL_CELLS_RUN_JS = """
 """
 
 
+# an output element resolves once plotly has drawn into it (a plot with its main SVG)
+DRAWN_JS = """
+(el) => new Promise((resolve, reject) => {
+  const start = performance.now();
+  const check = () => {
+    const plot = el.classList.contains('js-plotly-plot') ? el : el.querySelector('.js-plotly-plot');
+    if (plot && plot.querySelector('.main-svg')) return resolve(true);
+    if (performance.now() - start > 120000) return reject(new Error('figure not drawn within 120 s'));
+    requestAnimationFrame(check);
+  };
+  check();
+})
+"""
+
+
 def _run_notebook_to_end(page, base, token, notebook, console) -> None:
     """Open ``notebook``, run every cell, wait until each has its execution count and the kernel is idle."""
     _open_notebook(page, base, token, notebook, console)
@@ -625,11 +646,15 @@ def test_figures_of_notebook_in_jupyterlab(lab_server, notebook):
         console = []
         try:
             _run_notebook_to_end(page, base, token, notebook, console)
-            plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
-            count = plots.count()
-            assert count >= 3, f"{notebook}: only {count} figures drawn"
+            # static figures are drawn when first scrolled into view: show each, wait until it is drawn
+            outputs = page.locator(".jp-OutputArea-output.jp-RenderedPlotly")  # jupyterlab-plotly's renderer
+            count = outputs.count()
+            assert count >= 3, f"{notebook}: only {count} plotly outputs"
             for i in range(count):
-                _screenshot(page, notebook, f"laptop-{i}", plots.nth(i))
+                outputs.nth(i).scroll_into_view_if_needed()
+                outputs.nth(i).evaluate(DRAWN_JS)
+                page.evaluate(PLOTS_STILL_JS)
+                _screenshot(page, notebook, f"laptop-{i}", outputs.nth(i))
             laptop = page.evaluate(LAYOUT_JS)
             if notebook.startswith("02"):
                 reg = page.locator(".jp-OutputArea-output .widget-slider:has(.widget-label:text-is('Sinkhorn reg'))")
@@ -656,7 +681,7 @@ def test_figures_of_notebook_in_jupyterlab(lab_server, notebook):
                     assert image > 0.6 * figure, widths
             _resize(page, "desktop")
             for i in range(min(count, 3)):
-                _screenshot(page, notebook, f"desktop-{i}", plots.nth(i))
+                _screenshot(page, notebook, f"desktop-{i}", outputs.nth(i))
             desktop = page.evaluate(LAYOUT_JS)
             assert not laptop, f"{notebook} at 1366x768 with the file browser open: {laptop}"
             assert not desktop, f"{notebook} at 1920x1080: {desktop}"

@@ -112,7 +112,8 @@ def record_of(obj, group=None, helper: str = "this figure"):
     A ``PruneResult`` names its model (the class name of ``res.model``); a bare ``GroupResult`` does so
     when it carries a ``model_name`` attribute.  Anything else is refused with what to pass instead.
     """
-    if all(hasattr(obj, a) for a in ("plan", "kept", "n", "k")) and not hasattr(obj, "groups"):
+    if (all(hasattr(obj, a) for a in ("kept", "n", "k")) and (hasattr(obj, "plan") or hasattr(obj, "assignment"))
+            and not hasattr(obj, "groups")):  # a GroupResult, a FusedGroup, or a view that reads like one
         return obj, getattr(obj, "model_name", None), None
     if hasattr(obj, "groups") and hasattr(obj, "model") and hasattr(obj, "group"):
         name, config = type(obj.model).__name__, getattr(obj, "config", None)
