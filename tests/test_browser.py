@@ -228,7 +228,8 @@ LAYOUT_JS = """
   const box = (el) => el ? el.getBoundingClientRect() : null;
   const problems = [];
   const main = box(document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook'));
-  document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot').forEach((plot, i) => {
+  // a static figure's output element is the plot itself (jupyterlab-plotly); a FigureWidget's is inside it
+  document.querySelectorAll('.jp-OutputArea-output.js-plotly-plot, .jp-OutputArea-output .js-plotly-plot').forEach((plot, i) => {
     const p = box(plot);
     if (p.width < 2) return;
     const title = box(plot.querySelector('.g-gtitle'));
@@ -657,10 +658,11 @@ def test_figures_of_notebook_in_jupyterlab(lab_server, notebook):
                 _screenshot(page, notebook, f"laptop-{i}", outputs.nth(i))
             laptop = page.evaluate(LAYOUT_JS)
             if notebook.startswith("02"):
+                # widget views are drawn after their cell ran: wait for them (a label that never shows fails here)
                 reg = page.locator(".jp-OutputArea-output .widget-slider:has(.widget-label:text-is('Sinkhorn reg'))")
-                assert reg.count() == 1, "the reg slider is not labelled 'Sinkhorn reg'"
+                reg.first.wait_for(timeout=120_000)
                 solver = page.locator(".jp-OutputArea-output .widget-toggle-buttons:has(.widget-label:text-is('solver'))")
-                assert solver.count() == 1, "the solver toggle has no 'solver' label"
+                solver.first.wait_for(timeout=120_000)
                 solver.locator("button:has-text('exact')").click()
                 page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output .widget-slider')]"
                                        ".some(s => s.textContent.includes('Sinkhorn reg') && "
@@ -668,15 +670,14 @@ def test_figures_of_notebook_in_jupyterlab(lab_server, notebook):
                                        timeout=60_000)
                 _screenshot(page, notebook, "laptop-exact", reg.first)
             if notebook.startswith("04"):
-                titles = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot"
-                                       " .gtitle')].map(t => t.textContent)")
+                titles = outputs.evaluate_all("els => els.map(e => (e.querySelector('.gtitle') || {}).textContent"
+                                              " || '')")
                 galleries = [t for t in titles if t.startswith("Which filters merge")]
                 assert galleries, titles
-                widths = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')]"
-                                       ".filter(p => ((p.querySelector('.gtitle') || {}).textContent || '')"
-                                       ".startsWith('Which filters merge')).map(p => { const img = p.querySelector("
-                                       "'.imagelayer image'); const b = img.getBoundingClientRect(); return "
-                                       "[b.width, p.getBoundingClientRect().width]; })")
+                widths = outputs.evaluate_all("els => els.filter(p => ((p.querySelector('.gtitle') || {}).textContent"
+                                              " || '').startsWith('Which filters merge')).map(p => { const img = "
+                                              "p.querySelector('.imagelayer image'); const b = img.getBoundingClientRect();"
+                                              " return [b.width, p.getBoundingClientRect().width]; })")
                 for image, figure in widths:  # the mosaic uses the figure's width, not a third of it
                     assert image > 0.6 * figure, widths
             _resize(page, "desktop")
