@@ -165,3 +165,26 @@ def group_map_records(groups, records) -> dict:
     pruned = [dict(index=g.index, n=g.n, k=g.k, method=g.method, has_cost=g.cost is not None)
               for g in records.values()]
     return dict(pruned=pruned, skipped=[], method=next(iter(records.values())).method if records else "")
+
+
+def check_arguments(method, importance, sparsity, config, embedding, progressive, first_budget_s, include_fold):
+    """The explore dashboard's arguments checked: ``(importance, sparsity, config)`` or our clear error."""
+    from ..plan._transport import OTConfig
+    from ..pruning._prune import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    importance = check_importance(importance)
+    sparsity = check_sparsity(sparsity)
+    if embedding not in ("pca", "mds"):
+        raise ValueError(f"embedding must be 'pca' or 'mds', got {embedding!r}")
+    if progressive not in ("auto", True, False):
+        raise ValueError(f"progressive must be 'auto', True or False, got {progressive!r}")
+    if isinstance(first_budget_s, bool) or not isinstance(first_budget_s, (int, float)) or first_budget_s <= 0:
+        raise ValueError(f"first_budget_s must be a positive number of seconds, got {first_budget_s!r}")
+    if include_fold is not None and not isinstance(include_fold, bool):
+        raise TypeError(f"include_fold must be True, False or None (auto), got {include_fold!r}")
+    config = config or OTConfig()
+    if not isinstance(config, OTConfig):
+        raise TypeError(f"config must be an ifv.OTConfig, got {type(config).__name__}")
+    return importance, sparsity, config

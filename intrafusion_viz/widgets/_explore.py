@@ -10,7 +10,7 @@ from ..groups._trace import find_groups
 from ..plan._importance import IMPORTANCES, group_importance, resolve_importance
 from ..pruning._prune import METHODS, prune
 from ..plan._transport import OTConfig
-from ._controls import (CONTROL_WIDTH, LABEL_WIDTH, SPARSITY_RANGE, check_importance,  # noqa: F401 (re-exported)
+from ._controls import (CONTROL_WIDTH, LABEL_WIDTH, SPARSITY_RANGE, check_arguments, check_importance,  # noqa: F401
                         check_sparsity, conv_linear_macs, figure_row, fixed_eval_batch, labelled, num_classes_of,
                         pick_groups, readout_html, weight_positions)
 from ._explore_views import ExploreViews
@@ -54,21 +54,8 @@ class ExploreDashboard(ExploreViews, ExportMixin):
                  include_fold: Optional[bool] = None, progressive="auto", first_budget_s: float = 0.25):
         import ipywidgets as W
 
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-        importance = check_importance(importance)
-        sparsity = check_sparsity(sparsity)
-        if embedding not in ("pca", "mds"):
-            raise ValueError(f"embedding must be 'pca' or 'mds', got {embedding!r}")
-        if progressive not in ("auto", True, False):
-            raise ValueError(f"progressive must be 'auto', True or False, got {progressive!r}")
-        if isinstance(first_budget_s, bool) or not isinstance(first_budget_s, (int, float)) or first_budget_s <= 0:
-            raise ValueError(f"first_budget_s must be a positive number of seconds, got {first_budget_s!r}")
-        if include_fold is not None and not isinstance(include_fold, bool):
-            raise TypeError(f"include_fold must be True, False or None (auto), got {include_fold!r}")
-        config = config or OTConfig()
-        if not isinstance(config, OTConfig):
-            raise TypeError(f"config must be an ifv.OTConfig, got {type(config).__name__}")
+        importance, sparsity, config = check_arguments(method, importance, sparsity, config, embedding,
+                                                       progressive, first_budget_s, include_fold)
         self.renderer = pick_renderer(renderer)
         self.model = model
         self.example_inputs = example_inputs
