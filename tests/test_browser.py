@@ -195,7 +195,7 @@ def _run_all_cells(page, until_all: bool = False) -> None:
         while time.monotonic() < deadline:
             if _accept_kernel_dialog(page):
                 break  # the kernel is being replaced; run everything again on the new one
-            # the dashboards' notebooks return once the first cell ran, the page still at the top: a
+            # the dashboards' notebooks return once their first three cells ran, the dashboard in view: a
             # FigureWidget created out of view can stay blank (seen under load); 02 and 04 wait for all
             if page.evaluate(ALL_CELLS_RUN_JS if until_all else FIRST_CELL_RAN_JS):
                 return
@@ -210,8 +210,11 @@ def _run_all_cells(page, until_all: bool = False) -> None:
     raise AssertionError("Run All Cells did not run every cell of the notebook (3 attempts)")
 
 
+# the setup, data and dashboard cells (the first three) have run: the dashboard was created while in view
 FIRST_CELL_RAN_JS = """
-() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].some(p => /\\[\\d+\\]/.test(p.textContent))
+() => { const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+                          .slice(0, 3).map(p => p.textContent.trim());
+        return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:?$/.test(t)); }
 """
 
 RUNNING_JS = """
