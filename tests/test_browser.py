@@ -290,8 +290,11 @@ def _show_file_browser(page) -> None:
 def _dismiss_news(page) -> None:
     toast = page.locator(".jp-Notification-Toast-content, .Toastify__toast").filter(has_text="Jupyter news")
     if toast.count():
-        toast.first.locator("button:has-text('No')").first.click()
-        page.wait_for_timeout(300)
+        try:  # the toast slides in and out: a click can miss it; it only covers part of a screenshot
+            toast.first.locator("button:has-text('No')").first.click(timeout=5_000, force=True)
+            toast.first.wait_for(state="detached", timeout=5_000)
+        except Exception:
+            pass
 
 
 def _screenshot(page, notebook: str, size: str, locator=None) -> Path:
