@@ -21,15 +21,9 @@ Example
 >>> [g.k for g in res.groups]
 [8, 16]
 """
+import sys
+import types
 from importlib import import_module
-
-from .fusion import FUSE_METHODS, FusedGroup, FuseResult, fuse, permute_neurons
-from .groups import Group, Member, TracerError, UnsupportedLayerError, find_groups
-from .merge import apply_merge, channel_features, fold_batchnorm
-from .plan import (IMPORTANCES, OTConfig, cost_matrix, group_importance, masses, merge_matrices,
-                   resolve_importance, selection_plan, transport_plan)
-from .pruning import METHODS, GroupResult, PruneResult, num_kept, prune
-from .repair import REPAIR_MODES, activation_features, repair
 
 __version__ = "0.1.0"
 
@@ -38,7 +32,18 @@ _LAZY_MODULES = {
     "models": "models", "data": "data", "figures": "figures", "widgets": "widgets", "cli": "cli",
     "evaluation": "evaluation", "sweeps": "evaluation.sweeps", "pipelines": "fusion.pipelines",
 }
+# Every name loads on first use, so `import intrafusion_viz` (and the CLI's --help) does not import torch.
+_EAGER_STAGES = {
+    "fusion": ("FUSE_METHODS", "FusedGroup", "FuseResult", "fuse", "permute_neurons"),
+    "groups": ("Group", "Member", "TracerError", "UnsupportedLayerError", "find_groups"),
+    "merge": ("apply_merge", "channel_features", "fold_batchnorm"),
+    "plan": ("IMPORTANCES", "OTConfig", "cost_matrix", "group_importance", "masses", "merge_matrices",
+             "resolve_importance", "selection_plan", "transport_plan"),
+    "pruning": ("METHODS", "GroupResult", "PruneResult", "num_kept", "prune"),
+    "repair": ("REPAIR_MODES", "activation_features", "repair"),
+}
 _LAZY_NAMES = {
+    **{name: stage for stage, names in _EAGER_STAGES.items() for name in names},
     "accuracy": "evaluation._train",
     "train": "evaluation._train",
     "save_checkpoint": "evaluation._train",
@@ -68,9 +73,28 @@ def __getattr__(name):
     if name in _LAZY_MODULES:
         return import_module(f".{_LAZY_MODULES[name]}", __name__)
     if name in _LAZY_NAMES:
-        return getattr(import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        value = getattr(import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``intrafusion_viz.repair`` the function when the ``repair`` subpackage is imported.
+
+    Importing a subpackage binds it on its parent; ``repair`` is both a subpackage and a function (as
+    ``from .repair import repair`` had it before the names became lazy), and the function wins.
+    """
+
+    def __setattr__(self, name, value):
+        if (isinstance(value, types.ModuleType) and name in _LAZY_NAMES
+                and value.__name__ == f"{__name__}.{name}" and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -9,6 +9,7 @@ failure happen with ``inplace=True``, some by injecting a failure half-way throu
 """
 import gzip
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -26,7 +27,10 @@ Y = torch.randint(0, 4, (4,))
 # everything the rows need is made here: a row's call must not draw from the global RNG itself
 X3 = torch.randn(4, 3, 8, 8)
 V = torch.randn(2, 5)
-MLP, MLP_STATE, WIDER = mlp(), mlp().state_dict(), conv_bn_net(c=8)
+COST, FEATS = torch.rand(4, 2, dtype=torch.float64), torch.randn(4, 3)
+UNIFORM4, UNIFORM2 = torch.full((4,), 0.25, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+ZEROS4, ZEROS2 = torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+MLP, MLP_STATE, WIDER, CONV6 = mlp(), mlp().state_dict(), conv_bn_net(c=8), conv_bn_net(c=6)
 
 
 class ReturnsNumber(nn.Module):
@@ -146,6 +150,14 @@ def checkpoint(tmp, payload, model=None):
     path = tmp / "foreign.pt"
     torch.save(payload, path)
     return ifv.load_checkpoint(path, model)
+
+
+def torchscript_checkpoint(tmp):
+    path = tmp / "scripted.pt"
+    with warnings.catch_warnings():  # torch.jit.* are deprecated in recent torch; the files still exist
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(MLP), str(path))
+    return ifv.load_checkpoint(path)
 
 
 def wider_checkpoint(tmp, model):
@@ -286,14 +298,73 @@ ROWS = [
     # checkpoints in a foreign format
     ("checkpoint-foreign-dict", None, lambda tmp: checkpoint(tmp, {"weights": 1}), ifv.CheckpointError,
      "save_checkpoint"),
-    ("checkpoint-bare-state-dict", None, lambda tmp: checkpoint(tmp, MLP_STATE), ifv.CheckpointError,
-     "Re-save it"),
-    ("checkpoint-other-tool", None, lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}),
-     ifv.CheckpointError, "model.load_state_dict"),
-    ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "torch.load failed"),
+    ("checkpoint-bare-state-dict-other-model", None, lambda tmp: checkpoint(tmp, MLP_STATE, CONV6),
+     ifv.CheckpointError, "does not fit"),
+    ("checkpoint-other-tool-other-model", None,
+     lambda tmp: checkpoint(tmp, {"state_dict": MLP_STATE, "epoch": 3}, CONV6),
+     ifv.CheckpointError, "does not fit"),
+    ("checkpoint-pickled-module", None, lambda tmp: checkpoint(tmp, MLP), ifv.CheckpointError, "weights_only=False"),
+    ("checkpoint-torchscript", None, lambda tmp: torchscript_checkpoint(tmp), ifv.CheckpointError, "TorchScript"),
     ("checkpoint-other-width", caller_model, "wider_checkpoint", ifv.CheckpointError, "left unchanged"),
     ("checkpoint-into-non-module", None, lambda tmp: ifv.load_checkpoint(ifv.save_checkpoint(MLP, tmp / "m.pt"),
                                                                           MLP_STATE), TypeError, "nn.Module"),
+    # off the main path: repair and activation features given a batch the model cannot run
+    ("repair-wrong-shape-batch", caller_model, lambda m: ifv.repair(ifv.prune(m, X[:1], 0.5), m, X3), ValueError,
+     "cannot run the batch of shape (4, 3, 8, 8)"),
+    ("repair-single-sample", caller_model, lambda m: ifv.repair(ifv.prune(m, X[:1], 0.5), m, X[0]), ValueError,
+     "add the batch dimension"),
+    ("repair-repair-mode-wrong-shape", caller_model,
+     lambda m: ifv.repair(ifv.prune(m, X[:1], 0.5), m, X3, mode="repair"), ValueError, "could not run the model"),
+    ("repair-not-a-result", caller_model, lambda m: ifv.repair("res", m, X), TypeError, "PruneResult"),
+    ("features-activation-wrong-shape", caller_model,
+     lambda m: ifv.prune(m, X[:1], 0.5, features=ifv.activation_features(X3)), ValueError, "cannot run the batch"),
+    ("features-activation-single-sample", caller_model,
+     lambda m: ifv.prune(m, X[:1], 0.5, features=ifv.activation_features(X[0])), ValueError,
+     "add the batch dimension"),
+    # figure helpers given the wrong object
+    ("figure-plan-heatmap-given-result", caller_model, lambda m: ifv.figures.plan_heatmap(ifv.prune(m, X[:1], 0.5)),
+     TypeError, "plan_heatmap(res, group=KEY)"),
+    ("figure-plan-heatmap-given-model", caller_model, lambda m: ifv.figures.plan_heatmap(m), TypeError,
+     "res.groups[i]"),
+    ("figure-similarity-given-model", caller_model, lambda m: ifv.figures.similarity_matrix(m), TypeError,
+     "res.groups[i]"),
+    ("figure-embedding-given-model", caller_model, lambda m: ifv.figures.neuron_embedding(m), TypeError,
+     "res.groups[i]"),
+    ("figure-merge-gallery-given-pruned-model", caller_model,
+     lambda m: (lambda r: ifv.figures.merge_gallery(r.groups[0], r.model))(ifv.prune(m, X[:1], 0.5)), ValueError,
+     "pass the original model"),
+    ("figure-plan-comparison-given-result", caller_model,
+     lambda m: ifv.figures.plan_comparison(ifv.prune(m, X[:1], 0.5)), TypeError, "list of group records"),
+    ("figure-group-map-given-result", caller_model, lambda m: ifv.figures.group_map(ifv.prune(m, X[:1], 0.5)),
+     TypeError, "result="),
+    # transport helpers: zero masses, indices out of range
+    ("transport-zero-source-mass", None, lambda m: ifv.transport_plan(COST, ZEROS4, UNIFORM2), ValueError,
+     "source masses are all zero"),
+    ("transport-zero-target-mass", None, lambda m: ifv.transport_plan(COST, UNIFORM4, ZEROS2), ValueError,
+     "target masses are all zero"),
+    ("transport-kept-out-of-range", None, lambda m: ifv.transport_plan(COST, UNIFORM4, UNIFORM2,
+                                                                        kept=torch.tensor([0, 9])),
+     ValueError, "in [0, 4)"),
+    ("transport-selection-out-of-range", None, lambda m: ifv.selection_plan(4, torch.tensor([0, 7])), ValueError,
+     "in [0, 4)"),
+    ("transport-selection-negative", None, lambda m: ifv.selection_plan(4, torch.tensor([-1, 2])), ValueError,
+     "in [0, 4)"),
+    ("transport-cost-kept-repeated", None, lambda m: ifv.cost_matrix(FEATS, torch.tensor([1, 1])), ValueError,
+     "repeated"),
+    ("transport-cost-features-none", None, lambda m: ifv.cost_matrix(None, torch.tensor([0])), TypeError,
+     "channel_features"),
+    ("transport-masses-wrong-length", None, lambda m: ifv.masses("importance", UNIFORM2, 4), ValueError,
+     "4 finite scores"),
+    ("transport-merge-all-zero-plan", None, lambda m: ifv.merge_matrices(torch.zeros(4, 2)), ValueError, "all zeros"),
+    # data loaders given None
+    ("data-make-loader-none", None, lambda m: ifv.data.make_loader(None, 4), TypeError, "got None"),
+    ("data-mnist-root-none", None, lambda m: ifv.data.mnist_test_split(None), TypeError, "needs a folder"),
+    ("data-cifar-root-none", None, lambda m: ifv.data.cifar_datasets(None), TypeError, "needs a folder"),
+    ("data-image-folder-none", None, lambda m: ifv.data.image_folder(None), TypeError, "needs a folder"),
+    ("data-torchvision-dataset-none", None, lambda m: ifv.data.torchvision_dataset("cifar10", None), TypeError,
+     "needs a folder"),
+    ("data-example-batch-none", None, lambda m: ifv.data.example_batch(None), TypeError, "got None"),
+    ("data-loader-for-none", None, lambda m: ifv.data.loader_for(None), TypeError, "got None"),
 ]
 
 _FILE_ROWS = {"mnist_truncated": mnist_truncated, "mnist_not_gzip": mnist_not_gzip,
@@ -306,7 +377,7 @@ def test_bad_input_is_refused_and_changes_nothing(row, tmp_path, monkeypatch):
 
 
 PRUNE_ROWS = [r for r in ROWS if r[1] is not None and not isinstance(r[2], str)
-              and not r[0].startswith(("inplace-", "checkpoint-"))]
+              and not r[0].startswith(("inplace-", "checkpoint-", "repair-", "figure-"))]  # those prune successfully
 
 
 @pytest.mark.parametrize("row", PRUNE_ROWS, ids=[r[0] for r in PRUNE_ROWS])
@@ -354,8 +425,8 @@ def test_table_covers_every_class():
     """The issue's classes of bad input, each with at least one row (and inplace rows for each failure path)."""
     names = [r[0] for r in ROWS]
     for prefix in ["dtype-", "shape-", "tracer-", "taylor-", "features-", "groups-", "config-", "importance-",
-                   "torchscript-", "mnist-", "checkpoint-", "inplace-solver", "inplace-merge", "inplace-taylor",
-                   "inplace-cut"]:
+                   "torchscript-", "mnist-", "checkpoint-", "repair-", "figure-", "transport-", "data-",
+                   "inplace-solver", "inplace-merge", "inplace-taylor", "inplace-cut"]:
         assert any(n.startswith(prefix) for n in names), prefix
 
 

@@ -71,7 +71,10 @@ def test_plan_heatmap_values_equal_recorded_plan(small, method, config):
     res = ifv.prune(model, x, 0.5, method=method, config=config)
     for g in res.groups:
         fig = ifv.figures.plan_heatmap(g)
-        assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
+        assert isinstance(fig.data[0], go.Heatmap) and all(isinstance(t, go.Scatter) for t in fig.data[1:])
+        kept_marks = fig.data[1] if len(fig.data) > 1 else None  # the kept neurons' own cells
+        if kept_marks is not None:
+            assert list(kept_marks.x) == [str(j) for j in g.kept.tolist()]
         z = np.asarray(fig.data[0].z)
         assert z.shape == (g.n, g.k)
         order = ifv.figures.source_order(g)
@@ -186,9 +189,15 @@ def test_merge_gallery_rgb_conv():
     model = ifv.models.vgg11_bn(width_mult=0.125).eval()
     x = torch.randn(2, 3, 32, 32)
     res = ifv.prune(model, x, 0.5, groups=[0])
-    fig = ifv.figures.merge_gallery(res.groups[0], model, max_clusters=4)
+    g = res.groups[0]
+    fig = ifv.figures.merge_gallery(g, model)
     assert isinstance(fig.data[0], go.Image)
-    assert np.asarray(fig.data[0].z).shape[0] == 4 * (3 + 1)
+    assert len(fig.data[1].x) == g.k * 3  # every cluster drawn: kept, the one merged in, the result
+    height, width = np.asarray(fig.data[0].z).shape[:2]
+    assert width >= 2 * height  # blocks side by side: the mosaic fills a laptop's width, not a third of it
+    assert "showing" not in fig.layout.title.text
+    part = ifv.figures.merge_gallery(g, model, max_clusters=2)
+    assert len(part.data[1].x) == 2 * 3 and f"showing the 2 of {g.k} kept neurons" in part.layout.title.text
 
 
 def test_sweep_figures_and_table():
@@ -322,3 +331,67 @@ def test_plan_comparison_panels_are_named_and_uncrowded():
         labels += len(xaxis.tickvals)
     assert labels <= 18
     assert "SmallCNN" in fig.layout.title.text
+
+
+# ---------------------------------------------------------------- group map and default model names
+
+def _tiny_resnet():
+    from helpers import TinyResNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return TinyResNet(w=8).eval(), torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_group_map_layers_groups_and_outcomes():
+    model, x = _tiny_resnet()
+    groups = ifv.find_groups(model, x)
+    res = ifv.prune(model, x, {groups[0].index: 0.5, groups[1].index: 0.25})
+    fig = ifv.figures.group_map(groups, result=res)
+    points = [(c, int(g)) for t in fig.data if t.customdata is not None for c, g in t.customdata]
+    # one marker per (layer, group) membership, every member of every group
+    assert sorted(points) == sorted((m.name, g.index) for g in groups for m in g.members)
+    layers = list(fig.layout.yaxis.categoryarray)
+    order = [n for n, _ in model.named_modules()]
+    assert layers == sorted(layers, key=order.index)  # forward (module) order
+    by_status = {t.name: {int(g) for _, g in t.customdata} for t in fig.data if t.customdata is not None}
+    assert by_status["merged"] == {groups[0].index, groups[1].index}
+    assert by_status["not pruned"] == {g.index for g in groups[2:]}
+    headers = list(fig.layout.xaxis.categoryarray)
+    assert headers[0] == f"G{groups[0].paper_index}<br>{res.groups[0].k}/{groups[0].size}"
+    # the residual stream of layer1 (stem + two block outputs add into the same channels) says so
+    stream = next(g for g in groups if sum(m.role == "out" for m in g.members) > 1)
+    hovers = [h for t in fig.data if t.hovertext is not None for h in t.hovertext if f"group {stream.index} " in h]
+    assert hovers and all("residual stream" in h for h in hovers)
+    assert "Group map · TinyResNet" in fig.layout.title.text and "2 merged" in fig.layout.title.text
+    assert fig.layout.height <= 900  # a laptop screen: ~13 px a layer for this model
+
+
+def test_group_map_dropped_and_skipped_and_records():
+    model, x = _tiny_resnet()
+    groups = ifv.find_groups(model, x)
+    res = ifv.prune(model, x, 0.5, method="default")
+    fig = ifv.figures.group_map(groups, result=res)
+    assert {t.name for t in fig.data if t.customdata is not None} == {"dropped"}
+    # the dict a CLI result stores works the same, skipped groups included
+    record = dict(groups=[dict(index=g.index, paper_group=f"G{g.paper_index}", name=g.name, size=g.size,
+                               mergeable=True, reason="", members=[[m.name, m.role, m.layer_type] for m in g.members])
+                          for g in groups],
+                  pruned=[dict(index=groups[0].index, n=groups[0].size, k=4, method="intra-fusion", has_cost=True)],
+                  skipped=[[groups[1].index, groups[1].name, "a reason"]], model="TinyResNet", method="intra-fusion")
+    fig = ifv.figures.group_map(record)
+    by_status = {t.name: {int(g) for _, g in t.customdata} for t in fig.data if t.customdata is not None}
+    assert by_status["merged"] == {groups[0].index} and by_status["skipped"] == {groups[1].index}
+    assert any("a reason" in h for t in fig.data if t.hovertext is not None for h in t.hovertext)
+
+
+def test_titles_name_the_model_by_default():
+    model, x = _tiny_resnet()
+    res = ifv.prune(model, x, 0.5)
+    key = res.groups[0].index
+    for helper in (ifv.figures.plan_heatmap, ifv.figures.similarity_matrix, ifv.figures.neuron_embedding):
+        assert " · TinyResNet · " in helper(res, group=key).layout.title.text, helper.__name__
+    assert " · TinyResNet · " in ifv.figures.merge_gallery(res.groups[0], model).layout.title.text
+    assert "TinyResNet" in ifv.figures.size_comparison(model, res.model, x, sizes=(
+        dict(params=2, macs=2, latency_ms=1.0), dict(params=1, macs=1, latency_ms=0.5))).layout.title.text
+    assert " · Other · " in ifv.figures.plan_heatmap(res, group=key, model_name="Other").layout.title.text

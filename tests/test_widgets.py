@@ -410,3 +410,29 @@ def test_save_figures_png(setup, tmp_path):
         pytest.skip(str(error))
     assert [p.suffix for p in paths] == [".png", ".png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_explore_curve_and_group_map_get_their_own_height(setup):
+    """A figure replacing a placeholder gets its own height (the curve was left a 110 px strip)."""
+    model, data, example = setup
+    db = ifv.widgets.explore(model, data, example, renderer="widget", include_fold=False)
+    assert db.curve_fig.layout.height == 260  # the placeholder
+    db.compute_curve(sparsities=(0.3, 0.6))
+    assert db.curve_fig.layout.height >= 400
+    assert [t.name for t in db.curve_fig.data][:2] == ["default", "intra-fusion"]
+    fig = db.show_group_map()
+    assert fig.layout.title.text.startswith("Group map · SmallCNN")
+    shown = {int(g) for t in fig.data if t.customdata is not None and t.name == "merged" for _, g in t.customdata}
+    assert shown == {db.group.value}  # the group the controls prune, and only it
+    assert fig.layout.height >= 400 and "group_map" in db.figures
+    db.sparsity.value = 0.75  # the map follows the controls
+    assert f"keeps {db.result.k} of {db.result.n}" in db._map_slot.figure.layout.title.text
+
+
+def test_explore_file_is_small():
+    """Files a reader can take in at once (DEVELOPERS.md): the dashboard module stays below 600 lines."""
+    from pathlib import Path
+
+    import intrafusion_viz.widgets._explore as explore_module
+
+    assert len(Path(explore_module.__file__).read_text().splitlines()) < 600

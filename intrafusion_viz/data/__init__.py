@@ -172,6 +172,7 @@ def make_loader(
     num_workers : int
         Background loading processes.
     """
+    _check_dataset(dataset, batch_size)
     generator = None if seed is None else torch.Generator().manual_seed(int(seed))
     return DataLoader(
         dataset,
@@ -227,6 +228,7 @@ def _load_mnist_split(root: PathLike, train: bool, download: bool, transform):
     """Read one MNIST split; files that are truncated or not MNIST are reported as such, with what to do."""
     from ._mnist import MNIST_FILES
 
+    root = _check_root(root, "MNIST")  # None or a non-path: our error
     root = Path(root).expanduser()
     present = all(_find_file(root, name) is not None for name in MNIST_FILES[train])
     try:
@@ -421,6 +423,7 @@ def cifar_datasets(
     if key not in choices:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}.")
     cls, mean, std = choices[key]
+    root = _check_root(root, "cifar_datasets")
     root = Path(root).expanduser()
     if root.name == cls.base_folder:
         root = root.parent
@@ -445,3 +448,11 @@ def cifar_datasets(
             "partly downloaded. Delete that folder and extract or download the archive again."
         ) from err
     return train, test
+
+
+# Your own images (an image folder, a torchvision dataset by name): intrafusion_viz/data/_folders.py
+from ._folders import (IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_DATASETS, _check_dataset,  # noqa: E402
+                       _check_root, eval_transform, example_batch, image_folder, loader_for, torchvision_dataset)
+
+__all__ += ["IMAGENET_MEAN", "IMAGENET_STD", "TORCHVISION_DATASETS", "eval_transform", "image_folder",
+            "torchvision_dataset", "example_batch", "loader_for"]

@@ -101,6 +101,42 @@ def _settings(epochs, lr, optimizer, weight_decay, momentum, scheduler, batch_si
                 shapes=[tuple(v.shape) for v in model.state_dict().values()])
 
 
+def _resume(state_path: Optional[Path], settings: dict, model: nn.Module, opt, schedule, dev):
+    """``(rows, epoch)`` of a run saved in ``state_path`` (model, optimiser and schedule loaded), else ``(None, 0)``."""
+    if state_path is None or not state_path.is_file():
+        return None, 0
+    state = torch.load(state_path, map_location=dev, weights_only=False)
+    if state["settings"] != settings:
+        changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
+        raise ValueError(f"{state_path} was saved with other settings or another model ({', '.join(changed)}); "
+                         "pass a fresh checkpoint_dir or the same settings")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["scheduler"])
+    return state["rows"], state["epoch"]
+
+
+def _train_epoch(model: nn.Module, opt, batches, batch_size: int, dev, epoch: int, progress: bool):
+    """One epoch of cross-entropy training; returns ``(summed loss, samples seen)``."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for x, y in tqdm(_iter_batches(batches, batch_size), desc=f"epoch {epoch + 1}", leave=False,
+                     disable=not progress, total=len(batches) if hasattr(batches, "__len__") else None):
+        x, y = x.to(dev), y.to(dev)
+        loss = F.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; try a lower lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+    return loss_sum, seen
+
+
 def finetune(result_or_model, data, epochs: int, eval_data=None, *, lr: float = 0.01,
              optimizer: str = "sgd", weight_decay: float = 5e-4, momentum: float = 0.9,
              scheduler: Optional[str] = "cosine", batch_size: int = 64, epoch_size: Optional[int] = None,
@@ -174,19 +210,8 @@ def finetune(result_or_model, data, epochs: int, eval_data=None, *, lr: float = 
     settings = _settings(epochs, lr, optimizer, weight_decay, momentum, scheduler, batch_size, seed, epoch_size, model)
     base = dict(labels, group=-1, group_name="all", paper_group="", seed=seed, label=label)
 
-    rows, start = None, 0
     state_path = Path(checkpoint_dir) / _STATE_FILE if checkpoint_dir is not None else None
-    if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location=dev, weights_only=False)
-        if state["settings"] != settings:
-            changed = sorted(k for k in settings if state["settings"].get(k) != settings[k])
-            raise ValueError(f"{state_path} was saved with other settings or another model ({', '.join(changed)}); "
-                             "pass a fresh checkpoint_dir or the same settings")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(state["scheduler"])
-        rows, start = state["rows"], state["epoch"]
+    rows, start = _resume(state_path, settings, model, opt, schedule, dev)
     if rows is None:
         rows = [dict(base, epoch=0, accuracy=accuracy(model, eval_data, device=dev), train_loss=float("nan"),
                      lr=float("nan"))]
@@ -197,22 +222,9 @@ def finetune(result_or_model, data, epochs: int, eval_data=None, *, lr: float = 
     with torch.random.fork_rng(devices=cuda):
         for epoch in bar:
             torch.manual_seed(seed * 100_003 + epoch)
-            model.train()
-            batches = _epoch_batches(data, batch_size, seed, epoch, epoch_size)
-            loss_sum, seen = 0.0, 0
             lr_now = opt.param_groups[0]["lr"]
-            for x, y in tqdm(_iter_batches(batches, batch_size), desc=f"epoch {epoch + 1}", leave=False,
-                             disable=not progress, total=len(batches) if hasattr(batches, "__len__") else None):
-                x, y = x.to(dev), y.to(dev)
-                loss = F.cross_entropy(model(x), y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}; "
-                                             "try a lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
+            loss_sum, seen = _train_epoch(model, opt, _epoch_batches(data, batch_size, seed, epoch, epoch_size),
+                                          batch_size, dev, epoch, progress)
             if seen == 0:
                 raise ValueError("finetune() got no training batches from data")
             if schedule is not None:

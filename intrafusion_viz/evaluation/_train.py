@@ -353,30 +353,80 @@ def _invalid(path: Path, reason: str) -> CheckpointError:
     return CheckpointError(f"'{path}' is not a valid intrafusion_viz checkpoint: {reason}. {_RESAVE_HINT}")
 
 
-def _read_payload(path: Path) -> tuple[dict, dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint file at '{path}'.")
+# keys other tools keep a model's weights under (timm, Lightning, torchvision references, many training scripts)
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "ema", "model_ema")
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith(("constants.pkl", "/code/")) or "/code/__torch__" in name
+                   for name in archive.namelist())
+
+
+def _is_state(value) -> bool:
+    return (isinstance(value, Mapping) and len(value) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()))
+
+
+def _strip_prefix(state: dict) -> dict:
+    """``module.`` (DataParallel / DDP) or ``_orig_mod.`` (torch.compile) on every key: drop it."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _torch_load(path: Path, weights_only: bool):
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:
         detail = (str(err).strip().splitlines() or [""])[0][:200]
+        if weights_only and "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"'{path}' holds pickled Python objects (probably a whole model saved with torch.save(model)); "
+                "loading it runs code from the file, so it is refused by default. Only if you trust the file, "
+                "pass weights_only=False (--trust-pickle on the command line); or re-save it as "
+                "torch.save(model.state_dict(), path).") from err
         raise _invalid(path, f"torch.load failed ({type(err).__name__}: {detail})") from err
-    if not isinstance(payload, dict) or "state_dict" not in payload or payload.get("format") != _FORMAT:
-        found = type(payload).__name__
-        if isinstance(payload, dict):
-            keys = [str(k) for k in list(payload)[:5]]
-            found += f" with keys {keys}{' ...' if len(payload) > 5 else ''}"
-        raise _invalid(path, f"expected the dict save_checkpoint writes (format {_FORMAT!r}, 'state_dict', 'meta'), "
-                             f"found a {found}; a bare state dict or another tool's checkpoint can be loaded with "
-                             "model.load_state_dict(...) yourself")
-    state, meta = payload["state_dict"], payload.get("meta", {})
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise _invalid(path, "'state_dict' is not a mapping of names to tensors")
-    if not isinstance(meta, dict):
-        raise _invalid(path, f"'meta' is a {type(meta).__name__}, not a dict")
-    return state, meta
+
+
+def _read_payload(path: Path, weights_only: bool = True) -> tuple[Any, dict]:
+    """(state dict or whole nn.Module, meta) from our format, a plain state dict, a wrapper dict or a pickled model."""
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at '{path}'.")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"'{path}' is a TorchScript archive (torch.jit.save): it holds compiled code, not the nn.Module that "
+            "pruning rewrites. Save the eager model's weights instead: torch.save(model.state_dict(), path).")
+    payload = _torch_load(path, weights_only)
+    if isinstance(payload, nn.Module):
+        return payload, {}
+    if isinstance(payload, dict) and payload.get("format") == _FORMAT and "state_dict" in payload:
+        state, meta = payload["state_dict"], payload.get("meta", {})
+        if not _is_state(state):
+            raise _invalid(path, "'state_dict' is not a mapping of names to tensors")
+        if not isinstance(meta, dict):
+            raise _invalid(path, f"'meta' is a {type(meta).__name__}, not a dict")
+        return dict(state), meta
+    if _is_state(payload):
+        return _strip_prefix(dict(payload)), {}
+    if isinstance(payload, dict):
+        for key in _WRAPPER_KEYS:
+            inner = payload.get(key)
+            if isinstance(inner, nn.Module):
+                return inner, {}
+            if _is_state(inner):
+                return _strip_prefix(dict(inner)), {}
+    found = type(payload).__name__
+    if isinstance(payload, dict):
+        keys = [str(k) for k in list(payload)[:5]]
+        found += f" with keys {keys}{' ...' if len(payload) > 5 else ''}"
+    raise _invalid(path, f"expected a state dict (names -> tensors), a dict holding one under one of "
+                         f"{list(_WRAPPER_KEYS)}, a whole model, or the dict save_checkpoint writes; found a {found}")
 
 
 def _mismatches(state: dict, model: nn.Module, limit: int = 5) -> list[str]:
@@ -396,44 +446,61 @@ def _mismatches(state: dict, model: nn.Module, limit: int = 5) -> list[str]:
     return problems
 
 
-def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None) -> tuple[Any, dict]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, weights_only: bool = True) -> tuple[Any, dict]:
+    """Load a checkpoint: ours, a plain ``torch.save(model.state_dict())`` file, or a whole pickled model.
 
-    Uses ``torch.load(path, map_location="cpu", weights_only=True)``, so no
-    arbitrary code from the file runs.
+    Reads, in this order: the file :func:`save_checkpoint` writes; a plain state dict (names -> tensors;
+    a ``module.`` prefix from DataParallel is dropped); a dict holding one under ``"state_dict"``,
+    ``"model_state_dict"``, ``"model"``, ``"net"``, ... (training scripts, Lightning, timm); and a whole
+    model saved with ``torch.save(model)``.  TorchScript archives are refused (they hold compiled code,
+    not an ``nn.Module`` that can be pruned).
+
+    Safety: by default ``torch.load(path, map_location="cpu", weights_only=True)`` runs no code from the
+    file, which is enough for every format above except a whole pickled model.  Unpickling a model runs
+    code from the file: pass ``weights_only=False`` only for files you trust.
 
     Parameters
     ----------
     path : path
         Checkpoint file.
     model : nn.Module, optional
-        If given, the weights are loaded into it (strict); it is only changed when
-        every key and shape matches.
+        If given, the weights are loaded into it (strict); it is only changed when every key and shape matches.
+    weights_only : bool
+        ``False`` allows a whole pickled model (trusting the file).
 
     Returns
     -------
     (state_dict or model, meta) : tuple
-        The state dict (CPU tensors), or ``model`` with the weights loaded; and the meta dict.
+        Without ``model``: the state dict (CPU tensors), or the whole ``nn.Module`` when the file holds one;
+        with ``model``: ``model`` with the weights loaded.  ``meta`` is the dict :func:`save_checkpoint`
+        stored (empty for other formats).
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     CheckpointError
-        A ``ValueError``: the file is unreadable or not a checkpoint, or it does not
-        fit ``model`` (the message lists missing/unexpected keys and shape mismatches).
+        A ``ValueError``: the file is unreadable, TorchScript, a pickled model while ``weights_only=True``,
+        or it does not fit ``model`` (the message lists missing/unexpected keys and shape mismatches).
     """
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module to load the weights into (or None), got {type(model).__name__}")
+    if not isinstance(weights_only, bool):
+        raise TypeError(f"weights_only must be True or False, got {weights_only!r}")
     path = Path(path)
-    state, meta = _read_payload(path)
+    state, meta = _read_payload(path, weights_only)
+    if isinstance(state, nn.Module):
+        if model is None:
+            return state, meta
+        state = state.state_dict()
     if model is None:
         return state, meta
     problems = _mismatches(state, model)
     if problems:
         raise CheckpointError(
             f"Checkpoint '{path}' does not fit {type(model).__name__}: {'; '.join(problems)}. "
-            "It was probably saved from another architecture or width; the model was left unchanged."
+            "It was probably saved from another architecture or width (or another number of classes); "
+            "the model was left unchanged."
         )
     model.load_state_dict(state, strict=True)
     return model, meta

@@ -4,6 +4,7 @@ Every helper builds and returns a ``plotly.graph_objects.Figure`` (never shows i
 state) from what :func:`intrafusion_viz.prune` recorded (a ``GroupResult``), or from tidy records.
 """
 from ._accuracy import accuracy_vs_sparsity, sweep_bars, sweep_heatmap
+from ._groupmap import group_map
 from ._merges import merge_gallery, producer_rows
 from ._plans import plan_comparison, plan_heatmap, source_order
 from ._similarity import embed_features, neuron_embedding, similarity_matrix
@@ -17,5 +18,5 @@ __all__ = [
     "accuracy_vs_sparsity", "sweep_heatmap", "sweep_bars",
     "size_comparison", "model_size", "cpu_latency_ms",
     "pipeline_timeline", "fusion_embedding", "finetune_figure",
-    "pipeline_gantt", "fusion_plan",
+    "pipeline_gantt", "fusion_plan", "group_map",
 ]

@@ -35,9 +35,9 @@ def _reference_lines(fig, level_original, chance, x0, x1):
             line=dict(color="#999999", dash="dot"),
             hovertemplate=f"chance level<br>accuracy {chance:.2f}%<extra></extra>"))
     for level, text in ((level_original, "original"), (chance, "chance")):
-        if level is not None:
-            fig.add_annotation(x=x1, y=level, text=f"{text} {level:.1f}%", showarrow=False, xanchor="right",
-                               yanchor="bottom", font=dict(size=11, color="#555555"))
+        if level is not None:  # in the right margin: inside the plot they sat on the points
+            fig.add_annotation(x=1.0, xref="paper", y=level, text=f"{text} {level:.1f}%", showarrow=False,
+                               xanchor="left", yanchor="middle", xshift=4, font=dict(size=11, color="#555555"))
 
 
 def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title: Optional[str] = None,
@@ -98,9 +98,12 @@ def accuracy_vs_sparsity(records, group: Optional[Union[int, str]] = None, title
     if title is None:
         scope = "every group pruned at once" if group is None else f"only {group_label(df.iloc[0])} pruned"
         title = records_title("Accuracy vs sparsity", df, model_name, f"{scope}, no fine-tuning")
+    # a height of its own (a dashboard's placeholder was 260 px: the plot got ~110 px), the legend below
+    # the x-axis title, the reference labels in the right margin
     fig.update_layout(title=title, xaxis_title="sparsity (fraction of channels removed)",
-                      yaxis_title="accuracy (%)", legend_title="method", margin=TITLE_MARGIN,
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+                      yaxis_title="accuracy (%)", legend_title="method", height=460,
+                      margin=dict(TITLE_MARGIN, b=120, r=110),
+                      legend=dict(orientation="h", yanchor="top", y=-0.3, x=0))
     return fig
 
 
@@ -151,7 +154,7 @@ def sweep_heatmap(records, title: Optional[str] = None, model_name: Optional[str
         fig.add_trace(go.Heatmap(
             z=z, x=[f"{s:.2f}" for s in sparsities], y=order, zmin=min(0.0, float(np.nanmin(z))), zmax=zmax,
             colorscale="Reds", showscale=col == len(methods), colorbar=dict(title="drop (pts)"),
-            text=np.round(z, 1), texttemplate="%{text}", name=method,
+            texttemplate="%{z:.1f}", name=method,  # one format: "2.0", not "2" next to "2.4"
             hovertemplate=f"{method}<br>%{{y}}<br>sparsity %{{x}}<br>drop %{{z:.2f}} pts<extra></extra>"),
             row=1, col=col)
         fig.update_xaxes(title_text="sparsity", row=1, col=col)
@@ -209,6 +212,6 @@ def sweep_bars(records, sparsity: Optional[float] = None, title: Optional[str] =
         "Accuracy drop per layer group", tidy_frame(records), model_name,
         f"one group pruned at a time at {at} · original {base:.2f}%"), barmode="group",
         xaxis_title="group" + ("" if sparsity is not None else " / sparsity"),
-        yaxis_title="accuracy drop (points)", legend_title="method", margin=TITLE_MARGIN,
+        yaxis_title="accuracy drop (points)", legend_title="method", margin=TITLE_MARGIN, height=440,
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
     return fig

@@ -1,6 +1,8 @@
 """Shared helpers for the figure modules: tidy tables, tensors to numpy, palettes."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 # Fixed colours per method so every figure of the project reads the same way.
@@ -68,12 +70,15 @@ def group_label(row) -> str:
 
 
 def row_layout(n: int):
-    """Figure height and row-label step for a heatmap of ``n`` rows: ~12 px a row, 380-900 px high."""
+    """Figure height and row-label step for a heatmap of ``n`` rows: 14 px a row (every row named) up to
+    900 px high; taller groups name every ``step``-th row, ``step`` odd so that clusters of two (a 50 %
+    plan: a kept neuron and the one merged into it) are not all named by their kept neuron."""
     import math
 
-    height = int(min(900, max(380, 140 + 12 * n)))
+    height = int(min(900, max(380, 140 + 14 * n)))
     # 14 px per labelled row leaves a gap between 11-px tick labels (the plot area is height - ~140 px)
-    return height, max(1, int(math.ceil(n * 14 / (height - 140))))
+    step = max(1, int(math.ceil(n * 14 / (height - 140))))
+    return height, step + 1 if step > 1 and step % 2 == 0 else step
 
 
 def chance_level(num_classes) -> float:
@@ -99,6 +104,35 @@ def method_of(group_result, config=None) -> str:
     if config.fusion != "barycentric":
         extras.append(f"{config.fusion} fusion")
     return "intra-fusion (" + ", ".join(extras) + ")"
+
+
+def record_of(obj, group=None, helper: str = "this figure"):
+    """``(group record, model name or None, OTConfig or None)`` from a ``GroupResult``, or a ``PruneResult`` and ``group``.
+
+    A ``PruneResult`` names its model (the class name of ``res.model``); a bare ``GroupResult`` does so
+    when it carries a ``model_name`` attribute.  Anything else is refused with what to pass instead.
+    """
+    if (all(hasattr(obj, a) for a in ("kept", "n", "k")) and (hasattr(obj, "plan") or hasattr(obj, "assignment"))
+            and not hasattr(obj, "groups")):  # a GroupResult, a FusedGroup, or a view that reads like one
+        return obj, getattr(obj, "model_name", None), None
+    if hasattr(obj, "groups") and hasattr(obj, "model") and hasattr(obj, "group"):
+        name, config = type(obj.model).__name__, getattr(obj, "config", None)
+        if group is not None:
+            return obj.group(group), name, config
+        if len(obj.groups) == 1:
+            return obj.groups[0], name, config
+        raise TypeError(f"{helper} draws one group; this PruneResult has {len(obj.groups)}: pass "
+                        f"{helper}(res, group=KEY) or {helper}(res.group(KEY)) with KEY one of "
+                        f"{[g.index for g in obj.groups][:12]} (index or name)")
+    if group is not None:
+        raise TypeError(f"{helper}(..., group=) needs a PruneResult, got {type(obj).__name__}")
+    raise TypeError(f"{helper} needs one group's record from ifv.prune: res.groups[i] or res.group(key) "
+                    f"(or the PruneResult with group=); got a {type(obj).__name__}")
+
+
+def model_name_of(model) -> Optional[str]:
+    """The class name of a model (``None`` for ``None``)."""
+    return None if model is None else type(model).__name__
 
 
 def group_title(what: str, group_result, model_name=None, importance=None, config=None) -> str:

@@ -5,17 +5,27 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import TITLE_MARGIN, group_title, to_numpy
+from ._common import TITLE_MARGIN, group_title, model_name_of, record_of, to_numpy
 
 
 def _producer(group_result, model):
     """The group's first conv/linear producing its channels, and its BatchNorm (or None)."""
+    if not hasattr(model, "named_modules"):
+        raise TypeError(f"the original model (an nn.Module, before pruning) is needed to draw its filters; "
+                        f"got a {type(model).__name__}")
     modules = dict(model.named_modules())
     out = next((m for m in group_result.members if m.role == "out"), None)
     if out is None:
         raise ValueError(f"group {group_result.name!r} has no producing conv/linear layer to draw")
     norm = next((m for m in group_result.members if m.role == "norm" and m.fold_from == out.name), None)
-    return out, modules[out.name], (modules[norm.name] if norm is not None else None)
+    if out.name not in modules or getattr(modules[out.name], "weight", None) is None:
+        raise ValueError(f"layer {out.name!r} of group {group_result.name!r} is not in the given model: pass the "
+                         "original model (the one ifv.prune was given), not the pruned one")
+    layer = modules[out.name]
+    if layer.weight.shape[out.dim] < max(out.local_idxs, default=-1) + 1:
+        raise ValueError(f"layer {out.name!r} has {layer.weight.shape[out.dim]} channels, fewer than the group's "
+                         f"{group_result.n}: pass the original model (before pruning), not the pruned one")
+    return out, layer, (modules[norm.name] if norm is not None else None)
 
 
 def producer_rows(group_result, model) -> np.ndarray:
@@ -26,6 +36,7 @@ def producer_rows(group_result, model) -> np.ndarray:
     numpy.ndarray, shape (n, *weight.shape[1:])
         Row ``i`` is neuron ``i``'s filter (conv: ``(in_channels, kh, kw)``; linear: ``(in_features,)``).
     """
+    group_result = record_of(group_result, None, "producer_rows")[0]
     member, layer, bn = _producer(group_result, model)
     w = to_numpy(layer.weight)
     if bn is not None and bn.running_var is not None:
@@ -63,9 +74,9 @@ def _tile(filt: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
-def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sources: int = 6,
+def merge_gallery(group_result, original_model, max_clusters: int = 16, max_sources: int = 6,
                   title: Optional[str] = None, model_name: Optional[str] = None,
-                  importance: Optional[str] = None, config=None):
+                  importance: Optional[str] = None, config=None, *, group=None):
     """Each kept neuron beside the neurons merged into it, and the merged result.
 
     For convs whose input has 1 or 3 channels the filters are image tiles (one ``Image`` mosaic:
@@ -96,47 +107,16 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
     """
     import plotly.graph_objects as go
 
+    group_result, _, default_config = record_of(group_result, group, "merge_gallery")
+    model_name, config = model_name or model_name_of(original_model), config or default_config
     rows = producer_rows(group_result, original_model)
     clusters, out_map = _clusters(group_result, max_clusters, max_sources)
     merged = {j: out_map[:, j] @ rows.reshape(len(rows), -1) for j, _, _, _ in clusters}
     is_image = rows.ndim == 4 and rows.shape[1] in (1, 3)
+    shown = _shown_note(group_result, clusters, max_sources)
     if is_image:
-        c, kh, kw = rows.shape[1:]
-        lo, hi = float(rows.min()), float(rows.max())
-        width = max([len(sources) for _, _, sources, _ in clusters] + [0]) + 2  # no empty band before "result"
-        gap = 1
-        canvas = np.full((len(clusters) * (kh + gap), width * (kw + gap), 3), 255, dtype=np.uint8)
-        hx, hy, htext = [], [], []
-        for r, (j, kept_i, sources, total) in enumerate(clusters):
-            tiles = [(kept_i, rows[kept_i], "kept")]
-            tiles += [(i, rows[i], "merged in") for i in sources]
-            tiles += [(None, merged[j].reshape(c, kh, kw), "merged result")]
-            for col, (idx, filt, what) in enumerate(tiles):
-                col = width - 1 if what == "merged result" else col
-                y0, x0 = r * (kh + gap), col * (kw + gap)
-                canvas[y0:y0 + kh, x0:x0 + kw] = _tile(filt, lo, hi)
-                hx.append(x0 + kw / 2 - 0.5)
-                hy.append(y0 + kh / 2 - 0.5)
-                mass = "" if idx is None else f"<br>mass {to_numpy(group_result.plan)[idx, j]:.3g}"
-                htext.append(f"{what} {'' if idx is None else 'neuron ' + str(idx)}<br>"
-                             f"cluster of kept neuron {kept_i} ({total} merged in){mass}")
-        fig = go.Figure([go.Image(z=canvas, hoverinfo="skip"),
-                         go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=14, opacity=0),
-                                    text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
-        headers = ["kept"] + [f"in #{i + 1}" for i in range(width - 2)] + ["result"]
-        fig.update_layout(
-            title=title or group_title("Which filters merge", group_result, model_name, importance, config),
-            height=int(190 + 72 * len(clusters)), margin=dict(TITLE_MARGIN, t=140),
-            plot_bgcolor="white",
-            xaxis=dict(title="kept filter | filters merged into it (largest mass first) | merged result", side="top",
-                       tickangle=0,
-                       tickmode="array", tickvals=[col * (kw + gap) + kw / 2 - 0.5 for col in range(width)],
-                       ticktext=headers, showgrid=False),
-            yaxis=dict(title="kept neuron", tickmode="array",
-                       tickvals=[r * (kh + gap) + kh / 2 - 0.5 for r in range(len(clusters))],
-                       ticktext=[str(kept_i) for _, kept_i, _, _ in clusters], showgrid=False))
-        return fig
-
+        return _image_gallery(group_result, rows, clusters, merged, title or group_title(
+            "Which filters merge", group_result, model_name, importance, config) + shown)
     flat = rows.reshape(len(rows), -1)
     norms = np.linalg.norm(flat, axis=1)
     traces = {"kept": ([], [], []), "merged in": ([], [], []), "merged result": ([], [], [])}
@@ -155,7 +135,75 @@ def merge_gallery(group_result, original_model, max_clusters: int = 8, max_sourc
                             hovertemplate=f"{what} %{{x}}<br>weight norm %{{y:.3g}}<extra></extra>")
                      for what, (outer, inner, ys) in traces.items()])
     fig.update_layout(title=title or group_title("Weight norms: kept, merged in, result", group_result,
-                                                 model_name, importance, config),
+                                                 model_name, importance, config) + shown,
                       barmode="group", margin=TITLE_MARGIN, xaxis_title="kept neuron / neuron",
                       yaxis_title="weight norm (BatchNorm folded)", height=420)
+    return fig
+
+
+def _shown_note(group_result, clusters, max_sources: int) -> str:
+    """A line under the title saying which clusters and sources are drawn when not all of them are."""
+    parts = []
+    if len(clusters) < group_result.k:
+        parts.append(f"the {len(clusters)} of {group_result.k} kept neurons that absorb the most")
+    if any(total > max_sources for _, _, _, total in clusters):
+        parts.append(f"at most {max_sources} merged neurons each (largest mass first)")
+    return ("<br><sup>showing " + "; ".join(parts) + "</sup>") if parts else ""
+
+
+# The width a figure gets in a notebook on a 1366 px laptop screen with JupyterLab's file browser open.
+LAPTOP_PLOT_WIDTH = 880
+TILE_PX = 40  # a filter tile at least this wide on that screen
+
+
+def _grid_columns(n_blocks: int, block_tiles: int) -> int:
+    """Blocks per row: as many as fit the laptop width with tiles of about ``TILE_PX``."""
+    return int(max(1, min(n_blocks, LAPTOP_PLOT_WIDTH // (block_tiles * TILE_PX))))
+
+
+def _image_gallery(group_result, rows, clusters, merged, title: str):
+    """Filters as image tiles: per kept neuron a block (kept | merged in | result), blocks in a grid."""
+    import plotly.graph_objects as go
+
+    c, kh, kw = rows.shape[1:]
+    lo, hi = float(rows.min()), float(rows.max())
+    width = max([len(sources) for _, _, sources, _ in clusters] + [0]) + 2  # tiles per block
+    cols = _grid_columns(len(clusters), width + 1)
+    grid_rows = -(-len(clusters) // cols)
+    gap = 1
+    tile_w, tile_h = kw + gap, kh + gap
+    label_h = max(2, kh // 2)  # a band above each block row for its labels
+    block_w = width * tile_w + tile_w  # one empty tile between blocks
+    row_h = label_h + tile_h
+    canvas = np.full((grid_rows * row_h, cols * block_w, 3), 255, dtype=np.uint8)
+    plan = to_numpy(group_result.plan)
+    hx, hy, htext, annotations = [], [], [], []
+    for b, (j, kept_i, sources, total) in enumerate(clusters):
+        r, col0 = divmod(b, cols)
+        y0 = r * row_h + label_h
+        tiles = [(kept_i, rows[kept_i], "kept")] + [(i, rows[i], "merged in") for i in sources]
+        tiles += [(None, merged[j].reshape(c, kh, kw), "merged result")]
+        for t, (idx, filt, what) in enumerate(tiles):
+            t = width - 1 if what == "merged result" else t
+            x0 = col0 * block_w + t * tile_w
+            canvas[y0:y0 + kh, x0:x0 + kw] = _tile(filt, lo, hi)
+            hx.append(x0 + kw / 2 - 0.5)
+            hy.append(y0 + kh / 2 - 0.5)
+            mass = "" if idx is None else f"<br>mass {plan[idx, j]:.3g}"
+            htext.append(f"{what} {'' if idx is None else 'neuron ' + str(idx)}<br>"
+                         f"cluster of kept neuron {kept_i} ({total} merged in){mass}")
+        annotations.append(dict(x=col0 * block_w - 0.5, y=y0 - 0.6, xref="x", yref="y", xanchor="left",
+                                yanchor="bottom", showarrow=False, font=dict(size=10, color="#333333"),
+                                text=f"kept {kept_i} + {total} \u2192 result"))
+    fig = go.Figure([go.Image(z=canvas, hoverinfo="skip"),
+                     go.Scatter(x=hx, y=hy, mode="markers", marker=dict(size=14, opacity=0),
+                                text=htext, hovertemplate="%{text}<extra></extra>", showlegend=False)])
+    fig.update_layout(
+        # the image keeps square pixels: a height that makes it fill the laptop width, not a third of it
+        title=title, height=int(min(1100, max(300, 160 + LAPTOP_PLOT_WIDTH * canvas.shape[0] / canvas.shape[1]))),
+        margin=dict(TITLE_MARGIN, t=110, l=20),
+        annotations=annotations, plot_bgcolor="white",
+        xaxis=dict(title="per kept neuron: its filter | the filters merged into it (largest mass first) | "
+                         "the merged result", side="bottom", showticklabels=False, showgrid=False, zeroline=False),
+        yaxis=dict(showticklabels=False, showgrid=False, zeroline=False))
     return fig

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import TITLE_MARGIN, group_title, row_layout, to_numpy
+from ._common import TITLE_MARGIN, group_title, record_of, row_layout, to_numpy
 
 
 def source_order(group_result) -> np.ndarray:
@@ -49,7 +49,7 @@ TICKS_MAY_OVERFLOW = "allow"
 
 
 def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: Optional[bool] = None,
-                 model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
+                 model_name: Optional[str] = None, importance: Optional[str] = None, config=None, *, group=None):
     """Heatmap of a transport plan: n source neurons (rows) x k kept neurons (columns).
 
     Rows are ordered by :func:`source_order`, so the neurons merged into one kept neuron form a
@@ -57,27 +57,34 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
 
     Parameters
     ----------
-    group_result : GroupResult
-        A record of :func:`intrafusion_viz.prune` (uses ``plan``, ``kept``, ``importance``).
+    group_result : GroupResult or PruneResult
+        A record of :func:`intrafusion_viz.prune` (uses ``plan``, ``kept``, ``importance``), or the
+        whole result with ``group=`` (index or name).
     title : str, optional
     show_cluster_lines : bool, optional
         Draw a thin line between clusters; default only when ``k <= 64`` (too many shapes slow
         the browser down).
     model_name, importance : str, optional
-        Named in the default title (with the group, the method and the sparsity).
+        Named in the default title (with the group, the method and the sparsity); the model defaults
+        to its class name when a ``PruneResult`` is given.
     config : OTConfig, optional
         The settings of the prune (``PruneResult.config``): names the solver and, with
         ``target="centroid"``, labels the columns as centroids.
+    group : int or str, optional
+        The group to draw when ``group_result`` is a ``PruneResult``.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        One ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``; rows are named
+        A ``Heatmap`` with ``z`` of shape (n, k) equal to ``plan[source_order]``, then a ``Scatter``
+        marking each kept neuron's own cell (default pruning and Intra-Fusion alike); rows are named
         by source neuron and its importance (``y``, a category axis: ``"17 (importance 0.123)"`` in
         ``source_order``, tick labels the numbers), columns by kept neuron (``x``: ``kept``).
     """
     import plotly.graph_objects as go
 
+    group_result, default_name, default_config = record_of(group_result, group, "plan_heatmap")
+    model_name, config = model_name or default_name, config or default_config
     plan = to_numpy(group_result.plan)
     n, k = plan.shape
     kept = to_numpy(group_result.kept).astype(int)
@@ -103,6 +110,18 @@ def plan_heatmap(group_result, title: Optional[str] = None, show_cluster_lines: 
         breaks = np.nonzero(np.diff(target))[0]
         fig.update_layout(shapes=[dict(type="line", xref="paper", x0=0, x1=1, y0=b + 0.5, y1=b + 0.5,
                                        line=dict(color="#999999", width=0.5)) for b in breaks])
+    # the kept neuron's own cell: without it a 50 % plan (one neuron merged into each kept one) reads
+    # as a plain diagonal; with it every column shows the kept neuron and what merged into it
+    row_of = {int(i): r for r, i in enumerate(order)}
+    self_rows = [(j, row_of[int(i)]) for j, i in enumerate(kept) if int(i) in row_of and plan[int(i), j] > 0]
+    if self_rows:
+        fig.add_trace(go.Scatter(
+            x=[str(int(kept[j])) for j, _ in self_rows], y=[rows[r] for _, r in self_rows], mode="markers",
+            name="the kept neuron itself", marker=dict(symbol="circle", size=5, color="#f2a541",
+                                                        line=dict(width=0.5, color="#333333")),
+            hovertemplate="kept neuron %{x} (itself)<extra></extra>", showlegend=True))
+        fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1.0, xanchor="right",
+                                      font=dict(size=10)))
     height, row_every = row_layout(n)
     tick_every = max(1, int(np.ceil(k / 32)))
     what = "Selection plan" if group_result.cost is None else "Transport plan"
@@ -139,6 +158,10 @@ def plan_comparison(group_results, titles=None, model_name: Optional[str] = None
 
     from ._common import method_of
 
+    if hasattr(group_results, "groups") or not isinstance(group_results, (list, tuple)) or not group_results:
+        raise TypeError("plan_comparison needs a non-empty list of group records of the same group, e.g. "
+                        f"[res_a.group(3), res_b.group(3)]; got {type(group_results).__name__}")
+    group_results = [record_of(g, None, "plan_comparison")[0] for g in group_results]
     first = group_results[0]
     titles = titles or [method_of(g) for g in group_results]
     fig = make_subplots(rows=1, cols=len(group_results), subplot_titles=titles, horizontal_spacing=0.08)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import TITLE_MARGIN, group_title, row_layout, to_numpy
+from ._common import TITLE_MARGIN, group_title, record_of, row_layout, to_numpy
 from ._plans import source_order, target_axis_title
 
 
@@ -14,12 +14,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrix(group_result, kind: str = "cost", features=None, title: Optional[str] = None,
-                      model_name: Optional[str] = None, importance: Optional[str] = None, config=None):
+                      model_name: Optional[str] = None, importance: Optional[str] = None, config=None, *,
+                      group=None):
     """The recorded cost (or the cosine similarity) matrix, rows reordered by merge cluster.
 
     Parameters
     ----------
-    group_result : GroupResult
+    group_result : GroupResult or PruneResult
+        One group's record, or the whole result with ``group=`` (index or name).
     kind : {"cost", "cosine"}
         ``"cost"``: the recorded (n, k) transport cost.  ``"cosine"``: the full (n, n) cosine
         similarity between the neurons' ``features`` (rows and columns in cluster order).
@@ -39,6 +41,8 @@ def similarity_matrix(group_result, kind: str = "cost", features=None, title: Op
     """
     import plotly.graph_objects as go
 
+    group_result, default_name, default_config = record_of(group_result, group, "similarity_matrix")
+    model_name, config = model_name or default_name, config or default_config
     if kind not in ("cost", "cosine"):
         raise ValueError(f"kind must be 'cost' or 'cosine', got {kind!r}")
     order = source_order(group_result)
@@ -158,12 +162,13 @@ def _cluster_marker(assignment: np.ndarray) -> dict:
 
 def neuron_embedding(group_result, features=None, method: str = "pca", coords=None,
                      title: Optional[str] = None, model_name: Optional[str] = None,
-                     importance: Optional[str] = None, config=None):
+                     importance: Optional[str] = None, config=None, *, group=None):
     """Neurons in 2-D, kept ones marked, with a line from every neuron to the kept neuron it merges into.
 
     Parameters
     ----------
-    group_result : GroupResult
+    group_result : GroupResult or PruneResult
+        One group's record, or the whole result with ``group=``.
     features : Tensor, shape (n, d), optional
         Channel vectors; embedded with ``method``.  Without them the neurons are placed by landmark
         MDS of the recorded (n, k) cost (kept neurons are the landmarks), so nothing is recomputed.
@@ -184,8 +189,11 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
     """
     import plotly.graph_objects as go
 
+    group_result, default_name, default_config = record_of(group_result, group, "neuron_embedding")
+    model_name, config = model_name or default_name, config or default_config
     n, k = group_result.n, group_result.k
     kept = to_numpy(group_result.kept).astype(int)
+    how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
     if coords is None:
         if features is not None:
             coords = embed_features(features, method)
@@ -220,7 +228,6 @@ def neuron_embedding(group_result, features=None, method: str = "pca", coords=No
         x=coords[kept, 0], y=coords[kept, 1], mode="markers", name="kept", customdata=custom[kept],
         marker=dict(size=14, symbol="star", line=dict(width=1, color="#111111"), **_cluster_marker(np.arange(k))),
         hovertemplate="kept neuron %{customdata[0]:.0f} (importance %{customdata[2]:.3g})<extra></extra>")
-    how = method.upper() if features is not None or coords is not None else "landmark MDS of cost"
     fig = go.Figure([lines, neurons, kept_trace])
     fig.update_layout(title=title or group_title(f"Neurons ({how})", group_result, model_name, importance, config),
                       xaxis_title="component 1", yaxis_title="component 2", height=450, margin=TITLE_MARGIN,

@@ -71,11 +71,12 @@ def size_comparison(original_model, pruned_model, example_inputs, repeats: int =
     fig = make_subplots(rows=1, cols=3, subplot_titles=[
         f"{title}: {after[key] / before[key]:.0%} of original" if before[key] else title for key, title in metrics])
     for name, values, color in (("original", before, "#444444"), ("pruned", after, "#636EFA")):
-        for col, (key, title) in enumerate(metrics, start=1):
+        for col, (key, label) in enumerate(metrics, start=1):
             fig.add_trace(go.Bar(x=[name], y=[values[key]], name=name, marker_color=color, showlegend=col == 1,
-                                 legendgroup=name, hovertemplate=f"{name}<br>{title} %{{y:,.4g}}<extra></extra>"),
+                                 legendgroup=name, hovertemplate=f"{name}<br>{label} %{{y:,.4g}}<extra></extra>"),
                           row=1, col=col)
-            fig.update_yaxes(title_text=title, row=1, col=col)
-    default = "Model size before and after pruning" + (f" · {model_name}" if model_name else "")
+            fig.update_yaxes(title_text=label, row=1, col=col)
+    model_name = model_name or type(original_model).__name__
+    default = f"Model size before and after pruning · {model_name}"
     fig.update_layout(title=title or default, height=380, barmode="group", margin=dict(t=90, l=60, r=20, b=40))
     return fig

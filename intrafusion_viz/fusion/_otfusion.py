@@ -301,6 +301,14 @@ def _align(model_a: nn.Module, model_b: nn.Module, groups_a, groups_b, state_b, 
     return records
 
 
+def _normalised_weights(weights, count: int) -> List[float]:
+    """The models' averaging weights, summing to 1 (default: equal)."""
+    w = [1.0] * count if weights is None else [float(x) for x in weights]
+    if len(w) != count or any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be {count} non-negative numbers with a positive sum, got {weights!r}")
+    return [x / sum(w) for x in w]
+
+
 def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cost: Optional[str] = None,
          batch=None, config: Optional[OTConfig] = None, weights: Optional[Sequence[float]] = None,
          reset_bn: bool = False, max_samples: int = 512, pool: Optional[int] = None,
@@ -381,10 +389,7 @@ def fuse(models: Sequence[nn.Module], example_inputs, *, method: str = "ot", cos
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
-    w = [1.0] * len(models) if weights is None else [float(x) for x in weights]
-    if len(w) != len(models) or any(x < 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"weights must be {len(models)} non-negative numbers with a positive sum, got {weights!r}")
-    w = [x / sum(w) for x in w]
+    w = _normalised_weights(weights, len(models))
     for m in models:
         check_inputs(m, example_inputs)
     traces = [_trace(m, example_inputs) for m in models]

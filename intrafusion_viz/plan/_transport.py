@@ -235,6 +235,35 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _check_kept(kept, n: int, where: str) -> torch.Tensor:
+    """``kept`` as a 1-D long tensor of distinct indices in ``[0, n)``, else our error naming ``where``."""
+    if kept is None or isinstance(kept, (str, bytes)):
+        raise TypeError(f"{where}: kept must be a 1-D tensor of channel indices, got {type(kept).__name__}")
+    try:
+        kept = torch.as_tensor(kept)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: kept must be a 1-D tensor of channel indices ({err})") from err
+    if kept.is_floating_point() or kept.dtype == torch.bool or kept.dim() != 1 or len(kept) == 0:
+        raise ValueError(f"{where}: kept must be a non-empty 1-D tensor of integer channel indices, got "
+                         f"dtype {kept.dtype} and shape {tuple(kept.shape)}")
+    kept = kept.long()
+    low, high = int(kept.min()), int(kept.max())
+    if low < 0 or high >= n:
+        raise ValueError(f"{where}: kept indices must be in [0, {n}) (the group has {n} channels); "
+                         f"got values from {low} to {high}")
+    if len(torch.unique(kept)) != len(kept):
+        raise ValueError(f"{where}: kept has repeated indices; each kept channel must appear once")
+    return kept
+
+
+def _check_mass(mass: torch.Tensor, name: str) -> None:
+    if not all_finite(mass) or bool((mass < 0).any()):
+        raise ValueError(f"transport_plan: the {name} masses must be finite and non-negative")
+    if float(mass.sum()) <= 0:
+        raise ValueError(f"transport_plan: the {name} masses are all zero; give them positive mass (e.g. "
+                         f"ifv.masses('uniform', None, n))")
+
+
 def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = OTConfig(),
                 importance: Optional[torch.Tensor] = None, seed: int = 0, inplace: bool = False) -> torch.Tensor:
     """Cost of moving each channel onto each target.
@@ -262,6 +291,11 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
         p-norm distance between (unit-normalised unless ``normalize=False``) channel vectors and the
         targets; float64, on CPU.
     """
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        raise TypeError("cost_matrix: features must be a tensor of shape (n, d), one vector per channel "
+                        f"(ifv.channel_features(model, group)); got "
+                        f"{tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
+    kept = _check_kept(kept, len(features), "cost_matrix")
     x = features.detach().cpu()
     own = inplace  # x may be written: the caller's (inplace=True) or a copy made here
     if not x.is_floating_point():
@@ -343,9 +377,17 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherica
 def masses(kind: str, importance: Optional[torch.Tensor], n: int) -> torch.Tensor:
     """Probability vector of length ``n``: uniform, or proportional to (non-negative) importance."""
     _check_choice("mass", kind, _MASSES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"masses: n must be a positive int (the number of channels), got {n!r}")
     if kind in ("uniform", "free"):
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    imp = torch.as_tensor(importance, dtype=torch.float64).flatten().clamp_min(0)
+    if importance is None:
+        raise ValueError(f"masses({kind!r}, ...) needs the channels' importance scores (a tensor of length n)")
+    imp = torch.as_tensor(importance, dtype=torch.float64).flatten()
+    if imp.numel() != n or not all_finite(imp):
+        raise ValueError(f"masses: importance must hold {n} finite scores, got {imp.numel()} "
+                         f"{'values' if all_finite(imp) else 'values with NaN or inf'}")
+    imp = imp.clamp_min(0)
     imp = imp + 1e-12 * max(float(imp.max()), 1.0)  # a zero-importance channel still has to go somewhere
     return imp / imp.sum()
 
@@ -358,7 +400,9 @@ def selection_plan(n: int, kept: torch.Tensor) -> torch.Tensor:
     Tensor, shape (n, k)
         ``plan[kept[j], j] = 1 / n``, zero elsewhere.
     """
-    kept = torch.as_tensor(kept, dtype=torch.long)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"selection_plan: n must be a positive int (the number of channels), got {n!r}")
+    kept = _check_kept(kept, n, "selection_plan")
     plan = torch.zeros(n, len(kept), dtype=torch.float64)
     plan[kept, torch.arange(len(kept))] = 1.0 / n
     return plan
@@ -389,14 +433,24 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
         float64 plan with row sums ``source`` and column sums ``target`` (exact for ``"emd"``; within
         1e-3 in L1 for ``"sinkhorn"``, else it raises).
     """
+    if any(t is None for t in (cost, source, target)):
+        raise TypeError("transport_plan needs a cost (n, k), source masses (n,) and target masses (k,); got None")
     cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
     a = torch.as_tensor(source, dtype=torch.float64).cpu()
     b = torch.as_tensor(target, dtype=torch.float64).cpu()
+    if cost.dim() != 2:
+        raise ValueError(f"transport_plan: cost must have shape (n, k), got {tuple(cost.shape)}")
     n, k = cost.shape
     if a.shape != (n,) or b.shape != (k,):
         raise ValueError(f"masses of shape {tuple(a.shape)} and {tuple(b.shape)} do not fit a cost of shape {(n, k)}")
     if not all_finite(cost):
         raise ValueError("the cost matrix has NaN or infinite entries; check the layer weights for NaN")
+    _check_mass(a, "source")
+    _check_mass(b, "target")
+    if kept is not None:
+        kept = _check_kept(kept, n, "transport_plan")
+        if len(kept) != k:
+            raise ValueError(f"transport_plan: kept has {len(kept)} indices but the cost has {k} target columns")
     b = b * (a.sum() / b.sum())
     if config.target_mass == "free":  # semi-relaxed: the optimum sends each source whole to its cheapest target
         plan = torch.zeros(n, k, dtype=torch.float64)
@@ -509,7 +563,15 @@ def merge_matrices(plan: torch.Tensor, fusion: str = "barycentric") -> Tuple[tor
     For ``"paper"`` both maps are the per-source one (``in_map``), as in the paper's code.
     """
     _check_choice("fusion", fusion, _FUSIONS)
+    if plan is None or isinstance(plan, (str, bytes)):
+        raise TypeError(f"merge_matrices needs a plan tensor of shape (n, k), got {type(plan).__name__}")
     plan = torch.as_tensor(plan, dtype=torch.float64)
+    if plan.dim() != 2 or plan.numel() == 0 or not all_finite(plan) or float(plan.min()) < 0:
+        raise ValueError("merge_matrices: the plan must be a finite, non-negative (n, k) matrix; got shape "
+                         f"{tuple(plan.shape)}")
+    if float(plan.max()) <= 0:
+        raise ValueError("merge_matrices: the plan is all zeros, so nothing merges anywhere; build it with "
+                         "ifv.transport_plan or ifv.selection_plan")
     row = plan.sum(1, keepdim=True)
     in_map = torch.where(row > 0, plan / row.clamp_min(1e-300), torch.zeros_like(plan))
     if fusion == "paper":

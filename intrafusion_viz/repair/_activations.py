@@ -20,8 +20,8 @@ def _inputs_of(batch, max_samples: Optional[int]) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not torch.is_tensor(x):
         raise TypeError(f"batch must be a tensor of inputs or a pair (inputs, targets), got {type(x).__name__}")
-    if x.shape[0] == 0:
-        raise ValueError("batch is empty")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError("batch is empty: pass a tensor of inputs (batch, ...) or a pair (inputs, targets)")
     return x if max_samples is None else x[:max_samples]
 
 
@@ -48,11 +48,31 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[Dict[str, tor
             h.remove()
 
 
+class BatchError(ValueError, RuntimeError):
+    """A batch the model cannot run; a ``ValueError`` (bad input) that ``except RuntimeError`` (what the
+    layers raised before) still catches."""
+
+
 def _run(model: nn.Module, x: torch.Tensor, train: bool = False) -> None:
-    """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored."""
+    """One forward pass under no_grad in eval (or train) mode; every submodule's mode restored.
+
+    A batch the model cannot run (wrong shape, channels, dtype or device, a single sample without its
+    batch dimension) raises our :class:`BatchError` (a ``ValueError``) that says so, instead of the layer's own message.
+    """
     with saved_modes(model), torch.no_grad():
         model.train(train)
-        model(x)
+        try:
+            model(x)
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            detail = (str(err).strip().splitlines() or [""])[0][:200]
+            hint = ""
+            if x.dim() in (1, 3):
+                hint = " It looks like a single sample: add the batch dimension (x[None], or x.unsqueeze(0))."
+            elif train and x.shape[0] < 2:
+                hint = " Statistics need a batch of several samples (at least 2; a few hundred is better)."
+            raise BatchError(f"the model cannot run the batch of shape {tuple(x.shape)} "
+                             f"({x.dtype}, {x.device}): {detail}. Pass inputs shaped like the model's "
+                             f"example inputs, (batch, ...), on the model's device.{hint}") from err
 
 
 def _per_channel(out: torch.Tensor) -> torch.Tensor:

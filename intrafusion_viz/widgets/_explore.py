@@ -5,107 +5,25 @@ import dataclasses
 import time
 from typing import Optional
 
-import torch
-
 from ..merge._surgery import channel_features
-from ..groups._trace import find_groups, resolve_group_keys
+from ..groups._trace import find_groups
 from ..plan._importance import IMPORTANCES, group_importance, resolve_importance
 from ..pruning._prune import METHODS, prune
 from ..plan._transport import OTConfig
+from ._controls import (CONTROL_WIDTH, LABEL_WIDTH, SPARSITY_RANGE, check_arguments, check_importance,  # noqa: F401
+                        check_sparsity, conv_linear_macs, figure_row, fixed_eval_batch, labelled, num_classes_of,
+                        pick_groups, readout_html, weight_positions)
+from ._explore_views import ExploreViews
 from ._export import ExportMixin
 from ._prefix import PrefixEvaluator
 from ._render import FigureSlot, pick_renderer
 
-SPARSITY_RANGE = (0.0, 0.95)
 FOLD_AUTO_MAX_PARAMS = 2_000_000  # above: Model Folding is off until ticked (its k-means blocks the slider)
-STEP_DELAY_S = 0.005  # between the steps of a change: a newer slider value gets in first  # the slider's range: at 1.0 nothing would be left
+STEP_DELAY_S = 0.005  # between the steps of a change: a newer slider value gets in first
 CURVE_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-LABEL_WIDTH = "120px"
-CONTROL_WIDTH = "360px"
 
 
-def check_importance(importance) -> str:
-    """The importance name, or a clear error: dashboards list names (``ifv.IMPORTANCES``) only."""
-    if not isinstance(importance, str) or importance.lower() not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {', '.join(map(repr, IMPORTANCES))} in a dashboard; "
-                         f"got {importance!r} (for a custom importance callable call ifv.prune directly)")
-    return importance.lower()
-
-
-def check_sparsity(sparsity, name: str = "sparsity") -> float:
-    """A sparsity inside the slider's range, or a clear error (the slider would clamp it silently)."""
-    lo, hi = SPARSITY_RANGE
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not lo <= float(sparsity) <= hi:
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}] (the dashboard's slider range); "
-                         f"got {sparsity!r}")
-    return float(sparsity)
-
-
-def pick_groups(all_groups, keys):
-    """The groups named by ``keys`` (indices, root names or ``"G1"`` labels), in model order."""
-    wanted = set(resolve_group_keys(all_groups, keys))
-    chosen = [g for g in all_groups if g.index in wanted]
-    if not chosen:
-        raise ValueError("no prunable groups to explore; pass groups=None for all of them")
-    return chosen
-
-
-def num_classes_of(logits) -> int:
-    return int(logits.shape[-1]) if logits.dim() > 1 else 1
-
-
-def weight_positions(model, example_inputs) -> dict:
-    """Per conv/linear layer, how many output positions each weight is applied at (one sample).
-
-    Pruning channels does not change spatial sizes, so ``sum(weight.numel() * positions)`` is the
-    multiply-accumulate count of the conv and linear layers of any model pruned from this one.
-    """
-    from torch import nn
-
-    from ._prefix import _eval_mode
-
-    positions, handles = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            def hook(mod, inputs, output, name=name):
-                channels = output.shape[-1] if isinstance(mod, nn.Linear) else output.shape[1]
-                positions[name] = output[:1].numel() // max(channels, 1)
-            handles.append(module.register_forward_hook(hook))
-    x = example_inputs[:1] if torch.is_tensor(example_inputs) else example_inputs
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return positions
-
-
-def conv_linear_macs(model, positions: dict) -> int:
-    """Multiply-accumulates of the conv and linear layers for one sample (see :func:`weight_positions`)."""
-    modules = dict(model.named_modules())
-    return int(sum(modules[name].weight.numel() * count for name, count in positions.items() if name in modules))
-
-
-def fixed_eval_batch(data, max_samples: Optional[int] = 512):
-    """A fixed (x, y) tensor pair from ``data`` (tensor pair or iterable of batches), at most ``max_samples``."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        x, y = data
-    else:
-        xs, ys, count = [], [], 0
-        for xb, yb in data:
-            xs.append(xb)
-            ys.append(yb)
-            count += len(yb)
-            if max_samples is not None and count >= max_samples:
-                break
-        x, y = torch.cat(xs), torch.cat(ys)
-    if max_samples is not None:
-        x, y = x[:max_samples], y[:max_samples]
-    return x, y
-
-
-class ExploreDashboard(ExportMixin):
+class ExploreDashboard(ExploreViews, ExportMixin):
     """Sliders over one group's pruning, with the plan heatmap, the neuron embedding and accuracies.
 
     Controls (ipywidgets, set them from code too): ``group``, ``sparsity``, ``method``, ``importance``,
@@ -136,21 +54,8 @@ class ExploreDashboard(ExportMixin):
                  include_fold: Optional[bool] = None, progressive="auto", first_budget_s: float = 0.25):
         import ipywidgets as W
 
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
-        importance = check_importance(importance)
-        sparsity = check_sparsity(sparsity)
-        if embedding not in ("pca", "mds"):
-            raise ValueError(f"embedding must be 'pca' or 'mds', got {embedding!r}")
-        if progressive not in ("auto", True, False):
-            raise ValueError(f"progressive must be 'auto', True or False, got {progressive!r}")
-        if isinstance(first_budget_s, bool) or not isinstance(first_budget_s, (int, float)) or first_budget_s <= 0:
-            raise ValueError(f"first_budget_s must be a positive number of seconds, got {first_budget_s!r}")
-        if include_fold is not None and not isinstance(include_fold, bool):
-            raise TypeError(f"include_fold must be True, False or None (auto), got {include_fold!r}")
-        config = config or OTConfig()
-        if not isinstance(config, OTConfig):
-            raise TypeError(f"config must be an ifv.OTConfig, got {type(config).__name__}")
+        importance, sparsity, config = check_arguments(method, importance, sparsity, config, embedding,
+                                                       progressive, first_budget_s, include_fold)
         self.renderer = pick_renderer(renderer)
         self.model = model
         self.example_inputs = example_inputs
@@ -159,7 +64,8 @@ class ExploreDashboard(ExportMixin):
         self.seed = seed
         self.embedding = embedding
         import ot  # noqa: F401  (the solver's first import takes ~1 s: pay it here, not on a slider move)
-        all_groups = pick_groups(find_groups(model, example_inputs), groups)
+        self._all_groups = find_groups(model, example_inputs)
+        all_groups = pick_groups(self._all_groups, groups)
         self.groups = {g.index: g for g in all_groups}
         self._importance, self._features, self._coords, self._results = {}, {}, {}, {}
         self._acc = {}      # (result key, samples) -> accuracy (%)
@@ -222,11 +128,13 @@ class ExploreDashboard(ExportMixin):
         self._move = None     # timing of the settings shown
         self._curve = None  # tidy records of the current group's curve, or None
         self._curve_shown = False
+        self._map_shown = False
         self._compute()
         self._finish_now()
         self._plan_slot = FigureSlot(self._plan_figure(), self.renderer)
         self._embedding_slot = FigureSlot(self._embedding_figure(), self.renderer)
         self._curve_slot = FigureSlot(self._curve_figure(), self.renderer)
+        self._map_slot = FigureSlot(self._group_map_figure(), self.renderer)
         self._render_readout()
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
@@ -236,6 +144,9 @@ class ExploreDashboard(ExportMixin):
                                      layout=W.Layout(width="auto"),
                                      tooltip="prune this group at 0.1 ... 0.9 with every method (cached)")
         self.curve_button.on_click(lambda _: self.compute_curve())
+        self.group_map_button = W.Button(description="group map", icon="sitemap", layout=W.Layout(width="auto"),
+                                         tooltip="every layer and the coupled groups whose channels it shares")
+        self.group_map_button.on_click(lambda _: self.show_group_map())
         self.curve_progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="160px", visibility="hidden"))
         self.widget = W.VBox([
             W.HBox([W.VBox([self.group, self.sparsity, labelled(W, "plan of", self.method), self.importance,
@@ -244,9 +155,10 @@ class ExploreDashboard(ExportMixin):
                             labelled(W, "solver", self.solver), self.reg])],
                    layout=W.Layout(flex_flow="row wrap", grid_gap="4px 24px")),
             self.readout_html, self.status,
-            _figure_row(W, [self._plan_slot.widget, self._embedding_slot.widget]),
+            figure_row(W, [self._plan_slot.widget, self._embedding_slot.widget]),
             W.HBox([self.curve_button, self.curve_progress], layout=W.Layout(align_items="center")),
-            _figure_row(W, [self._curve_slot.widget]),
+            figure_row(W, [self._curve_slot.widget]),
+            self.group_map_button, figure_row(W, [self._map_slot.widget]),
             self.export_row(W, export_dir)])
 
     # -- public --------------------------------------------------------------------------------
@@ -274,6 +186,8 @@ class ExploreDashboard(ExportMixin):
         out = {"plan": self.plan_fig, "embedding": self.embedding_fig}
         if self._curve is not None:
             out["curve"] = self.curve_fig
+        if self._map_shown:
+            out["group_map"] = self._map_slot.figure
         return out
 
     @property
@@ -493,6 +407,8 @@ class ExploreDashboard(ExportMixin):
         if showing or self._curve_shown:  # the placeholder needs no redraw on every move
             self._curve_slot.update(self._curve_figure())
         self._curve_shown = showing
+        if self._map_shown:
+            self._map_slot.update(self._group_map_figure())
 
     def _importance_of(self, index: int, name: str):
         key = (index, name)
@@ -603,65 +519,6 @@ class ExploreDashboard(ExportMixin):
                         "chance": 100.0 / self.num_classes}
         self._render_readout()
 
-    def _labels(self):
-        return dict(model_name=self.model_name, importance=self.importance.value)
-
-    def _plan_figure(self):
-        from ..figures import plan_comparison, plan_heatmap
-
-        if self.compare.value:
-            return plan_comparison(list(self._records.values()), config=self.config, **self._labels())
-        return plan_heatmap(self.result, config=self.config, **self._labels())
-
-    def _embedding_figure(self):
-        from ..figures import neuron_embedding
-
-        fold = self._base_config.fold_batchnorm
-        return neuron_embedding(self.result, coords=self._coords_of(self.result.index, fold),
-                                method=self.embedding, config=self.config, **self._labels())
-
-    def _curve_figure(self):
-        import plotly.graph_objects as go
-
-        from ..figures import accuracy_vs_sparsity
-
-        current = (self.group.value, self.importance.value, self.config)
-        if self._curve is None or self._curve["key"] != current:
-            return go.Figure().update_layout(
-                title="Accuracy vs sparsity of this group: press 'accuracy curve of this group'", height=260,
-                xaxis=dict(visible=False), yaxis=dict(visible=False), plot_bgcolor="rgba(0,0,0,0)")
-        return accuracy_vs_sparsity(self._curve["rows"], group=self.group.value, marker_at=self.sparsity.value,
-                                    model_name=self.model_name)
-
-    def _render_readout(self) -> None:
-        r = self.readout
-        if not r:
-            return
-        self.readout_html.value = readout_html(r, METHODS)
-
-    def readout_table(self):
-        """The read-out as a DataFrame: one row per model (original, each method)."""
-        import pandas as pd
-
-        r = self.readout
-        group = self.groups[r["group"]]
-        rows = [dict(model="original", accuracy=r["original"], params=r["params_before"], macs=r["macs_before"])]
-        rows += [dict(model=m, accuracy=r[m], params=r[f"params_{m}"], macs=r[f"macs_{m}"]) for m in METHODS
-                 if m not in r["excluded"]]
-        for row in rows:
-            row.update(network=self.model_name, group=f"G{group.paper_index} {group.name}",
-                       sparsity=r["sparsity"], kept=r["k"], channels=r["n"], importance=self.importance.value,
-                       eval_samples=r["eval_samples"])
-        return pd.DataFrame(rows)
-
-    def _tables(self) -> dict:
-        import pandas as pd
-
-        out = {"readout": self.readout_table()}
-        if self._curve is not None:
-            out["curve"] = pd.DataFrame(self._curve["rows"])
-        return out
-
     def _current_prune(self):
         return self._prune(self.group.value, float(self.sparsity.value), self.method.value,
                            self.importance.value, self.config)
@@ -675,68 +532,6 @@ def _running_loop():
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _figure_row(W, widgets):
-    """Figures side by side when there is room, stacked (wrapped) when the output area is narrower."""
-    return W.Box([W.Box([w], layout=W.Layout(flex="0 1 auto", max_width="100%", overflow="auto"))
-                  for w in widgets], layout=W.Layout(display="flex", flex_flow="row wrap", width="100%",
-                                                     grid_gap="8px"))
-
-
-def labelled(W, text: str, control, width: str = LABEL_WIDTH):
-    """A control with its label on the same line, right-aligned like ipywidgets' own descriptions."""
-    label = W.HTML(f"<div style='text-align:right;padding-right:8px'>{text}</div>",
-                   layout=W.Layout(width=width, min_width=width))
-    return W.HBox([label, control], layout=W.Layout(width=CONTROL_WIDTH, align_items="center"))
-
-
-def readout_html(r: dict, methods) -> str:
-    """Accuracies with their differences to the original (coloured), chance level and parameter counts.
-
-    An accuracy of ``None`` is pending ("…"), a method in ``r["excluded"]`` is off; with
-    ``eval_samples < eval_total`` every accuracy is on the first ``eval_samples`` images, and the
-    read-out says so (and that the whole batch follows while ``refining``).
-    """
-    def delta(value, ref):
-        d = value - ref
-        color = "#1a7f37" if d > 0.005 else ("#b42318" if d < -0.005 else "#555")
-        return f"<span style='color:{color}'>{d:+.2f}</span>"
-
-    excluded = r.get("excluded", ())
-
-    def missing(m):
-        return ("<span style='color:#888' title='tick \"include Model Folding\" to compute it'>off</span>"
-                if m in excluded else "<span style='color:#888' title='computing'>&hellip;</span>")
-
-    cell = "padding:2px 14px;text-align:right"
-    head = "".join(f"<th style='{cell}'>{m}</th>" for m in ("original", *methods))
-    accs = "".join([f"<td style='{cell}'><b>{r['original']:.2f}%</b></td>"] + [
-        f"<td style='{cell}'><b>{r[m]:.2f}%</b> ({delta(r[m], r['original'])})</td>" if r[m] is not None
-        else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
-    params = "".join([f"<td style='{cell}'>{r['params_before']:,}</td>"] + [
-        f"<td style='{cell}'>{r[f'params_{m}']:,} ({r[f'params_{m}'] / r['params_before']:.0%})</td>"
-        if r[f"params_{m}"] is not None else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
-    macs = "".join([f"<td style='{cell}'>{r['macs_before'] / 1e6:,.2f} M</td>"] + [
-        f"<td style='{cell}'>{r[f'macs_{m}'] / 1e6:,.2f} M ({r[f'macs_{m}'] / max(r['macs_before'], 1):.0%})</td>"
-        if r[f"macs_{m}"] is not None else f"<td style='{cell}'>{missing(m)}</td>" for m in methods])
-    gap = ""
-    if "default" in methods and "intra-fusion" in methods and None not in (r["intra-fusion"], r["default"]):
-        gap = (f"intra-fusion &minus; default: {delta(r['intra-fusion'], r['default'])} points &middot; ")
-    at_chance = [m for m in methods if r[m] is not None and r[m] <= r["chance"] + 1.0]
-    warn = (f" &middot; <span style='color:#b42318'>at chance level: {', '.join(at_chance)}</span>"
-            if at_chance else "")
-    total = r.get("eval_total", r["eval_samples"])
-    if r["eval_samples"] < total:
-        on = (f"<b style='color:#9a6700'>accuracy on {r['eval_samples']} of {total} images"
-              f"{' (refining&hellip;)' if r.get('refining') else ''}</b>")
-    else:
-        on = f"accuracy on {total} images" + (" (finishing&hellip;)" if r.get("refining") else "")
-    return (f"<table style='border-collapse:collapse'><tr><th></th>{head}</tr>"
-            f"<tr><td>accuracy</td>{accs}</tr><tr><td>parameters</td>{params}</tr>"
-            f"<tr><td title='multiply-accumulates of conv and linear layers, one sample'>MACs</td>{macs}</tr></table>"
-            f"<div style='color:#444'>{gap}sparsity {r['sparsity']:.2f}: keeps {r['k']} of {r['n']} neurons &middot; chance level "
-            f"{r['chance']:.1f}% &middot; {on}{warn}</div>")
 
 
 def explore(model, data, example_inputs, **kwargs) -> ExploreDashboard:

@@ -107,6 +107,9 @@ def pick_renderer(renderer: str = "auto") -> str:
     return renderer
 
 
+DEFAULT_HEIGHT = 450  # plotly.js's height of a figure that sets none
+
+
 class FigureSlot:
     """One figure area of a dashboard; ``.figure`` is the current figure, ``.widget`` what to display."""
 
@@ -159,6 +162,9 @@ class FigureSlot:
                     old.update(new.to_plotly_json(), overwrite=True)
             layout = new_figure.layout.to_plotly_json()
             layout.setdefault("width", self.width)
+            # a figure without a height of its own gets plotly's default, not the placeholder's (260 px
+            # left the accuracy curve a 110 px strip)
+            layout.setdefault("height", DEFAULT_HEIGHT)
             shown = fig.layout.to_plotly_json()
             # Set before, not in the new figure: back to the template's value (a null here makes
             # plotly's front-end fail on the whole update).

@@ -1,4 +1,4 @@
-"""Command line: ``intrafusion-viz demo`` trains a small CNN on digits, prunes it and writes a report.
+"""``intrafusion-viz demo``: trains a small CNN on digits, prunes it and writes a report.
 
 Runs offline (scikit-learn's bundled digits) in well under a minute on two CPU cores.
 """
@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-__all__ = ["main", "run_demo"]
+__all__ = ["run_demo", "format_table", "format_html_table", "write_report", "run"]
 
 DEMO_MODEL = "SmallCNN(width=(32, 64)) on scikit-learn digits"
 
@@ -31,9 +31,9 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
         ``group=-1, group_name="all", sparsity, method, importance, accuracy, params, seed, model,
         num_classes`` per row, plus one ``method="original"`` row first.
     """
-    from . import IMPORTANCES, models, prune, train
-    from .data import load_digits_tensors
-    from .evaluation.sweeps import PAPER_FUSION, sparsity_sweep
+    from .. import IMPORTANCES, models, prune, train
+    from ..data import load_digits_tensors
+    from ..evaluation.sweeps import PAPER_FUSION, sparsity_sweep
 
     # the demo's comparison: dropping, Intra-Fusion, and the paper's normalisation (names from ifv.METHODS)
     demo_methods = ("default", "intra-fusion", PAPER_FUSION)
@@ -113,7 +113,7 @@ def _versions() -> dict:
 
 def write_report(records: List[dict], path: Path, elapsed: float, settings: Optional[dict] = None) -> Path:
     """A standalone HTML page: the settings, the accuracy-vs-sparsity figure and the table."""
-    from .figures import accuracy_vs_sparsity
+    from ..figures import accuracy_vs_sparsity
 
     original = next(r for r in records if r["method"] == "original")
     importance = original.get("importance", "")
@@ -148,7 +148,8 @@ def write_report(records: List[dict], path: Path, elapsed: float, settings: Opti
     return path
 
 
-def _demo(args) -> int:
+def run(args) -> int:
+    """The ``demo`` subcommand."""
     start = time.perf_counter()
     records = run_demo(args.sparsities, epochs=args.epochs, seed=args.seed, importance=args.importance,
                        progress=not args.quiet)
@@ -157,32 +158,3 @@ def _demo(args) -> int:
     out = write_report(records, Path(args.out), elapsed, settings=dict(epochs=args.epochs))
     print(f"\nreport written to {out} ({elapsed:.1f} s)")
     return 0
-
-
-def _sparsity(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {text}")
-    return value
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .plan._importance import IMPORTANCES
-
-    parser = argparse.ArgumentParser(prog="intrafusion-viz", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train on digits, prune at several sparsities, write an HTML report")
-    demo.add_argument("--sparsities", type=_sparsity, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
-    demo.add_argument("--epochs", type=int, default=15)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--importance", default="l1", choices=list(IMPORTANCES))
-    demo.add_argument("--out", default="reports/demo.html")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
