@@ -422,6 +422,8 @@ def sync_widths(model: nn.Module) -> None:
 def record(result: PruneResult, request: Request, selection: Selection) -> PruneResult:
     """Step 6: count the parameters after and warn once about the groups left unpruned."""
     result.params_after = sum(p.numel() for p in result.model.parameters())
+    for g in result.groups:  # a group's figures name the model they came from
+        g.model_name = type(result.model).__name__
     skipped = selection.skipped
     if skipped:
         reasons = "; ".join(reason for _, _, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
