@@ -47,10 +47,15 @@ class _Maps:
     """
 
     def __init__(self, out_map: Optional[torch.Tensor], in_map: Optional[torch.Tensor],
-                 norm_map: Optional[torch.Tensor], n: int, kept: torch.Tensor):
+                 norm_map: Optional[torch.Tensor], n: int, kept: torch.Tensor, pattern=None):
         self.maps = {"out": out_map, "in": in_map, "norm": norm_map}
         self.n, self.kept = n, kept
         self._cache: Dict[tuple, torch.Tensor] = {}
+        self._pattern = None
+        if pattern is not None:  # the (k, n) positions of every nonzero of out_map.T and in_map.T, in COO order
+            rows, cols = (torch.as_tensor(t, dtype=torch.long) for t in pattern)
+            order = torch.argsort(cols * n + rows)
+            self._pattern = torch.stack([cols[order], rows[order]])
 
     def dense(self, which: str) -> torch.Tensor:
         """The ``(n, k)`` map (the selection of ``kept`` where none was given)."""
@@ -65,9 +70,17 @@ class _Maps:
         merge = self.dense(which)
         key = (id(merge), dtype, device)
         if key not in self._cache:
-            merge_t = merge.T.to(device, dtype)
-            if (merge_t != 0).sum() < 0.1 * merge_t.numel():
-                merge_t = merge_t.to_sparse()
+            known = self._pattern is not None and (merge is self.maps["out"] or merge is self.maps["in"])
+            if known and self._pattern.shape[1] < 0.1 * merge.numel():
+                # what to_sparse() gives, read at the plan's nonzeros instead of found by a scan
+                index = self._pattern
+                values = merge.T[index[0], index[1]].to(device, dtype)
+                merge_t = torch.sparse_coo_tensor(index.to(device), values, (merge.shape[1], merge.shape[0]),
+                                                  is_coalesced=True, check_invariants=False)
+            else:
+                merge_t = merge.T.to(device, dtype)
+                if (merge_t != 0).sum() < 0.1 * merge_t.numel():
+                    merge_t = merge_t.to_sparse()
             self._cache[key] = merge_t
         return self._cache[key]
 
@@ -234,7 +247,8 @@ def _prune_parameter(model: nn.Module, name: str, dim: int, remove: List[int]) -
 @torch.no_grad()
 def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: Optional[torch.Tensor],
                 in_map: Optional[torch.Tensor], norm_map: Optional[torch.Tensor] = None,
-                tracker: Optional[IndexTracker] = None, attention: Optional[dict] = None) -> None:
+                tracker: Optional[IndexTracker] = None, attention: Optional[dict] = None,
+                pattern: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
     """Merge a group's channels into the kept ones and remove the others, in place.
 
     Parameters
@@ -258,6 +272,10 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: Opt
         of their q/k/v dims, :func:`intrafusion_viz.merge._attention.attention_plan`).  A merge without one
         plans them with ``OTConfig()`` and l1; plain selection without one prunes them as
         Torch-Pruning does (the same indices for the residual and the q/k/v dims).
+    pattern : (Tensor, Tensor), optional
+        ``(rows, cols)``, shape (nnz,) each: where the plan ``out_map`` and ``in_map`` were derived from
+        is nonzero (both maps are zero everywhere else), so their sparse forms are read there
+        instead of found by scanning every entry.
 
     Plain layers get new tensors (:func:`replaceable`): the ``model``'s old ones are only read.
     """
@@ -267,7 +285,7 @@ def apply_merge(model: nn.Module, group: Group, kept: torch.Tensor, out_map: Opt
         raise ValueError("give both out_map and in_map, or neither (plain selection of kept)")
     selection = out_map is None or (_is_selection(out_map, kept) and _is_selection(in_map, kept))
     _check_mergeable(group, selection)
-    maps = _Maps(out_map, in_map, out_map if norm_map is None else norm_map, n, kept)
+    maps = _Maps(out_map, in_map, out_map if norm_map is None else norm_map, n, kept, pattern)
     tracker = tracker or IndexTracker()
     modules = _modules(model)
     dropped = torch.ones(n, dtype=torch.bool)

@@ -364,7 +364,9 @@ def merge_plans(work: nn.Module, bound: List[Group], plans: List[Planned], fold:
     tracker = tracker if tracker is not None else IndexTracker()
     for i, kept, maps in plans:  # one group's dense maps at a time (none for a selection: index operations)
         dense = (None, None, None) if maps.selection else maps.build()
-        apply_merge(work, bound[i], kept, *dense, tracker, (attention or {}).get(i))
+        plan = maps.plan  # a compact plan knows where the maps are nonzero
+        pattern = (plan.rows, plan.cols) if isinstance(plan, CompactPlan) and not plan.is_selection else None
+        apply_merge(work, bound[i], kept, *dense, tracker, (attention or {}).get(i), pattern=pattern)
         del dense  # freed before the next group's are built
     if folded:
         for i, kept, maps in plans:
