@@ -34,12 +34,12 @@ RECIPES = {
     "vit": dict(epochs=30, lr=1e-3, optimizer="adamw", weight_decay=0.05, batch_size=128, shift=2),
 }
 # Fashion-MNIST, all 60,000 training images: SGD (Nesterov momentum 0.9, weight decay 5e-4) with a one-cycle
-# schedule stepped per batch (peak lr 0.1 after 20 % of the steps, then cosine to ~0), 3 epochs, batch 128,
+# schedule stepped per batch (peak lr 0.1 after 20 % of the steps, then cosine to ~0), 2 epochs, batch 128,
 # random horizontal flips. ResNet18 at width 16 (a quarter of width 32's cost; width 32 would take about half an
 # hour per epoch on a loaded 2-core machine).
 FASHION_RECIPES = {
-    "vgg11_bn": dict(epochs=3, lr=0.1, batch_size=128, flip=True, schedule="onecycle"),
-    "resnet18": dict(epochs=3, lr=0.1, batch_size=128, flip=True, schedule="onecycle", width=16),
+    "vgg11_bn": dict(epochs=2, lr=0.1, batch_size=128, flip=True, schedule="onecycle"),
+    "resnet18": dict(epochs=2, lr=0.1, batch_size=128, flip=True, schedule="onecycle", width=16),
 }
 
 

@@ -17,6 +17,7 @@ from ._l1 import l1_distances
 
 __all__ = [
     "OTConfig",
+    "default_config",
     "cost_matrix",
     "masses",
     "transport_plan",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 _TARGETS = ("most_important", "centroid")
-_MASSES = ("uniform", "importance", "free")
+_MASSES = ("uniform", "importance", "free", "capped")
 _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
@@ -62,7 +63,16 @@ class OTConfig:
         Mass of each source channel / each target, uniform or proportional to importance.
         ``target_mass="free"``: semi-relaxed transport, targets take whatever mass reaches them, so
         every channel goes whole to its nearest target (a kept channel to itself) instead of every
-        kept channel absorbing the same share.
+        kept channel absorbing the same share.  ``target_mass="capped"``: transport with capacities,
+        every channel goes whole to one target, every target takes at least one channel and at most
+        ``ceil(capacity * n / k)`` of them, at the least total cost (an exact min-cost assignment); with
+        ``target="centroid"`` the centroids are re-fitted to the capped clusters (capacitated k-means),
+        so the plan is a size-bounded clustering.  Bounding how much each target absorbs is what keeps
+        the data-free repair working (a merged channel standing for dozens of others cannot be
+        repaired from statistics); see ``docs/defaults.md``.
+    capacity : float
+        For ``target_mass="capped"``: the most channels a target may absorb, as a multiple of the
+        mean ``n / k`` (``>= 1``; 1 is a balanced hard assignment).
     solver : {"emd", "sinkhorn"}
         Exact optimal transport, or entropic Sinkhorn with strength ``reg``.
     reg : float
@@ -120,6 +130,7 @@ class OTConfig:
     standardize: bool = False
     normalize: bool = True
     q_scale: str = "exact"
+    capacity: float = 2.0
 
     @classmethod
     def paper(cls, bn_eps: str = "exact", **overrides) -> "OTConfig":
@@ -176,6 +187,37 @@ class OTConfig:
         settings.update(overrides)
         return cls(**settings)
 
+    @classmethod
+    def capped(cls, capacity: float = 2.0, **overrides) -> "OTConfig":
+        """Size-bounded clusters: the plan :func:`intrafusion_viz.prune` uses by default on a whole network.
+
+        :meth:`data_free`'s centroid targets (spherical k-means with k-means++ seeding on standardised,
+        unit-normalised channel vectors), but transport with capacities (``target_mass="capped"``):
+        every channel merges whole into one target, and no target absorbs more than
+        ``ceil(capacity * n / k)`` channels (the centroids are refitted to those capped clusters).  Free
+        k-means leaves clusters of 27-41 channels that the data-free repair cannot restore; capping
+        them is what makes the repair work (``docs/defaults.md``).  Use with ``repair="data-free"``
+        (what ``repair="auto"`` picks for this plan).
+
+        Examples
+        --------
+        >>> cfg = OTConfig.capped()
+        >>> cfg.target, cfg.target_mass, cfg.capacity, cfg.standardize
+        ('centroid', 'capped', 2.0, True)
+        """
+        settings = dict(target="centroid", centroid_init="k-means++", target_mass="capped", capacity=capacity,
+                        standardize=True, normalize=True)
+        settings.update(overrides)
+        return cls(**settings)
+
+    def auto_repair(self, method: str) -> str:
+        """What ``prune(..., repair="auto")`` does after this plan: ``"data-free"`` for hard plans that
+        merge clusters (``method="fold"``, or Intra-Fusion with ``target_mass`` ``"free"`` or ``"capped"``),
+        else ``"none"``."""
+        if method == "fold" or (method == "intra-fusion" and self.target_mass in ("free", "capped")):
+            return "data-free"
+        return "none"
+
     def __post_init__(self):
         _check_field_types(self)
         if self.target == "cluster_centroid":  # the paper's spelling
@@ -197,6 +239,9 @@ class OTConfig:
         _check_choice("bn_eps", self.bn_eps, _BN_EPS)
         _check_choice("centroid_init", self.centroid_init, _CENTROID_INITS)
         _check_choice("q_scale", self.q_scale, _Q_SCALES)
+        if not (isinstance(self.capacity, (int, float)) and math.isfinite(self.capacity) and self.capacity >= 1):
+            raise ValueError(f"capacity must be a number >= 1 (a multiple of the mean cluster size n / k), "
+                             f"got {self.capacity!r}")
         if self.bn_eps == "authors" and self.fold_batchnorm is not True:
             raise ValueError("bn_eps='authors' folds every BatchNorm the paper's way, so it needs "
                              "fold_batchnorm=True")
@@ -208,6 +253,21 @@ _TYPE_CHECKS = {  # annotation -> (test, what to pass); bool is an int in Python
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
 }
+
+
+def default_config(method: str = "intra-fusion", whole_model: bool = True) -> OTConfig:
+    """The plan :func:`intrafusion_viz.prune` uses when no ``config`` is given.
+
+    For ``method="default"`` and ``"fold"`` (which do not transport): ``OTConfig()``.  For Intra-Fusion:
+
+    ``whole_model=True`` (every group, or one sparsity for all of them): :meth:`OTConfig.capped`, with the
+    data-free repair (``repair="auto"``).  ``whole_model=False`` (``groups=[...]`` or a per-group
+    sparsity dict): also :meth:`OTConfig.capped`.  Why, measured: ``docs/defaults.md``.  The paper's
+    balanced plan is ``OTConfig.paper()``, the library's balanced barycentric plan ``OTConfig()``.
+    """
+    if method != "intra-fusion":
+        return OTConfig()
+    return OTConfig.capped()
 
 
 def _check_field_types(config) -> None:
@@ -275,7 +335,8 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     if config.target == "most_important":
         targets = x[kept]
     else:
-        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize, seed=seed))
+        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize, seed=seed,
+                                  capacity=config.capacity if config.target_mass == "capped" else None))
     targets = targets.to(x.dtype)
     if config.p == 2 and config.normalize:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
         cost = (2.0 - 2.0 * (x @ targets.T)).double().clamp_min_(0).sqrt_()
@@ -303,13 +364,92 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
 
 
 def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True,
-               seed: int = 0) -> torch.Tensor:
+               seed: int = 0, capacity: Optional[float] = None) -> torch.Tensor:
     """k-means centroids of the rows ``x``; centroid j is the one matched to kept[j].
 
     ``init="kept"``: Lloyd's k-means started from the kept channels.  ``"k-means++"``: k-means with
     k-means++ seeding, best of 10 starts, ``seed``; ``spherical`` (for unit rows): centres normalised
-    after every update, so a channel's nearest centre by the cost is its cluster's.
+    after every update, so a channel's nearest centre by the cost is its cluster's.  ``capacity``:
+    then refit the centres to clusters of at most ``ceil(capacity * n / k)`` channels (capacitated
+    k-means: capped assignment, centre update, until the assignment repeats; 20 rounds at most).
     """
+    centers = _centroids_uncapped(x, kept, init, spherical, seed)
+    if capacity is None:
+        return centers
+    unit = _unit_rows if spherical else (lambda v: v)
+    xd = x.double()
+    k = len(kept)
+    labels = None
+    for _ in range(20):
+        cost = torch.cdist(xd, unit(centers.double()))
+        new = _capped_labels(cost, capacity)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        sums = torch.zeros(k, xd.shape[1], dtype=torch.float64).index_add_(0, labels, xd)
+        counts = torch.bincount(labels, minlength=k).double().clamp_min(1)
+        centers = (_unit_rows(sums) if spherical else sums / counts[:, None]).to(x.dtype)
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(torch.cdist(xd[kept], centers.double()).numpy())
+    out = torch.empty_like(centers)
+    out[torch.as_tensor(rows)] = centers[torch.as_tensor(cols)]
+    return out
+
+
+def capped_size(n: int, k: int, capacity: float) -> int:
+    """The most channels one target may take under ``target_mass="capped"``: ``ceil(capacity * n / k)``."""
+    return max(1, min(n - k + 1, math.ceil(capacity * n / k - 1e-9)))
+
+
+def _capped_labels(cost: torch.Tensor, capacity: float, pinned: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each of the n rows to one of the k columns, every column 1 to ``capped_size`` rows, least total cost.
+
+    An exact min-cost flow (network simplex, ``ot.emd``): every column is split into its first slot
+    (which a real row must fill: the dummy source's cost to it is prohibitive) and its further slots;
+    a dummy source absorbs the spare room.  Masses are whole numbers of rows, so the optimal vertex is a
+    hard assignment.  ``pinned`` (k,): row ``pinned[j]`` goes to column j (a kept channel stays itself).
+    """
+    import ot
+
+    cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
+    n, k = cost.shape
+    m = capped_size(n, k, capacity)
+    labels = torch.full((n,), -1, dtype=torch.long)
+    free_rows = torch.arange(n)
+    first_room = torch.ones(k, dtype=torch.float64)
+    if pinned is not None:
+        pinned = torch.as_tensor(pinned, dtype=torch.long)
+        labels[pinned] = torch.arange(k)
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[pinned] = False
+        free_rows = torch.nonzero(keep).flatten()
+        first_room = torch.zeros(k, dtype=torch.float64)  # every column already has its one row
+    nf = len(free_rows)
+    if nf == 0:
+        return labels
+    extra_room = torch.full((k,), float(m - 1), dtype=torch.float64)
+    sub = cost[free_rows]
+    spare = float(first_room.sum() + extra_room.sum()) - nf
+    big = 1e6 * (float(sub.abs().max()) + 1.0)
+    c = torch.zeros(nf + 1, 2 * k, dtype=torch.float64)
+    c[:nf, :k], c[:nf, k:] = sub, sub
+    c[nf, :k] = big
+    a = torch.cat([torch.ones(nf, dtype=torch.float64), torch.tensor([spare], dtype=torch.float64)])
+    b = torch.cat([first_room, extra_room])
+    keep_cols = b > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ot.emd(a.numpy(), b[keep_cols].numpy(), np.ascontiguousarray(c[:, keep_cols].numpy()),
+                      numItermax=max(100_000, 50 * (nf + 1) * 2 * k))
+    full = torch.zeros(nf + 1, 2 * k, dtype=torch.float64)
+    full[:, keep_cols] = torch.from_numpy(plan)
+    flow = full[:nf, :k] + full[:nf, k:]
+    labels[free_rows] = flow.argmax(1)
+    return labels
+
+
+def _centroids_uncapped(x: torch.Tensor, kept: torch.Tensor, init: str, spherical: bool, seed: int) -> torch.Tensor:
     from scipy.optimize import linear_sum_assignment
 
     k = len(kept)
@@ -341,7 +481,7 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherica
 def masses(kind: str, importance: Optional[torch.Tensor], n: int) -> torch.Tensor:
     """Probability vector of length ``n``: uniform, or proportional to (non-negative) importance."""
     _check_choice("mass", kind, _MASSES)
-    if kind in ("uniform", "free"):
+    if kind in ("uniform", "free", "capped"):
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
     imp = torch.as_tensor(importance, dtype=torch.float64).flatten().clamp_min(0)
     imp = imp + 1e-12 * max(float(imp.max()), 1.0)  # a zero-importance channel still has to go somewhere
@@ -396,6 +536,14 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
     if not all_finite(cost):
         raise ValueError("the cost matrix has NaN or infinite entries; check the layer weights for NaN")
     b = b * (a.sum() / b.sum())
+    if config.target_mass == "capped":  # capacities: every source whole to one target, sizes bounded
+        pinned = None
+        if kept is not None and config.target == "most_important":
+            pinned = torch.as_tensor(kept, dtype=torch.long)
+        labels = _capped_labels(cost, config.capacity, pinned)
+        plan = torch.zeros(n, k, dtype=torch.float64)
+        plan[torch.arange(n), labels] = a
+        return plan
     if config.target_mass == "free":  # semi-relaxed: the optimum sends each source whole to its cheapest target
         plan = torch.zeros(n, k, dtype=torch.float64)
         plan[torch.arange(n), cost.argmin(1)] = a

@@ -23,7 +23,7 @@ from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_
 from ..plan._importance import group_importance, resolve_importance, taylor_gradients
 from .._state import ModelSnapshot, saved_modes
 from ..plan._blocks import per_block, top_per_block
-from ..plan._transport import OTConfig, cost_matrix, masses, transport_plan
+from ..plan._transport import OTConfig, cost_matrix, default_config, masses, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
@@ -290,11 +290,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     if repair not in PRUNE_REPAIRS:
         raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
                          "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
-    if repair == "auto":
-        repair = "data-free" if method == "fold" else "none"
-    config = config if config is not None else OTConfig()
+    if config is None:  # the measured default (docs/defaults.md): size-bounded clusters + data-free repair
+        config = default_config(method, whole_model=groups is None and not isinstance(sparsity, Mapping))
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
+    if repair == "auto":
+        repair = config.auto_repair(method)
     for name, value in (("inplace", inplace), ("progress", progress)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
