@@ -107,7 +107,7 @@ def test_predicted_statistics_match_gaussian_measurement():
 
 
 @pytest.mark.parametrize("fold_bn", [True, False])
-@pytest.mark.parametrize("method", ["intra-fusion", "fold"])
+@pytest.mark.parametrize("method", ["intra-fusion"])
 def test_repaired_channels_get_their_sources_statistics_on_white_inputs(fold_bn, method):
     """With white Gaussian inputs the producer rows' correlation is exact: every merged channel's BN output
     must have the plan-weighted mean and |gamma| of its sources."""
@@ -162,7 +162,8 @@ def test_sequential_matches_simultaneous_on_one_group_and_runs_on_all():
 def _model_folding_reference(model, labels, k):
     """Model Folding's DF_REPAIR of ``Linear -> BatchNorm1d -> ReLU -> Linear``, transcribed from
     marza96/ModelFolding (``fuse_bnorms_vgg``, ``concat_weights``, ``get_average_correlation``,
-    ``merge_channel_clustering_approx_repair``), without its ``running_var = 1`` eps (so it is exact)."""
+    ``merge_channel_clustering_approx_repair``), without its ``running_var = 1`` eps (so it is exact).
+    (The full networks against their own code: tests/test_model_folding_golden.py.)"""
     import itertools
 
     lin, bn, out = model[0], model[1], model[3]
@@ -193,30 +194,30 @@ def _model_folding_reference(model, labels, k):
 
 
 @pytest.mark.parametrize("fold_bn", [True, False])
-def test_fold_data_free_repair_is_model_foldings_on_hard_clusters(fold_bn):
-    """method="fold" + data-free repair computes Model Folding's DF_REPAIR network where the two merges
-    coincide: equal gammas (ours merges gamma_i * xhat_i, theirs xhat_i and then averages gamma) and,
-    with the BatchNorm not folded (ours then averages the raw rows, theirs the standardised ones), equal
-    running variances."""
+@pytest.mark.parametrize("repair_later", [False, True])
+def test_fold_data_free_repair_is_model_foldings_on_hard_clusters(fold_bn, repair_later):
+    """method="fold" + data-free repair computes Model Folding's DF_REPAIR network (unequal gammas and
+    running variances; OTConfig.fold_batchnorm does not matter to it), also as ifv.repair after repair="none"."""
     model = _mlp(n=12, d=5, seed=3)
     with torch.no_grad():
-        model[1].weight.fill_(1.3)
-        if not fold_bn:
-            model[1].running_var.fill_(0.7)
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].running_var.uniform_(0.3, 2.0)
     x = torch.randn(64, 5, dtype=torch.float64)
-    res = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig(fold_batchnorm=fold_bn))
+    kwargs = dict(method="fold", config=ifv.OTConfig(fold_batchnorm=fold_bn))
+    res = ifv.prune(model, x[:1], 0.5, repair="none" if repair_later else "auto", **kwargs)
     g = res.groups[0]
     sizes = torch.bincount(g.assignment)
     assert int(sizes.max()) >= 2, "the case must merge channels"
     reference = _model_folding_reference(model, g.assignment, g.k)
+    fixed = ifv.repair(res, model, mode="data-free") if repair_later else res.model
     with torch.no_grad():
-        assert torch.allclose(res.model(x), reference(x), atol=1e-9, rtol=1e-9)
-    # the producer rows alone give another (lower) correlation, hence another network
-    white = data_free_repair(ifv.prune(model, x[:1], 0.5, method="fold", repair="none",
-                                       config=ifv.OTConfig(fold_batchnorm=fold_bn)), model,
-                             correlation="white-inputs")
-    with torch.no_grad():
-        assert not torch.allclose(white(x), reference(x), atol=1e-3)
+        assert torch.allclose(fixed(x), reference(x), atol=1e-9, rtol=1e-9)
+        if repair_later:  # before the repair it is another network; repairing twice changes nothing
+            assert not torch.allclose(res.model(x), reference(x), atol=1e-3)
+        else:
+            assert torch.equal(ifv.repair(res, model, mode="data-free")(x), fixed(x))
+    with pytest.raises(ValueError, match="Model Folding repairs it"):
+        data_free_repair(res, model, correlation="white-inputs")
 
 
 def test_bad_inputs_raise_our_errors():

@@ -107,23 +107,25 @@ def _cnn(seed=0):
 
 
 @pytest.mark.parametrize("repair", ["none", "data-free"])
-def test_preset_without_normalize_merges_model_foldings_clusters(repair):
-    """With ``OTConfig.data_free(normalize=False)``, Intra-Fusion's plan is Model Folding's k-means clustering: the same network as
-    method="fold" up to the order of the merged channels (fold puts a cluster at its most important
-    member, Intra-Fusion at the kept channel its centroid is matched to), with or without the repair."""
+def test_preset_without_normalize_merges_lloyd_kmeans_clusters(repair):
+    """With ``OTConfig.data_free(normalize=False)``, Intra-Fusion's plan is Lloyd's k-means (k-means++ seeding)
+    of the RobustScaler-standardised channel vectors: ``plan._kmeans.cluster_plan``'s partition.  (``method="fold"``
+    is Model Folding's Hartigan k-means since issue 20: tests/test_model_folding_golden.py.)"""
+    from intrafusion_viz.plan._kmeans import cluster_plan
+
     model = _cnn()
     before = copy.deepcopy(model.state_dict())
     x = torch.randn(32, 3, 8, 8, dtype=torch.float64)
     ours = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.data_free(normalize=False), repair=repair)
-    fold = ifv.prune(model, x[:1], 0.5, method="fold", repair=repair)
-    for a, b in zip(ours.groups, fold.groups):
+    groups = ifv.find_groups(model, x[:1])
+    for a in ours.groups:
+        vec = ifv.channel_features(model, groups[a.index], fold=True, bias=True)
+        _, plan = cluster_plan(vec, torch.zeros(a.n, dtype=torch.float64), a.k, seed=0)
         assert (a.plan > 0).sum(1).eq(1).all()
         # the same partition of the channels
-        pa, pb = a.plan.argmax(1), b.plan.argmax(1)
+        pa, pb = a.plan.argmax(1), plan.argmax(1)
         assert all(len(set(pb[pa == c].tolist())) == 1 for c in pa.unique())
         assert len(pa.unique()) == len(pb.unique()) == a.k
-    with torch.no_grad():
-        assert torch.allclose(ours.model(x), fold.model(x), rtol=1e-9, atol=1e-9)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the caller's model changed"
 
 

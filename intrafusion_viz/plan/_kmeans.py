@@ -1,21 +1,16 @@
-"""Model Folding (Wang et al., ICLR 2025) as a method: k-means clusters of a group's channels, merged to their means.
+"""Lloyd's k-means (k-means++ seeding) of channel vectors, and the RobustScaler that Model Folding uses.
 
-Faithful to ``utils/weight_clustering.py`` of github marza96/ModelFolding (``WeightClustering`` and
-``merge_channel_clustering``), with these deviations:
+Used by ``OTConfig.data_free()`` (``centroid_init="k-means++"``: :func:`kmeans` on the standardised channels,
+``plan/_transport.py``) and for the q/k/v dims of attention under ``method="fold"`` (:func:`cluster_plan`).
+``prune(method="fold")`` itself clusters as Model Folding does, with Hartigan's k-means
+(:mod:`._hartigan`: ``hkmeans.HKMeans``, Hartigan's method, not "hierarchical" k-means): on the same vectors
+Lloyd's clusters cost 5-13 % more k-means objective, with more singletons and much larger clusters
+(issue 20).
 
-* Features: the group's channel vectors as Intra-Fusion compares them (producer rows and biases with
-  BatchNorm folded, and consumer columns: :func:`intrafusion_viz.channel_features`); Model Folding
-  concatenates the same tensors but with only the BatchNorm's standardisation folded, its
-  gamma/beta as extra columns.
-* Clustering: Lloyd's k-means with k-means++ seeding, best of ``n_init=10`` (in torch, ``max_iter=20``)
-  after ``RobustScaler``, where the reference uses ``HKMeans`` (hierarchical k-means, ``n_init=10``,
-  ``max_iter=20``) after the same
-  scaler and a full-rank PCA (a rotation, which does not change k-means' Euclidean clusters).
-* The merged channel sits at the position of its cluster's most important channel (the pruned
-  layer needs a channel order; the reference appends clusters in label order).
-
-A cluster's producer rows, bias and BatchNorm parameters are averaged and its consumer columns summed
-(``merge_matrices(plan, "barycentric")``); the data-free repair (:mod:`._data_free`) follows.
+:func:`cluster_plan`: k-means clusters of a group's channels merged to their means: ``RobustScaler``,
+then Lloyd's k-means with k-means++ seeding, best of ``n_init=10`` (``max_iter=20``) in the span of
+the points (a rotation, which does not change k-means' Euclidean clusters); the merged channel sits at
+the position of its cluster's most important channel.
 """
 from __future__ import annotations
 

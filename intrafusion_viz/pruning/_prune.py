@@ -218,8 +218,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     sparsity : float in [0, 1) or mapping
         Fraction of channels to remove from each group, or ``{group index or name: sparsity}``.
     method : {"intra-fusion", "default", "fold"}
-        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or merge k-means
-        clusters of channels into their means (Model Folding, ICLR 2025; see :mod:`._fold`).
+        Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
+        Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
+        with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
+        own code in ``tests/test_model_folding_golden.py``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -342,7 +344,10 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     authors_fold = config.bn_eps == "authors"
     model_read = fold_batchnorm(model, example_inputs, bn_eps="authors") if authors_fold else model
     read = bind_groups(trace.specs, model_read, trace.fold_pairs) if authors_fold else originals
-    own_features = features is None and config.fold_batchnorm and not authors_fold  # folded, as scored
+    own_features = features is None and config.fold_batchnorm and not authors_fold and method != "fold"
+    faithful_fold = method == "fold" and not sequential  # Model Folding's vectors, merge and repair
+    if features is None and method == "fold":
+        from ..repair._fold_repair import fold_vectors as features
     if features is None:
         def features(m, g):
             return channel_features(m, g, fold=config.fold_batchnorm and not authors_fold, bias=config.cost_bias)
@@ -366,7 +371,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     if scores is None:
         scores = _importances(score_model, [scored[i] for i in pruned], estimator, importance, batch, loss_fn)
     sources = None
-    if repair == "data-free" and pruned:  # the sources' statistics, read before anything is merged
+    if repair == "data-free" and pruned and not faithful_fold:  # the sources' statistics, read before anything is merged
         from ..repair._data_free import snapshot_sources
 
         sources = snapshot_sources(model, [originals[i] for i in pruned])
@@ -378,13 +383,12 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         cost = None
         group_method = "default" if i in by_selection else method
         if group_method == "fold":
-            from ..plan._kmeans import cluster_plan
+            from ..plan._hartigan import fold_plan
 
             if blocks[i] == 1:
-                kept, plan = cluster_plan(vec, imp, k, seed=seed)
+                kept, plan = fold_plan(vec, imp, k, fold_seeds)
             else:  # k-means inside every block
-                kept, plan = per_block(n, k, blocks[i],
-                                        lambda rows, kb: cluster_plan(vec[rows], imp[rows], kb, seed=seed))
+                kept, plan = per_block(n, k, blocks[i], lambda rows, kb: fold_plan(vec[rows], imp[rows], kb, fold_seeds))
             cost = cost_matrix(vec, kept, config)
             fusion = "barycentric"
         elif group_method != "default":
@@ -432,6 +436,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         return record, (i, kept, MergeMaps(plan, kept, fusion))
 
     records, plans, attention_plans = [], [], {}
+    from ..plan._hartigan import FoldSeeds
+    fold_seeds = FoldSeeds(seed)  # Model Folding's HKMeans run seeds, drawn group after group
     items = selected.items()
     if progress:
         from tqdm.auto import tqdm
@@ -452,7 +458,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     params_before = sum(p.numel() for p in model.parameters())
     fold = fuse and config.fold_batchnorm and not authors_fold  # the authors leave folded BatchNorms as identities
     # plain layers: the pruned copy is computed from the caller's tensors (the same numbers, less copying)
-    direct = None if inplace or authors_fold or sequential else direct_surgery_replaces(model, originals, plans, fold)
+    direct = None if inplace or authors_fold or sequential or faithful_fold else direct_surgery_replaces(model, originals, plans, fold)
     frozen = {name: p.requires_grad for name, p in model.named_parameters()} if direct is not None else None
     if authors_fold and not inplace:
         work = model_read  # already the folded copy the authors' code prunes
@@ -479,12 +485,17 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
                     records.append(record)
                     _merge(work, bound, [planned], fold, tracker, attention_plans)
                 records.sort(key=lambda r: r.index)
+            elif faithful_fold:
+                from ..repair._fold_repair import fold_surgery
+                fold_scales = fold_surgery(work, bound, plans, attention_plans, repair == "data-free")
             elif direct is None:
                 _merge(work, bound, plans, fold, attention=attention_plans)
             for name, p in work.named_parameters():  # pruning makes new Parameters; keep frozen ones frozen
                 sibling = name.rsplit(".", 1)[0] + ".weight"  # a bias created by folding follows its weight
                 p.requires_grad_(frozen.get(name, frozen.get(sibling, True)))
             result = PruneResult(work, records, method, config, params_before, 0, skipped)
+            if faithful_fold and pruned:  # DF_REPAIR's gamma factors, for ifv.repair(result, mode="data-free")
+                result.fold_repair = {"scales": fold_scales, "applied": repair == "data-free"}
             if sources is not None:
                 from ..repair._data_free import data_free_repair
 

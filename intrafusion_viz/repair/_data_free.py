@@ -36,9 +36,10 @@ and the BatchNorm gets ``running_mean = m_j``, ``running_var = v_j - eps`` and t
 normalised to 1 (the plan-weighted output statistics of the sources, as REPAIR targets).  A merged
 channel of channels identical in every tensor (``rho = 1``) is left exactly as it was; so is every
 channel that default pruning keeps.  For a hard cluster whose gammas are equal this is Model Folding's
-repair exactly (``tests/test_data_free.py``); with unequal gammas ours merges ``gamma_i xhat_i`` (the
-BatchNorm folded whole, Intra-Fusion's convention) where Model Folding merges ``xhat_i`` and averages
-gamma, so ``v_j`` weights the correlations by the gammas.  A producer without BatchNorm has its
+repair; with unequal gammas ours merges ``gamma_i xhat_i`` (the BatchNorm folded whole, Intra-Fusion's
+convention) where Model Folding merges ``xhat_i`` and averages gamma, so ``v_j`` weights the correlations by
+the gammas.  ``prune(method="fold")`` results get Model Folding's own repair instead
+(``repair/_fold_repair.py``, group by group on the partially merged weights, as its code does).  A producer without BatchNorm has its
 merged rows rescaled so their predicted output std (inputs of unit variance, the same ``rho``) is the
 plan-weighted std of its sources.
 """
@@ -277,6 +278,16 @@ def data_free_repair(result, model: Optional[nn.Module] = None, snapshot: Option
     if snapshot is None:
         snapshot = snapshot_sources(model, result.groups)
     fixed = result.model if inplace else copy.deepcopy(result.model)
+    fold = getattr(result, "fold_repair", None)
+    if fold is not None:  # prune(method="fold"): Model Folding's own repair (repair/_fold_repair.py), once
+        if correlation != "model-folding":
+            raise ValueError("a prune(method='fold') result is repaired as Model Folding repairs it "
+                             "(correlation='model-folding'); prune with method='intra-fusion' to try other estimates")
+        if not fold["applied"]:
+            from ._fold_repair import apply_fold_repair
+
+            apply_fold_repair(fixed, result.groups, fold["scales"])
+        return fixed
     for g in result.groups:
         if g.k >= g.n:
             continue
