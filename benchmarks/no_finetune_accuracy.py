@@ -45,6 +45,8 @@ LABELS = {
     "ifv": "ifv.prune(model, x, s) (no data)",
     "ifv+bn": "ifv.prune + bn (512 images)",
     "paper": "OTConfig.paper() (balanced plan)",
+    "fold+bn": 'method="fold" + bn (512 images)',
+    "capped-2-hart-euc": "capped Hartigan clusters (capacity 2)",
     "data_free_old": "OTConfig.data_free() + data-free (before)",
 }
 DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
@@ -53,43 +55,51 @@ DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
 def _theirs_runner():
     """h20a's ``run_theirs(model, arch, sparsity, seed)``, or None when it (or their checkout) is missing."""
     try:
-        from model_folding import run_theirs  # benchmarks/model_folding/
-    except Exception:  # noqa: BLE001 - any import problem means "not available here"
-        try:
-            from model_folding.runner import run_theirs
-        except Exception:  # noqa: BLE001
-            return None
+        from model_folding.theirs import load_their_code, run_theirs  # benchmarks/model_folding/ (their checkout:
+        load_their_code()  # --theirs there, or $MODEL_FOLDING_SRC, default <project root>/../ModelFolding)
+    except Exception as err:  # noqa: BLE001 - any problem means "not available here"
+        print(f"Model Folding's own code not available: {type(err).__name__}: {err}", flush=True)
+        return None
     return run_theirs
 
 
-def _prune_cell(ifv, model, x1, s, method, seed, calib):
-    """The pruned (and repaired) network of one method."""
+def _result(ifv, model, x1, s, method, seed):
+    """``prune``'s result of one method (its own repair included)."""
     OTConfig = ifv.OTConfig
     if method == "default":
-        return ifv.prune(model, x1, s, method="default", seed=seed).model
-    if method == "default+bn":
-        res = ifv.prune(model, x1, s, method="default", seed=seed)
-        return ifv.repair(res, model, calib, mode="bn")
+        return ifv.prune(model, x1, s, method="default", seed=seed)
     if method == "fold":
-        return ifv.prune(model, x1, s, method="fold", seed=seed).model
+        return ifv.prune(model, x1, s, method="fold", seed=seed)
+    if method.startswith("cfold-"):  # method="fold" with capacity-bounded clusters
+        return ifv.prune(model, x1, s, method="fold", seed=seed,
+                         config=OTConfig(target_mass="capped", capacity=float(method.split("-")[1])))
     if method == "ifv":
-        return ifv.prune(model, x1, s, seed=seed).model
-    if method == "ifv+bn":
-        res = ifv.prune(model, x1, s, seed=seed)
-        return ifv.repair(res, model, calib, mode="bn")
+        return ifv.prune(model, x1, s, seed=seed)
     if method == "paper":
-        return ifv.prune(model, x1, s, config=OTConfig.paper(), repair="none", seed=seed).model
+        return ifv.prune(model, x1, s, config=OTConfig.paper(), repair="none", seed=seed)
     if method == "data_free_old":
-        return ifv.prune(model, x1, s, config=OTConfig.data_free(), repair="data-free", seed=seed).model
-    if method.startswith("capped-"):  # capped-<capacity>[-mi] : centroid (or most-important, -mi) targets
+        return ifv.prune(model, x1, s, config=OTConfig.data_free(), repair="data-free", seed=seed)
+    if method.startswith(("capped-", "free")):  # capped-<capacity>[-mi][-hart][-euc], free[-hart][-euc]
         parts = method.split("-")
-        settings = dict(target_mass="capped", capacity=float(parts[1]))
-        if "mi" in parts[2:]:
+        settings = dict(target_mass="free") if parts[0] == "free" else dict(target_mass="capped",
+                                                                              capacity=float(parts[1]))
+        if "hart" in parts:
+            settings["centroid_init"] = "hartigan"
+        if "euc" in parts:
+            settings["normalize"] = False
+        if "mi" in parts:
             cfg = OTConfig(standardize=True, **settings)
         else:
             cfg = OTConfig.data_free(**settings)
-        return ifv.prune(model, x1, s, config=cfg, repair="data-free", seed=seed).model
+        return ifv.prune(model, x1, s, config=cfg, repair="data-free", seed=seed)
     raise ValueError(f"unknown method {method!r}")
+
+
+def _prune_cell(ifv, model, x1, s, method, seed, calib):
+    """The pruned (and repaired) network of one method; ``<method>+bn``: then BatchNorm re-estimated on ``calib``."""
+    if method.endswith("+bn"):
+        return ifv.repair(_result(ifv, model, x1, s, method[:-3], seed), model, calib, mode="bn")
+    return _result(ifv, model, x1, s, method, seed).model
 
 
 def load_cache():
@@ -141,7 +151,7 @@ def run(args):
                         start = time.perf_counter()
                         try:
                             if method == "theirs":
-                                pruned = theirs(model, arch, s, seed)
+                                pruned = theirs(model, arch, s, seed, n_jobs=1)
                             else:
                                 pruned = _prune_cell(ifv, model, x_test[:1], s, method, seed, calib)
                             acc = ifv.accuracy(pruned, (x_test, y_test))
@@ -222,6 +232,55 @@ def figure(cells, args):
     return fig
 
 
+def one_group(args):
+    """One group pruned at a time (each prunable group in turn), every method: mean accuracy over the groups.
+
+    Cached in benchmarks/results/no_finetune_one_group.jsonl; prints one table per network.
+    """
+    import intrafusion_viz as ifv
+
+    torch.set_num_threads(args.threads)
+    path = RESULTS / "no_finetune_one_group.jsonl"
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            c = json.loads(line)
+            done[(c["dataset"], c["arch"], c["seed"], c["sparsity"], c["method"], c["group"])] = c
+    configs = {"intra-fusion (OTConfig())": ("intra-fusion", lambda: ifv.OTConfig()),
+               "paper": ("intra-fusion", lambda: ifv.OTConfig.paper()),
+               "default": ("default", lambda: None), "fold": ("fold", lambda: None),
+               "cfold-3": ("fold", lambda: ifv.OTConfig(target_mass="capped", capacity=3.0)),
+               "capped-2": ("intra-fusion", lambda: ifv.OTConfig.capped(capacity=2.0))}
+    for dataset in args.datasets:
+        (_, _), (x_test, y_test) = ifv.reference_data(dataset=dataset)
+        if args.n_test:
+            x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+        for arch in args.arch:
+            for seed in args.seeds:
+                try:
+                    model = ifv.reference_model(arch, seed, train_if_missing=False, dataset=dataset)
+                except FileNotFoundError:
+                    continue
+                groups = [g.index for g in ifv.find_groups(model, x_test[:1]) if g.mergeable and g.size > 1]
+                for s in args.sparsity:
+                    for label in args.methods:
+                        method, cfg = configs[label]
+                        for gi in groups:
+                            key = (dataset, arch, seed, s, label, gi)
+                            if key in done:
+                                continue
+                            res = ifv.prune(model, x_test[:1], s, method=method, config=cfg(), groups=[gi],
+                                            seed=seed, on_unmergeable="skip")
+                            acc = ifv.accuracy(res.model, (x_test, y_test))
+                            done[key] = dict(dataset=dataset, arch=arch, seed=seed, sparsity=s, method=label,
+                                             group=gi, accuracy=round(acc, 3))
+                            with path.open("a") as f:
+                                f.write(json.dumps(done[key]) + "\n")
+                        vals = [c["accuracy"] for k, c in done.items() if k[:5] == (dataset, arch, seed, s, label)]
+                        print(f"{dataset} {arch} s{seed} one group at {s:.0%}, {label}: mean over {len(vals)} groups "
+                              f"{statistics.fmean(vals):.2f} %, worst {min(vals):.2f} %", flush=True)
+
+
 def drift(args):
     """Why: per-layer drift (``ifv.layer_drift``) and cluster sizes of free vs capped clusters, one model.
 
@@ -286,11 +345,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="recompute cached cells")
     parser.add_argument("--tables-only", action="store_true", help="print the tables from the cache")
+    parser.add_argument("--one-group", action="store_true",
+                        help="prune one group at a time (methods: default, fold, cfold-3, capped-2, paper, "
+                             "'intra-fusion (OTConfig())') instead of every group")
     parser.add_argument("--drift", action="store_true",
                         help="per-layer drift of each method (first seed, last sparsity) instead of accuracy")
     args = parser.parse_args(argv)
     if args.drift:
         return drift(args)
+    if args.one_group:
+        return one_group(args)
     cells = load_cache() if args.tables_only else run(args)
     print(tables(cells, args))
     if not args.tables_only:

@@ -30,7 +30,7 @@ _MASSES = ("uniform", "importance", "free", "capped")
 _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
-_CENTROID_INITS = ("kept", "k-means++")
+_CENTROID_INITS = ("kept", "k-means++", "hartigan")
 _Q_SCALES = ("exact", "none")
 
 
@@ -45,11 +45,13 @@ class OTConfig:
     target : {"most_important", "centroid"}
         Transport onto the kept (most important) channels themselves, or onto k-means centroids of
         all channels (each centroid is labelled with the kept channel nearest to it).
-    centroid_init : {"kept", "k-means++"}
+    centroid_init : {"kept", "k-means++", "hartigan"}
         How ``target="centroid"`` finds its centroids: k-means started from the kept channels
         (``"kept"``, default), or spherical k-means with k-means++ seeding, best of 10 starts
-        (``"k-means++"``, Model Folding's clustering; every centroid is then the normalised mean of the
-        channels nearest to it, so with ``target_mass="free"`` each channel merges into its cluster).
+        (``"k-means++"``; every centroid is then the normalised mean of the channels nearest to it, so
+        with ``target_mass="free"`` each channel merges into its cluster), or Hartigan's k-means from
+        random balanced partitions, best of 10 (``"hartigan"``, the algorithm Model Folding uses: lower
+        k-means cost and smaller clusters than Lloyd's), on the vectors as the cost sees them.
     standardize : bool
         Standardise every coordinate of the channel vectors across the group's channels before the
         cost (median and interquartile range, scikit-learn's ``RobustScaler``, as Model Folding does
@@ -397,6 +399,52 @@ def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherica
     return out
 
 
+def capped_cluster_labels(gram: torch.Tensor, labels: torch.Tensor, k: int, capacity: float,
+                          max_rounds: int = 20) -> torch.Tensor:
+    """Clusters of at most ``capped_size(n, k, capacity)`` points, refitted from ``labels`` (capacitated k-means).
+
+    ``gram`` (n, n): dot products of the points (e.g. :func:`._hartigan.scaled_gram`).  Each round gives
+    every point a cluster by an exact capped assignment (:func:`_capped_labels`) on the squared distances
+    to the current cluster means (read off the Gram matrix), then moves the means; it stops when the
+    assignment repeats.  Clusters that already fit the cap are kept as they are.
+    """
+    g = torch.as_tensor(gram, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.long).clone()
+    n = len(labels)
+    m = capped_size(n, k, capacity)
+    if int(torch.bincount(labels, minlength=k).max()) <= m:
+        return labels
+    diag = torch.diagonal(g)
+    for _ in range(max_rounds):
+        onehot = torch.zeros(n, k, dtype=torch.float64)
+        onehot[torch.arange(n), labels] = 1.0
+        counts = onehot.sum(0).clamp_min(1.0)
+        cross = g @ onehot / counts  # x_i . c_j
+        own = (onehot.T @ g @ onehot).diagonal() / counts ** 2  # |c_j|^2
+        dist = (diag[:, None] - 2.0 * cross + own[None, :]).clamp_min(0)
+        new = _capped_labels(dist, capacity)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def capped_fold_plan(vectors: torch.Tensor, importance: torch.Tensor, k: int, seeds, capacity: float):
+    """Model Folding's clusters (:func:`._hartigan.fold_plan`) with transport capacities: no cluster larger
+    than ``capped_size(n, k, capacity)`` (:func:`capped_cluster_labels` from Hartigan's clusters, on the same
+    standardised vectors).  Returns ``(kept, plan)`` like ``fold_plan``."""
+    from ._hartigan import fold_labels, labels_plan, scaled_gram
+
+    n = vectors.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    if k == n:
+        return torch.arange(n), torch.eye(n, dtype=torch.float64) / n
+    labels = fold_labels(vectors, k, seeds)
+    labels = capped_cluster_labels(torch.from_numpy(scaled_gram(vectors)), labels, k, capacity)
+    return labels_plan(labels, importance, k)
+
+
 def capped_size(n: int, k: int, capacity: float) -> int:
     """The most channels one target may take under ``target_mass="capped"``: ``ceil(capacity * n / k)``."""
     return max(1, min(n - k + 1, math.ceil(capacity * n / k - 1e-9)))
@@ -453,7 +501,21 @@ def _centroids_uncapped(x: torch.Tensor, kept: torch.Tensor, init: str, spherica
     from scipy.optimize import linear_sum_assignment
 
     k = len(kept)
-    if init == "k-means++":
+    if init == "hartigan":
+        from ._hartigan import FoldSeeds, hartigan_kmeans
+
+        xd = x.double()
+        xc = xd - xd.mean(0, keepdim=True)
+        labels, _ = hartigan_kmeans((xc @ xc.T).numpy(), k, FoldSeeds(seed).next())
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if len(torch.unique(labels)) < k:
+            from ._kmeans import _fill_empty
+
+            labels = _fill_empty(labels, k, torch.zeros(len(x), dtype=torch.float64))
+        centers = torch.zeros(k, xd.shape[1], dtype=torch.float64).index_add_(0, labels, xd)
+        counts = torch.bincount(labels, minlength=k).double().clamp_min(1)
+        centers = (_unit_rows(centers) if spherical else centers / counts[:, None]).to(x.dtype)
+    elif init == "k-means++":
         from ._kmeans import _fill_empty, kmeans, span_coordinates
 
         z = span_coordinates(x.double())

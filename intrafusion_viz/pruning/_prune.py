@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from functools import partial
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -23,7 +24,7 @@ from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_
 from ..plan._importance import group_importance, resolve_importance, taylor_gradients
 from .._state import ModelSnapshot, saved_modes
 from ..plan._blocks import per_block, top_per_block
-from ..plan._transport import OTConfig, cost_matrix, default_config, masses, transport_plan
+from ..plan._transport import OTConfig, capped_fold_plan, cost_matrix, default_config, masses, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
@@ -384,7 +385,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         group_method = "default" if i in by_selection else method
         if group_method == "fold":
             from ..plan._hartigan import fold_plan
-
+            if config.target_mass == "capped":  # transport capacities on Model Folding's clusters
+                fold_plan = partial(capped_fold_plan, capacity=config.capacity)
             if blocks[i] == 1:
                 kept, plan = fold_plan(vec, imp, k, fold_seeds)
             else:  # k-means inside every block
