@@ -1,7 +1,8 @@
-"""The default call ``ifv.prune(model, x, s)``: size-bounded clusters (``OTConfig.capped()``) + data-free repair.
+"""The default call ``ifv.prune(model, x, s)``: Model Folding's clusters with transport capacities + its repair.
 
 Properties of transport with capacities (``target_mass="capped"``): hard, every target 1..m channels, least
-total cost, kept channels stay themselves with most-important targets; and what the default call resolves to.
+total cost, kept channels stay themselves with most-important targets; capacitated k-means; and what the
+default call resolves to (``resolve_default``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import intrafusion_viz as ifv
-from intrafusion_viz.plan._transport import _capped_labels, capped_size, default_config
+from intrafusion_viz.plan._transport import (_capped_labels, capped_cluster_labels, capped_size, default_config,
+                                             resolve_default)
 
 
 def _uniform(n):
@@ -73,6 +75,26 @@ def test_capacity_is_validated():
         ifv.OTConfig(capacity="2")
 
 
+def test_capped_cluster_labels_bound_sizes_and_keep_clusters_that_fit():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(30, 5, generator=gen, dtype=torch.float64) * 0.1,  # one dense blob of 30
+                   torch.randn(10, 5, generator=gen, dtype=torch.float64) * 3.0])
+    gram = x @ x.T
+    labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.arange(1, 11) % 8])  # k = 8
+    capped = capped_cluster_labels(gram, labels, 8, capacity=1.5)  # at most ceil(1.5 * 40 / 8) = 8
+    sizes = torch.bincount(capped, minlength=8)
+    assert int(sizes.max()) <= capped_size(40, 8, 1.5) == 8 and int(sizes.min()) >= 1
+    assert torch.equal(capped_cluster_labels(gram, labels, 8, capacity=10.0), labels)  # already fits: unchanged
+
+
+def test_default_call_resolution():
+    assert resolve_default(None, None) == ("fold", ifv.OTConfig.capped_fold())
+    assert resolve_default(None, None, whole_model=False) == ("fold", ifv.OTConfig.capped_fold())
+    assert resolve_default(None, ifv.OTConfig.paper()) == ("intra-fusion", ifv.OTConfig.paper())
+    assert resolve_default("fold", None) == ("fold", ifv.OTConfig())  # method="fold" alone: Model Folding exactly
+    assert resolve_default("intra-fusion", None) == ("intra-fusion", ifv.OTConfig.capped())
+
+
 def test_default_config_per_method_and_the_presets_one_switch_away():
     assert default_config("intra-fusion") == ifv.OTConfig.capped()
     assert default_config("intra-fusion", whole_model=False) == ifv.OTConfig.capped()
@@ -94,21 +116,33 @@ def _net():
     return model, torch.randn(8, 1, 32, 32)
 
 
-def test_default_call_is_capped_clusters_with_the_data_free_repair():
+def test_default_call_is_capped_fold_with_its_repair():
     model, x = _net()
     default = ifv.prune(model, x[:1], 0.5)
-    explicit = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="data-free")
+    assert default.method == "fold" and default.config == ifv.OTConfig.capped_fold()
+    explicit = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig.capped_fold())
     with torch.no_grad():
         torch.testing.assert_close(default.model(x), explicit.model(x), rtol=0, atol=0)
-    unrepaired = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="none")
-    with torch.no_grad():
-        assert not torch.allclose(default.model(x), unrepaired.model(x), atol=1e-4)  # the repair did act
     for g in default.groups:
         if g.k < g.n:
             plan = torch.as_tensor(g.plan)
-            sizes = (plan > 0).sum(0)
-            assert bool(((plan > 0).sum(1) == 1).all())
-            assert int(sizes.max()) <= capped_size(g.n, g.k, 2.0)
+            assert bool(((plan > 0).sum(1) == 1).all())  # hard clusters
+            assert int((plan > 0).sum(0).max()) <= capped_size(g.n, g.k, 3.0)
+    one = ifv.prune(model, x[:1], 0.5, groups=[0])
+    assert one.method == "fold" and [g.index for g in one.groups if g.k < g.n] == [0]
+
+
+def test_intra_fusion_default_is_capped_hartigan_clusters_with_the_data_free_repair():
+    model, x = _net()
+    res = ifv.prune(model, x[:1], 0.5, method="intra-fusion")
+    explicit = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="data-free")
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), explicit.model(x), rtol=0, atol=0)
+        unrepaired = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="none")
+        assert not torch.allclose(res.model(x), unrepaired.model(x), atol=1e-4)  # the repair did act
+    for g in res.groups:
+        if g.k < g.n:
+            assert int((torch.as_tensor(g.plan) > 0).sum(0).max()) <= capped_size(g.n, g.k, 2.0)
 
 
 def test_paper_preset_is_still_the_balanced_plan_without_repair():

@@ -191,24 +191,44 @@ class OTConfig:
 
     @classmethod
     def capped(cls, capacity: float = 2.0, **overrides) -> "OTConfig":
-        """Size-bounded clusters: the plan :func:`intrafusion_viz.prune` uses by default on a whole network.
+        """Size-bounded clusters as Intra-Fusion targets: what ``prune(..., method="intra-fusion")`` uses by default.
 
-        :meth:`data_free`'s centroid targets (spherical k-means with k-means++ seeding on standardised,
-        unit-normalised channel vectors), but transport with capacities (``target_mass="capped"``):
-        every channel merges whole into one target, and no target absorbs more than
-        ``ceil(capacity * n / k)`` channels (the centroids are refitted to those capped clusters).  Free
-        k-means leaves clusters of 27-41 channels that the data-free repair cannot restore; capping
-        them is what makes the repair work (``docs/defaults.md``).  Use with ``repair="data-free"``
-        (what ``repair="auto"`` picks for this plan).
+        Centroid targets found by Hartigan's k-means (``centroid_init="hartigan"``, Model Folding's
+        algorithm) on standardised channel vectors compared as they are (``standardize=True``,
+        ``normalize=False``), and transport with capacities (``target_mass="capped"``): every channel
+        merges whole into one target, and no target absorbs more than ``ceil(capacity * n / k)``
+        channels (the centroids are refitted to those capped clusters).  Free clusters on these vectors
+        grow to dozens of channels that the data-free repair cannot restore; capping them is what makes
+        the repair work (``docs/defaults.md``).  ``repair="auto"`` picks ``"data-free"`` for this plan.
 
         Examples
         --------
         >>> cfg = OTConfig.capped()
-        >>> cfg.target, cfg.target_mass, cfg.capacity, cfg.standardize
-        ('centroid', 'capped', 2.0, True)
+        >>> cfg.target, cfg.centroid_init, cfg.target_mass, cfg.capacity, cfg.standardize, cfg.normalize
+        ('centroid', 'hartigan', 'capped', 2.0, True, False)
         """
-        settings = dict(target="centroid", centroid_init="k-means++", target_mass="capped", capacity=capacity,
-                        standardize=True, normalize=True)
+        settings = dict(target="centroid", centroid_init="hartigan", target_mass="capped", capacity=capacity,
+                        standardize=True, normalize=False)
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def capped_fold(cls, capacity: float = 3.0, **overrides) -> "OTConfig":
+        """The default call's settings, for ``method="fold"``: Model Folding's clusters with transport capacities.
+
+        ``prune(model, x, s)`` runs ``method="fold"`` with this config: Model Folding's channel vectors,
+        scaling and Hartigan clusters, then no cluster larger than ``ceil(capacity * n / k)`` channels
+        (a capacitated k-means refit from Hartigan's clusters, exact min-cost capped assignments), then
+        Model Folding's merge and data-free repair.  ``method="fold"`` without a config is Model
+        Folding exactly.
+
+        Examples
+        --------
+        >>> cfg = OTConfig.capped_fold()
+        >>> cfg.target_mass, cfg.capacity
+        ('capped', 3.0)
+        """
+        settings = dict(target_mass="capped", capacity=capacity)
         settings.update(overrides)
         return cls(**settings)
 
@@ -258,18 +278,31 @@ _TYPE_CHECKS = {  # annotation -> (test, what to pass); bool is an int in Python
 
 
 def default_config(method: str = "intra-fusion", whole_model: bool = True) -> OTConfig:
-    """The plan :func:`intrafusion_viz.prune` uses when no ``config`` is given.
+    """The plan :func:`intrafusion_viz.prune` uses for ``method`` when no ``config`` is given.
 
-    For ``method="default"`` and ``"fold"`` (which do not transport): ``OTConfig()``.  For Intra-Fusion:
-
-    ``whole_model=True`` (every group, or one sparsity for all of them): :meth:`OTConfig.capped`, with the
-    data-free repair (``repair="auto"``).  ``whole_model=False`` (``groups=[...]`` or a per-group
-    sparsity dict): also :meth:`OTConfig.capped`.  Why, measured: ``docs/defaults.md``.  The paper's
-    balanced plan is ``OTConfig.paper()``, the library's balanced barycentric plan ``OTConfig()``.
+    ``"intra-fusion"``: :meth:`OTConfig.capped` (size-bounded Hartigan clusters as targets, then the
+    data-free repair); ``"default"`` and ``"fold"``: ``OTConfig()`` (``"fold"`` is then Model Folding
+    exactly).  The paper's balanced plan is ``OTConfig.paper()``, the balanced barycentric plan ``OTConfig()``.
     """
-    if method != "intra-fusion":
-        return OTConfig()
-    return OTConfig.capped()
+    if method == "intra-fusion":
+        return OTConfig.capped()
+    return OTConfig()
+
+
+def resolve_default(method: Optional[str], config: Optional[OTConfig], whole_model: bool = True):
+    """``(method, config)`` that :func:`intrafusion_viz.prune` runs for the ``method`` and ``config`` it was given.
+
+    Neither given (the default call ``prune(model, x, s)``): ``("fold", OTConfig.capped_fold())``, Model
+    Folding's clusters with transport capacities (no cluster above 3x the mean size) and its data-free
+    repair, for the whole model and for one group alike: the best measured without data
+    (``docs/defaults.md``; ``whole_model`` is where a per-case choice would go).  Only a config given:
+    Intra-Fusion with it.  Only a method given: that method with :func:`default_config`.
+    """
+    if method is None and config is None:
+        return "fold", OTConfig.capped_fold()
+    if method is None:
+        return "intra-fusion", config
+    return method, (config if config is not None else default_config(method, whole_model))
 
 
 def _check_field_types(config) -> None:

@@ -24,7 +24,7 @@ from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_
 from ..plan._importance import group_importance, resolve_importance, taylor_gradients
 from .._state import ModelSnapshot, saved_modes
 from ..plan._blocks import per_block, top_per_block
-from ..plan._transport import OTConfig, capped_fold_plan, cost_matrix, default_config, masses, transport_plan
+from ..plan._transport import OTConfig, capped_fold_plan, cost_matrix, masses, resolve_default, transport_plan
 
 __all__ = ["prune", "PruneResult", "GroupResult", "num_kept", "METHODS"]
 
@@ -202,7 +202,7 @@ def _select(groups: List[Group], selection, sparsity) -> Dict[int, float]:
 
 
 @fold_memo()  # each BatchNorm fold is computed once per call (vectors, scores and surgery share it)
-def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
+def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optional[str] = None,
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
@@ -222,7 +222,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
         Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
         with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
-        own code in ``tests/test_model_folding_golden.py``).
+        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` with
+        ``OTConfig.capped_fold()`` (clusters capped at 3x the mean size) when no ``config`` is given, the
+        best measured without data (``docs/defaults.md``), else ``"intra-fusion"`` (``resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -252,7 +254,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Statistics repair after merging, without data: ``"data-free"`` predicts every merged
         channel's mean and variance from the stored BatchNorm statistics and weight correlations of
         the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
-        ``"data-free"`` for ``method="fold"`` (part of Model Folding), none otherwise.  Repairs that
+        ``"data-free"`` for ``method="fold"`` and hard Intra-Fusion plans (``target_mass`` ``"free"`` or
+        ``"capped"``: ``OTConfig.auto_repair``), none otherwise.  Repairs that
         need data: :func:`intrafusion_viz.repair` on the result.
     sequential : bool
         Plan and merge group by group, each plan made on the network with the previous groups
@@ -287,14 +290,14 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     >>> res.model.features[0].out_channels
     32
     """
+    # no method and no config: the measured default (docs/defaults.md); a config alone means Intra-Fusion
+    method, config = resolve_default(method, config, whole_model=groups is None and not isinstance(sparsity, Mapping))
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     repair = "none" if repair is None else repair
     if repair not in PRUNE_REPAIRS:
         raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
                          "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
-    if config is None:  # the measured default (docs/defaults.md): size-bounded clusters + data-free repair
-        config = default_config(method, whole_model=groups is None and not isinstance(sparsity, Mapping))
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
     if repair == "auto":
