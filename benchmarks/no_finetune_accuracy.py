@@ -308,15 +308,8 @@ def drift(args):
                     continue
                 key = f"{dataset}|{arch}|{seed}|{s}|{method}"
                 if key not in saved:
-                    if method in ("default", "fold"):
-                        res = ifv.prune(model, x_test[:1], s, method=method, seed=seed, repair="none")
-                        fixed = res.model if method == "default" else ifv.repair(res, model, mode="data-free")
-                    else:
-                        cfg = {"ifv": None, "paper": ifv.OTConfig.paper(), "data_free_old": ifv.OTConfig.data_free()}
-                        if method.startswith("capped-"):
-                            cfg[method] = ifv.OTConfig.capped(capacity=float(method.split("-")[1]))
-                        res = ifv.prune(model, x_test[:1], s, config=cfg[method], seed=seed, repair="none")
-                        fixed = ifv.repair(res, model, mode="data-free") if method != "paper" else res.model
+                    res = _result(ifv, model, x_test[:1], s, method, seed)  # its own repair included
+                    fixed = res.model
                     rows = ifv.layer_drift(model, res, x_test[:256], model=fixed)
                     sizes = [int(torch.bincount(torch.as_tensor(g.plan).argmax(1), minlength=g.k).max())
                              for g in res.groups if g.k < g.n]
