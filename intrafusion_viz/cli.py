@@ -55,7 +55,7 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     batch = (data.x_train[:256], data.y_train[:256])
     table = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=demo_methods,
                            importance=importance, batch=batch, cache=False, progress=progress)
-    # the default call ifv.prune(model, x, s): method="fold" with OTConfig.capped_fold() (docs/defaults.md)
+    # the default call ifv.prune(model, x, s): method="fold", Model Folding (docs/defaults.md)
     default_method, default_config = resolve_default(None, None)
     call = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=(default_method,),
                           config=default_config, importance=importance, cache=False, progress=progress)

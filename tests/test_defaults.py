@@ -1,4 +1,4 @@
-"""The default call ``ifv.prune(model, x, s)``: Model Folding's clusters with transport capacities + its repair.
+"""The default call ``ifv.prune(model, x, s)`` (Model Folding: ``method="fold"``) and transport with capacities.
 
 Properties of transport with capacities (``target_mass="capped"``): hard, every target 1..m channels, least
 total cost, kept channels stay themselves with most-important targets; capacitated k-means; and what the
@@ -88,8 +88,8 @@ def test_capped_cluster_labels_bound_sizes_and_keep_clusters_that_fit():
 
 
 def test_default_call_resolution():
-    assert resolve_default(None, None) == ("fold", ifv.OTConfig.capped_fold())
-    assert resolve_default(None, None, whole_model=False) == ("fold", ifv.OTConfig.capped_fold())
+    assert resolve_default(None, None) == ("fold", ifv.OTConfig())
+    assert resolve_default(None, None, whole_model=False) == ("fold", ifv.OTConfig())
     assert resolve_default(None, ifv.OTConfig.paper()) == ("intra-fusion", ifv.OTConfig.paper())
     assert resolve_default("fold", None) == ("fold", ifv.OTConfig())  # method="fold" alone: Model Folding exactly
     assert resolve_default("intra-fusion", None) == ("intra-fusion", ifv.OTConfig.capped())
@@ -116,18 +116,21 @@ def _net():
     return model, torch.randn(8, 1, 32, 32)
 
 
-def test_default_call_is_capped_fold_with_its_repair():
+def test_default_call_is_model_folding_and_capped_fold_bounds_its_clusters():
     model, x = _net()
     default = ifv.prune(model, x[:1], 0.5)
-    assert default.method == "fold" and default.config == ifv.OTConfig.capped_fold()
-    explicit = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig.capped_fold())
+    assert default.method == "fold" and default.config == ifv.OTConfig()
+    explicit = ifv.prune(model, x[:1], 0.5, method="fold")
     with torch.no_grad():
         torch.testing.assert_close(default.model(x), explicit.model(x), rtol=0, atol=0)
-    for g in default.groups:
+    capped = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig.capped_fold(capacity=1.0))
+    for g in capped.groups:
         if g.k < g.n:
             plan = torch.as_tensor(g.plan)
             assert bool(((plan > 0).sum(1) == 1).all())  # hard clusters
-            assert int((plan > 0).sum(0).max()) <= capped_size(g.n, g.k, 3.0)
+            assert int((plan > 0).sum(0).max()) <= capped_size(g.n, g.k, 1.0)
+    with torch.no_grad():
+        assert torch.isfinite(capped.model(x)).all()
     one = ifv.prune(model, x[:1], 0.5, groups=[0])
     assert one.method == "fold" and [g.index for g in one.groups if g.k < g.n] == [0]
 

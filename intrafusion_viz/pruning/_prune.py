@@ -222,9 +222,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
         Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
         with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
-        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` with
-        ``OTConfig.capped_fold()`` (clusters capped at 3x the mean size) when no ``config`` is given, the
-        best measured without data (``docs/defaults.md``), else ``"intra-fusion"`` (``resolve_default``).
+        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` when no
+        ``config`` is given, the best measured without data (``docs/defaults.md``), else
+        ``"intra-fusion"`` (``resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
