@@ -10,10 +10,14 @@ Methods (importance l1, every group, mean and spread over the 3 reference seeds,
 * ``fold``: ``method="fold"`` (Model Folding as this library implements it, its data-free repair);
 * ``theirs``: Model Folding's own code (github marza96/ModelFolding @33e2818), run through
   ``benchmarks/model_folding`` (``run_theirs``; skipped when that runner or their checkout is missing);
-* ``ifv``: ``ifv.prune(model, x, s)`` with no other argument (the library's default call);
-* ``ifv+bn``: the same, then ``ifv.repair(..., mode="bn")`` on 512 unlabeled training images;
-* extra candidates (``--methods``): ``paper`` (``OTConfig.paper()``, the balanced plan), ``data_free_old``
-  (``OTConfig.data_free()``, Lloyd clusters, + data-free repair), ``capped-<c>`` (centroid targets, capacity c).
+* ``ifv``: ``ifv.prune(model, x, s)`` with no other argument (the library's default call; today the same
+  network as ``fold``);
+* ``capped-2-hart-euc``: ``method="intra-fusion"``'s default, ``OTConfig.capped()`` (Hartigan centroid targets,
+  transport with capacity 2) + data-free repair; ``cfold-<c>``: ``method="fold"`` with
+  ``OTConfig.capped_fold(capacity=c)``; ``paper``: ``OTConfig.paper()``, the balanced plan;
+* ``<method>+bn``: then ``ifv.repair(..., mode="bn")`` on 512 unlabeled training images;
+* more candidates (``--methods``): ``data_free_old`` (``OTConfig.data_free()``, Lloyd clusters, + data-free
+  repair), ``capped-<c>[-hart][-euc][-mi]``, ``free[-hart][-euc]`` (Intra-Fusion plans, see ``_result``).
 
 Every cell is cached as one JSON line in ``benchmarks/results/no_finetune_accuracy.jsonl`` (rerunning skips
 cells already there; ``--force`` recomputes). Prints one table per network and writes
@@ -36,17 +40,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "no_finetune_accuracy.jsonl"
-METHODS = ("default", "default+bn", "fold", "theirs", "ifv", "ifv+bn")
+# the evidence's columns (docs/results/no_finetune_accuracy.md); "fold" is what ifv.prune(model, x, s) runs
+METHODS = ("theirs", "fold", "capped-2-hart-euc", "cfold-3", "paper", "default", "default+bn", "fold+bn",
+           "capped-2-hart-euc+bn")
 LABELS = {
     "default": "default pruning",
     "default+bn": "default pruning + bn (512 images)",
-    "fold": 'our method="fold"',
+    "fold": 'ifv.prune(model, x, s) = method="fold"',
     "theirs": "Model Folding's code",
     "ifv": "ifv.prune(model, x, s) (no data)",
-    "ifv+bn": "ifv.prune + bn (512 images)",
     "paper": "OTConfig.paper() (balanced plan)",
-    "fold+bn": 'method="fold" + bn (512 images)',
-    "capped-2-hart-euc": "capped Hartigan clusters (capacity 2)",
+    "fold+bn": 'ifv.prune + bn (512 images)',
+    "capped-2-hart-euc": 'method="intra-fusion" (OTConfig.capped())',
+    "capped-2-hart-euc+bn": 'method="intra-fusion" + bn (512 images)',
+    "cfold-3": 'fold, capacity 3 (OTConfig.capped_fold())',
+    "cfold-3+bn": "fold, capacity 3 + bn (512 images)",
     "data_free_old": "OTConfig.data_free() + data-free (before)",
 }
 DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
@@ -250,7 +258,7 @@ def one_group(args):
                "paper": ("intra-fusion", lambda: ifv.OTConfig.paper()),
                "default": ("default", lambda: None), "fold": ("fold", lambda: None),
                "cfold-3": ("fold", lambda: ifv.OTConfig(target_mass="capped", capacity=3.0)),
-               "capped-2": ("intra-fusion", lambda: ifv.OTConfig.capped(capacity=2.0))}
+               "capped-2": ("intra-fusion", lambda: ifv.OTConfig.data_free(target_mass="capped", capacity=2.0))}
     for dataset in args.datasets:
         (_, _), (x_test, y_test) = ifv.reference_data(dataset=dataset)
         if args.n_test:
