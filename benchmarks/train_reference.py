@@ -8,9 +8,10 @@ seed, dataset=...)`` loads them (and trains when missing).
     python benchmarks/train_reference.py --arch vit --seeds 0 1     # torchvision VisionTransformer, AdamW
     python benchmarks/train_reference.py --dataset fashion-mnist --arch vgg11_bn resnet18 --seeds 0 1 2
 
-Times (2 CPU threads): MNIST VGG11-BN/ResNet18 a few minutes each; Fashion-MNIST (60,000 images, 4 epochs)
-VGG11-BN width 0.5 about 2.6 min per epoch quiet, ResNet18 width 16 about 2 min per epoch; on a machine
-shared with other jobs, 2-3x that. The log prints each run's time.
+Times measured on one thread of a shared, loaded 2-core CPU: MNIST VGG11-BN 861-1053 s per seed; Fashion-MNIST
+(60,000 images, 2 epochs) VGG11-BN 1611-1963 s per seed. On a quiet machine Fashion VGG11-BN takes about 2.6 min
+per epoch (2 threads), ResNet18 width 32 about 7 min per epoch (hence width 16 for Fashion-MNIST). The log
+prints each run's time and its test accuracy after every epoch (the plateau check).
 """
 from __future__ import annotations
 

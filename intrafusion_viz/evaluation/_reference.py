@@ -3,8 +3,9 @@
 The accuracy evidence (``benchmarks/whole_model.py``, ``benchmarks/no_finetune_accuracy.py``), the notebooks'
 full mode and the dashboards use these instead of tiny under-trained nets. Checkpoints live outside git, in
 ``$INTRAFUSION_VIZ_REFERENCE`` or ``~/.cache/intrafusion_viz_reference/``: ``<arch>_s<seed>.pt`` for MNIST,
-``<arch>_fashion-mnist_s<seed>.pt`` for Fashion-MNIST, and are trained when missing (MNIST: minutes on a
-CPU; Fashion-MNIST: VGG11-BN about 10 minutes, ResNet18 (width 16) about 8 minutes on two quiet CPU cores).
+``<arch>_fashion-mnist_s<seed>.pt`` for Fashion-MNIST, and are trained when missing. Measured on one thread of
+a shared, loaded 2-core CPU: MNIST VGG11-BN 14-18 min; Fashion-MNIST VGG11-BN (2 epochs of 60,000 images)
+27-33 min; a quiet machine takes about a third of that (Fashion VGG11-BN: 2.6 min per epoch on 2 threads).
 
 Example
 -------
