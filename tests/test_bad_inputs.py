@@ -188,7 +188,8 @@ def _feat(fn, inplace=False):
 def _injected(attribute, number, owner=_prune, config=None):
     def call(m, monkeypatch):
         monkeypatch.setattr(owner, attribute, fail_on_call(number)(getattr(owner, attribute)))
-        return ifv.prune(m, X[:1], 0.5, inplace=True, config=config)
+        # Intra-Fusion's surgery (OTConfig() unless given): the default call folds instead (docs/defaults.md)
+        return ifv.prune(m, X[:1], 0.5, inplace=True, config=config if config is not None else ifv.OTConfig())
     return call
 
 
@@ -441,6 +442,6 @@ def test_injected_failures_really_happen_after_changes_started(monkeypatch):
         return original(work, group, *args, **kwargs)
     monkeypatch.setattr(_prune, "apply_merge", fail_on_call(2)(spy))
     with pytest.raises(RuntimeError, match="injected"):
-        ifv.prune(model, X[:1], 0.5, inplace=True)
+        ifv.prune(model, X[:1], 0.5, inplace=True, config=ifv.OTConfig())  # Intra-Fusion's surgery
     assert seen == [(True, 0, 6)]  # the first group of the caller's model was merged, then it failed
     assert model[0].out_channels == 6 and model[0].weight.shape[0] == 6

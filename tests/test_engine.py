@@ -175,7 +175,8 @@ def test_pruned_model_shapes_and_caller_untouched(method):
 def test_records_are_consistent():
     model = models.vgg11_bn(width_mult=0.125).eval()
     x = torch.randn(1, 3, 32, 32)
-    res = ifv.prune(model, x, {2: 0.5, "features.22": 0.3})
+    # the balanced plan (OTConfig()); the default call folds capped clusters instead (tests/test_defaults.py)
+    res = ifv.prune(model, x, {2: 0.5, "features.22": 0.3}, config=ifv.OTConfig())
     assert [g.index for g in res.groups] == [2, 6]
     for g in res.groups:
         assert g.k == ifv.num_kept(g.n, g.sparsity)
@@ -394,7 +395,7 @@ def test_every_option_prunes(cfg):
     torch.manual_seed(0)
     model = randomize_bn(TinyResNet()).eval()
     x = torch.randn(2, 3, 16, 16)
-    base = ifv.prune(model, x[:1], 0.4)
+    base = ifv.prune(model, x[:1], 0.4, config=ifv.OTConfig())  # the balanced plan's settings
     res = ifv.prune(model, x[:1], 0.4, config=ifv.OTConfig(**cfg))
     out = res.model(x)
     assert out.shape == (2, 5) and torch.isfinite(out).all()

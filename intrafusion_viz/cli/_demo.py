@@ -16,6 +16,7 @@ import torch
 __all__ = ["run_demo", "format_table", "format_html_table", "write_report", "run"]
 
 DEMO_MODEL = "SmallCNN(width=(32, 64)) on scikit-learn digits"
+DEFAULT_CALL = "ifv.prune default"  # the demo's column for prune(model, x, s) with no other argument
 
 
 def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: int = 15, seed: int = 0,
@@ -31,9 +32,12 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
         ``group=-1, group_name="all", sparsity, method, importance, accuracy, params, seed, model,
         num_classes`` per row, plus one ``method="original"`` row first.
     """
+    import pandas as pd
+
     from .. import IMPORTANCES, models, prune, train
     from ..data import load_digits_tensors
     from ..evaluation.sweeps import PAPER_FUSION, sparsity_sweep
+    from ..plan._transport import resolve_default
 
     # the demo's comparison: dropping, Intra-Fusion, and the paper's normalisation (names from ifv.METHODS)
     demo_methods = ("default", "intra-fusion", PAPER_FUSION)
@@ -51,6 +55,11 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     batch = (data.x_train[:256], data.y_train[:256])
     table = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=demo_methods,
                            importance=importance, batch=batch, cache=False, progress=progress)
+    # the default call ifv.prune(model, x, s): method="fold", Model Folding (docs/defaults.md)
+    default_method, default_config = resolve_default(None, None)
+    call = sparsity_sweep(model, test, example, sparsities=list(sparsities), methods=(default_method,),
+                          config=default_config, importance=importance, cache=False, progress=progress)
+    table = pd.concat([table, call[call.method != "original"].assign(method=DEFAULT_CALL)], ignore_index=True)
     params = {0.0: sum(p.numel() for p in model.parameters())}
     for s in sparsities:  # parameters depend on the sparsity only (every method keeps as many channels)
         params[float(s)] = prune(model, example, s, method="default", importance="l1").params_after

@@ -26,6 +26,8 @@ from typing import Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ._fashion import (FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, default_fashion_root,
+                       fashion_mnist_datasets)
 from ._shared import SHARED_ENV, shared_dir, shared_path
 
 __all__ = [
@@ -39,6 +41,11 @@ __all__ = [
     "mnist_datasets",
     "mnist_test_split",
     "cifar_datasets",
+    "fashion_mnist_datasets",
+    "default_fashion_root",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
     "MNIST_MEAN",
     "MNIST_STD",
     "CIFAR10_MEAN",

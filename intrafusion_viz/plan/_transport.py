@@ -17,6 +17,7 @@ from ._l1 import l1_distances
 
 __all__ = [
     "OTConfig",
+    "default_config",
     "cost_matrix",
     "masses",
     "transport_plan",
@@ -25,11 +26,11 @@ __all__ = [
 ]
 
 _TARGETS = ("most_important", "centroid")
-_MASSES = ("uniform", "importance", "free")
+_MASSES = ("uniform", "importance", "free", "capped")
 _SOLVERS = ("emd", "sinkhorn")
 _FUSIONS = ("barycentric", "paper")
 _BN_EPS = ("exact", "authors")
-_CENTROID_INITS = ("kept", "k-means++")
+_CENTROID_INITS = ("kept", "k-means++", "hartigan")
 _Q_SCALES = ("exact", "none")
 
 
@@ -44,11 +45,13 @@ class OTConfig:
     target : {"most_important", "centroid"}
         Transport onto the kept (most important) channels themselves, or onto k-means centroids of
         all channels (each centroid is labelled with the kept channel nearest to it).
-    centroid_init : {"kept", "k-means++"}
+    centroid_init : {"kept", "k-means++", "hartigan"}
         How ``target="centroid"`` finds its centroids: k-means started from the kept channels
         (``"kept"``, default), or spherical k-means with k-means++ seeding, best of 10 starts
-        (``"k-means++"``, Model Folding's clustering; every centroid is then the normalised mean of the
-        channels nearest to it, so with ``target_mass="free"`` each channel merges into its cluster).
+        (``"k-means++"``; every centroid is then the normalised mean of the channels nearest to it, so
+        with ``target_mass="free"`` each channel merges into its cluster), or Hartigan's k-means from
+        random balanced partitions, best of 10 (``"hartigan"``, the algorithm Model Folding uses: lower
+        k-means cost and smaller clusters than Lloyd's), on the vectors as the cost sees them.
     standardize : bool
         Standardise every coordinate of the channel vectors across the group's channels before the
         cost (median and interquartile range, scikit-learn's ``RobustScaler``, as Model Folding does
@@ -62,7 +65,16 @@ class OTConfig:
         Mass of each source channel / each target, uniform or proportional to importance.
         ``target_mass="free"``: semi-relaxed transport, targets take whatever mass reaches them, so
         every channel goes whole to its nearest target (a kept channel to itself) instead of every
-        kept channel absorbing the same share.
+        kept channel absorbing the same share.  ``target_mass="capped"``: transport with capacities,
+        every channel goes whole to one target, every target takes at least one channel and at most
+        ``ceil(capacity * n / k)`` of them, at the least total cost (an exact min-cost assignment); with
+        ``target="centroid"`` the centroids are re-fitted to the capped clusters (capacitated k-means),
+        so the plan is a size-bounded clustering.  Bounding how much each target absorbs is what keeps
+        the data-free repair working (a merged channel standing for dozens of others cannot be
+        repaired from statistics); see ``docs/defaults.md``.
+    capacity : float
+        For ``target_mass="capped"``: the most channels a target may absorb, as a multiple of the
+        mean ``n / k`` (``>= 1``; 1 is a balanced hard assignment).
     solver : {"emd", "sinkhorn"}
         Exact optimal transport, or entropic Sinkhorn with strength ``reg``.
     reg : float
@@ -122,6 +134,7 @@ class OTConfig:
     standardize: bool = False
     normalize: bool = True
     q_scale: str = "exact"
+    capacity: float = 2.0
 
     @classmethod
     def paper(cls, bn_eps: str = "exact", **overrides) -> "OTConfig":
@@ -178,6 +191,58 @@ class OTConfig:
         settings.update(overrides)
         return cls(**settings)
 
+    @classmethod
+    def capped(cls, capacity: float = 2.0, **overrides) -> "OTConfig":
+        """Size-bounded clusters as Intra-Fusion targets: what ``prune(..., method="intra-fusion")`` uses by default.
+
+        Centroid targets found by Hartigan's k-means (``centroid_init="hartigan"``, Model Folding's
+        algorithm) on standardised channel vectors compared as they are (``standardize=True``,
+        ``normalize=False``), and transport with capacities (``target_mass="capped"``): every channel
+        merges whole into one target, and no target absorbs more than ``ceil(capacity * n / k)``
+        channels (the centroids are refitted to those capped clusters).  Free clusters on these vectors
+        grow to dozens of channels that the data-free repair cannot restore; capping them is what makes
+        the repair work (``docs/defaults.md``).  ``repair="auto"`` picks ``"data-free"`` for this plan.
+
+        Examples
+        --------
+        >>> cfg = OTConfig.capped()
+        >>> cfg.target, cfg.centroid_init, cfg.target_mass, cfg.capacity, cfg.standardize, cfg.normalize
+        ('centroid', 'hartigan', 'capped', 2.0, True, False)
+        """
+        settings = dict(target="centroid", centroid_init="hartigan", target_mass="capped", capacity=capacity,
+                        standardize=True, normalize=False)
+        settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def capped_fold(cls, capacity: float = 3.0, **overrides) -> "OTConfig":
+        """For ``method="fold"``: Model Folding's clusters with transport capacities.
+
+        ``prune(model, x, s, method="fold", config=OTConfig.capped_fold())``: Model Folding's channel
+        vectors, scaling and Hartigan clusters, then no cluster larger than ``ceil(capacity * n / k)``
+        channels (a capacitated k-means refit from Hartigan's clusters, exact min-cost capped
+        assignments), then Model Folding's merge and data-free repair.  Measured (``docs/defaults.md``):
+        better than Model Folding at some sparsities, worse at others; ``method="fold"`` without a config
+        (the default call) is Model Folding exactly.
+
+        Examples
+        --------
+        >>> cfg = OTConfig.capped_fold()
+        >>> cfg.target_mass, cfg.capacity
+        ('capped', 3.0)
+        """
+        settings = dict(target_mass="capped", capacity=capacity)
+        settings.update(overrides)
+        return cls(**settings)
+
+    def auto_repair(self, method: str) -> str:
+        """What ``prune(..., repair="auto")`` does after this plan: ``"data-free"`` for hard plans that
+        merge clusters (``method="fold"``, or Intra-Fusion with ``target_mass`` ``"free"`` or ``"capped"``),
+        else ``"none"``."""
+        if method == "fold" or (method == "intra-fusion" and self.target_mass in ("free", "capped")):
+            return "data-free"
+        return "none"
+
     def __post_init__(self):
         _check_field_types(self)
         if self.target == "cluster_centroid":  # the paper's spelling
@@ -199,6 +264,9 @@ class OTConfig:
         _check_choice("bn_eps", self.bn_eps, _BN_EPS)
         _check_choice("centroid_init", self.centroid_init, _CENTROID_INITS)
         _check_choice("q_scale", self.q_scale, _Q_SCALES)
+        if not (isinstance(self.capacity, (int, float)) and math.isfinite(self.capacity) and self.capacity >= 1):
+            raise ValueError(f"capacity must be a number >= 1 (a multiple of the mean cluster size n / k), "
+                             f"got {self.capacity!r}")
         if self.bn_eps == "authors" and self.fold_batchnorm is not True:
             raise ValueError("bn_eps='authors' folds every BatchNorm the paper's way, so it needs "
                              "fold_batchnorm=True")
@@ -210,6 +278,35 @@ _TYPE_CHECKS = {  # annotation -> (test, what to pass); bool is an int in Python
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
 }
+
+
+def default_config(method: str = "intra-fusion", whole_model: bool = True) -> OTConfig:
+    """The plan :func:`intrafusion_viz.prune` uses for ``method`` when no ``config`` is given.
+
+    ``"intra-fusion"``: :meth:`OTConfig.capped` (size-bounded Hartigan clusters as targets, then the
+    data-free repair); ``"default"`` and ``"fold"``: ``OTConfig()`` (``"fold"`` is then Model Folding
+    exactly).  The paper's balanced plan is ``OTConfig.paper()``, the balanced barycentric plan ``OTConfig()``.
+    """
+    if method == "intra-fusion":
+        return OTConfig.capped()
+    return OTConfig()
+
+
+def resolve_default(method: Optional[str], config: Optional[OTConfig], whole_model: bool = True):
+    """``(method, config)`` that :func:`intrafusion_viz.prune` runs for the ``method`` and ``config`` it was given.
+
+    Neither given (the default call ``prune(model, x, s)``): ``("fold", OTConfig())``, Model Folding exactly
+    (its channel vectors, Hartigan clusters, merge and data-free repair), for the whole model and for one
+    group alike: the best measured without data on converged VGG11-BN (MNIST, Fashion-MNIST; 
+    ``docs/defaults.md``: no capped or Intra-Fusion plan beat it at every sparsity; ``whole_model`` is
+    where a per-case choice would go).  Only a config given: Intra-Fusion with it.  Only a method given:
+    that method with :func:`default_config`.
+    """
+    if method is None and config is None:
+        return "fold", OTConfig()
+    if method is None:
+        return "intra-fusion", config
+    return method, (config if config is not None else default_config(method, whole_model))
 
 
 def _check_field_types(config) -> None:
@@ -311,7 +408,8 @@ def cost_matrix(features: torch.Tensor, kept: torch.Tensor, config: OTConfig = O
     if config.target == "most_important":
         targets = x[kept]
     else:
-        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize, seed=seed))
+        targets = unit(_centroids(x, kept, config.centroid_init, spherical=config.normalize, seed=seed,
+                                  capacity=config.capacity if config.target_mass == "capped" else None))
     targets = targets.to(x.dtype)
     if config.p == 2 and config.normalize:  # unit vectors: |x - t|^2 = 2 - 2 x.t, one matrix product
         cost = (2.0 - 2.0 * (x @ targets.T)).double().clamp_min_(0).sqrt_()
@@ -339,17 +437,156 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
 
 
 def _centroids(x: torch.Tensor, kept: torch.Tensor, init: str = "kept", spherical: bool = True,
-               seed: int = 0) -> torch.Tensor:
+               seed: int = 0, capacity: Optional[float] = None) -> torch.Tensor:
     """k-means centroids of the rows ``x``; centroid j is the one matched to kept[j].
 
     ``init="kept"``: Lloyd's k-means started from the kept channels.  ``"k-means++"``: k-means with
     k-means++ seeding, best of 10 starts, ``seed``; ``spherical`` (for unit rows): centres normalised
-    after every update, so a channel's nearest centre by the cost is its cluster's.
+    after every update, so a channel's nearest centre by the cost is its cluster's.  ``capacity``:
+    then refit the centres to clusters of at most ``ceil(capacity * n / k)`` channels (capacitated
+    k-means: capped assignment, centre update, until the assignment repeats; 20 rounds at most).
     """
+    centers = _centroids_uncapped(x, kept, init, spherical, seed)
+    if capacity is None:
+        return centers
+    unit = _unit_rows if spherical else (lambda v: v)
+    xd = x.double()
+    k = len(kept)
+    labels = None
+    for _ in range(20):
+        cost = torch.cdist(xd, unit(centers.double()))
+        new = _capped_labels(cost, capacity)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        sums = torch.zeros(k, xd.shape[1], dtype=torch.float64).index_add_(0, labels, xd)
+        counts = torch.bincount(labels, minlength=k).double().clamp_min(1)
+        centers = (_unit_rows(sums) if spherical else sums / counts[:, None]).to(x.dtype)
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(torch.cdist(xd[kept], centers.double()).numpy())
+    out = torch.empty_like(centers)
+    out[torch.as_tensor(rows)] = centers[torch.as_tensor(cols)]
+    return out
+
+
+def capped_cluster_labels(gram: torch.Tensor, labels: torch.Tensor, k: int, capacity: float,
+                          max_rounds: int = 20) -> torch.Tensor:
+    """Clusters of at most ``capped_size(n, k, capacity)`` points, refitted from ``labels`` (capacitated k-means).
+
+    ``gram`` (n, n): dot products of the points (e.g. :func:`._hartigan.scaled_gram`).  Each round gives
+    every point a cluster by an exact capped assignment (:func:`_capped_labels`) on the squared distances
+    to the current cluster means (read off the Gram matrix), then moves the means; it stops when the
+    assignment repeats.  Clusters that already fit the cap are kept as they are.
+    """
+    g = torch.as_tensor(gram, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.long).clone()
+    n = len(labels)
+    m = capped_size(n, k, capacity)
+    if int(torch.bincount(labels, minlength=k).max()) <= m:
+        return labels
+    diag = torch.diagonal(g)
+    for _ in range(max_rounds):
+        onehot = torch.zeros(n, k, dtype=torch.float64)
+        onehot[torch.arange(n), labels] = 1.0
+        counts = onehot.sum(0).clamp_min(1.0)
+        cross = g @ onehot / counts  # x_i . c_j
+        own = (onehot.T @ g @ onehot).diagonal() / counts ** 2  # |c_j|^2
+        dist = (diag[:, None] - 2.0 * cross + own[None, :]).clamp_min(0)
+        new = _capped_labels(dist, capacity)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def capped_fold_plan(vectors: torch.Tensor, importance: torch.Tensor, k: int, seeds, capacity: float):
+    """Model Folding's clusters (:func:`._hartigan.fold_plan`) with transport capacities: no cluster larger
+    than ``capped_size(n, k, capacity)`` (:func:`capped_cluster_labels` from Hartigan's clusters, on the same
+    standardised vectors).  Returns ``(kept, plan)`` like ``fold_plan``."""
+    from ._hartigan import fold_labels, labels_plan, scaled_gram
+
+    n = vectors.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    if k == n:
+        return torch.arange(n), torch.eye(n, dtype=torch.float64) / n
+    labels = fold_labels(vectors, k, seeds)
+    labels = capped_cluster_labels(torch.from_numpy(scaled_gram(vectors)), labels, k, capacity)
+    return labels_plan(labels, importance, k)
+
+
+def capped_size(n: int, k: int, capacity: float) -> int:
+    """The most channels one target may take under ``target_mass="capped"``: ``ceil(capacity * n / k)``."""
+    return max(1, min(n - k + 1, math.ceil(capacity * n / k - 1e-9)))
+
+
+def _capped_labels(cost: torch.Tensor, capacity: float, pinned: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each of the n rows to one of the k columns, every column 1 to ``capped_size`` rows, least total cost.
+
+    An exact min-cost flow (network simplex, ``ot.emd``): every column is split into its first slot
+    (which a real row must fill: the dummy source's cost to it is prohibitive) and its further slots;
+    a dummy source absorbs the spare room.  Masses are whole numbers of rows, so the optimal vertex is a
+    hard assignment.  ``pinned`` (k,): row ``pinned[j]`` goes to column j (a kept channel stays itself).
+    """
+    import ot
+
+    cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
+    n, k = cost.shape
+    m = capped_size(n, k, capacity)
+    labels = torch.full((n,), -1, dtype=torch.long)
+    free_rows = torch.arange(n)
+    first_room = torch.ones(k, dtype=torch.float64)
+    if pinned is not None:
+        pinned = torch.as_tensor(pinned, dtype=torch.long)
+        labels[pinned] = torch.arange(k)
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[pinned] = False
+        free_rows = torch.nonzero(keep).flatten()
+        first_room = torch.zeros(k, dtype=torch.float64)  # every column already has its one row
+    nf = len(free_rows)
+    if nf == 0:
+        return labels
+    extra_room = torch.full((k,), float(m - 1), dtype=torch.float64)
+    sub = cost[free_rows]
+    spare = float(first_room.sum() + extra_room.sum()) - nf
+    big = 1e6 * (float(sub.abs().max()) + 1.0)
+    c = torch.zeros(nf + 1, 2 * k, dtype=torch.float64)
+    c[:nf, :k], c[:nf, k:] = sub, sub
+    c[nf, :k] = big
+    a = torch.cat([torch.ones(nf, dtype=torch.float64), torch.tensor([spare], dtype=torch.float64)])
+    b = torch.cat([first_room, extra_room])
+    keep_cols = b > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ot.emd(a.numpy(), b[keep_cols].numpy(), np.ascontiguousarray(c[:, keep_cols].numpy()),
+                      numItermax=max(100_000, 50 * (nf + 1) * 2 * k))
+    full = torch.zeros(nf + 1, 2 * k, dtype=torch.float64)
+    full[:, keep_cols] = torch.from_numpy(plan)
+    flow = full[:nf, :k] + full[:nf, k:]
+    labels[free_rows] = flow.argmax(1)
+    return labels
+
+
+def _centroids_uncapped(x: torch.Tensor, kept: torch.Tensor, init: str, spherical: bool, seed: int) -> torch.Tensor:
     from scipy.optimize import linear_sum_assignment
 
     k = len(kept)
-    if init == "k-means++":
+    if init == "hartigan":
+        from ._hartigan import FoldSeeds, hartigan_kmeans
+
+        xd = x.double()
+        xc = xd - xd.mean(0, keepdim=True)
+        labels, _ = hartigan_kmeans((xc @ xc.T).numpy(), k, FoldSeeds(seed).next())
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if len(torch.unique(labels)) < k:
+            from ._kmeans import _fill_empty
+
+            labels = _fill_empty(labels, k, torch.zeros(len(x), dtype=torch.float64))
+        centers = torch.zeros(k, xd.shape[1], dtype=torch.float64).index_add_(0, labels, xd)
+        counts = torch.bincount(labels, minlength=k).double().clamp_min(1)
+        centers = (_unit_rows(centers) if spherical else centers / counts[:, None]).to(x.dtype)
+    elif init == "k-means++":
         from ._kmeans import _fill_empty, kmeans, span_coordinates
 
         z = span_coordinates(x.double())
@@ -379,7 +616,7 @@ def masses(kind: str, importance: Optional[torch.Tensor], n: int) -> torch.Tenso
     _check_choice("mass", kind, _MASSES)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"masses: n must be a positive int (the number of channels), got {n!r}")
-    if kind in ("uniform", "free"):
+    if kind in ("uniform", "free", "capped"):
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
     if importance is None:
         raise ValueError(f"masses({kind!r}, ...) needs the channels' importance scores (a tensor of length n)")
@@ -452,6 +689,14 @@ def transport_plan(cost: torch.Tensor, source: torch.Tensor, target: torch.Tenso
         if len(kept) != k:
             raise ValueError(f"transport_plan: kept has {len(kept)} indices but the cost has {k} target columns")
     b = b * (a.sum() / b.sum())
+    if config.target_mass == "capped":  # capacities: every source whole to one target, sizes bounded
+        pinned = None
+        if kept is not None and config.target == "most_important":
+            pinned = torch.as_tensor(kept, dtype=torch.long)
+        labels = _capped_labels(cost, config.capacity, pinned)
+        plan = torch.zeros(n, k, dtype=torch.float64)
+        plan[torch.arange(n), labels] = a
+        return plan
     if config.target_mass == "free":  # semi-relaxed: the optimum sends each source whole to its cheapest target
         plan = torch.zeros(n, k, dtype=torch.float64)
         plan[torch.arange(n), cost.argmin(1)] = a

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..groups._trace import Group
 from ..merge._memo import fold_memo
-from ..plan._transport import OTConfig
+from ..plan._transport import OTConfig, resolve_default
 from . import _steps as steps
 from ._result import GroupResult, PruneResult, num_kept
 from ._steps import METHODS
@@ -22,7 +22,7 @@ Sparsity = Union[float, Mapping[Union[int, str], float]]
 
 
 @fold_memo()  # each BatchNorm fold is computed once per call (vectors, scores and surgery share it)
-def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str = "intra-fusion",
+def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optional[str] = None,
           importance: Union[str, Callable] = "l1", groups: Optional[Sequence[Union[int, str]]] = None,
           config: Optional[OTConfig] = None, batch=None, loss_fn: Optional[Callable] = None,
           features: Optional[Callable[[nn.Module, Group], torch.Tensor]] = None,
@@ -42,7 +42,9 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
         Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
         with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
-        own code in ``tests/test_model_folding_golden.py``).
+        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` when no
+        ``config`` is given, the best measured without data (``docs/defaults.md``), else
+        ``"intra-fusion"`` (``intrafusion_viz.plan._transport.resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -72,7 +74,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
         Statistics repair after merging, without data: ``"data-free"`` predicts every merged
         channel's mean and variance from the stored BatchNorm statistics and weight correlations of
         the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
-        ``"data-free"`` for ``method="fold"`` (part of Model Folding), none otherwise.  Repairs that
+        ``"data-free"`` for ``method="fold"`` and hard Intra-Fusion plans (``target_mass`` ``"free"`` or
+        ``"capped"``: ``OTConfig.auto_repair``), none otherwise.  Repairs that
         need data: :func:`intrafusion_viz.repair` on the result.
     sequential : bool
         Plan and merge group by group, each plan made on the network with the previous groups
@@ -109,6 +112,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: str =
     >>> res.model.features[0].out_channels
     32
     """
+    # no method and no config: the measured default (docs/defaults.md); a config alone means Intra-Fusion
+    method, config = resolve_default(method, config, whole_model=groups is None and not isinstance(sparsity, Mapping))
     request = steps.check_arguments(method, importance, config, seed, inplace, progress, repair, sequential,
                                     on_unmergeable, features, batch, loss_fn)
     selection = steps.resolve(model, example_inputs, sparsity, groups, request)

@@ -71,11 +71,11 @@ def check_arguments(method: str, importance, config: Optional[OTConfig], seed, i
     if repair not in PRUNE_REPAIRS:
         raise ValueError(f"repair must be one of {', '.join(map(repr, PRUNE_REPAIRS))} or None; got {repair!r} "
                          "(repairs that need data: ifv.repair(result, model, batch, mode=...))")
-    if repair == "auto":
-        repair = "data-free" if method == "fold" else "none"
     config = config if config is not None else OTConfig()
     if not isinstance(config, OTConfig):
         raise TypeError(f"config must be an OTConfig, got {type(config).__name__}")
+    if repair == "auto":  # data-free for plans that merge hard clusters (OTConfig.auto_repair)
+        repair = config.auto_repair(method)
     for name, value in (("inplace", inplace), ("progress", progress)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")

@@ -228,6 +228,12 @@ def _cluster_plan(vectors, imp, n, k, blocks, config, fold_seeds):
     """``method="fold"``: Model Folding's Hartigan k-means clusters merged into their means (inside every block)."""
     from ..plan._hartigan import fold_plan
 
+    if config.target_mass == "capped":  # transport capacities on Model Folding's clusters
+        from functools import partial
+
+        from ..plan._transport import capped_fold_plan
+
+        fold_plan = partial(capped_fold_plan, capacity=config.capacity)
     if blocks == 1:
         kept, group_plan = fold_plan(vectors, imp, k, fold_seeds)
     else:
