@@ -65,7 +65,7 @@ def layers(ifv, args):
     probe = x_test[:256]
     base = _bn_inputs(model, probe)
     from intrafusion_viz.merge._surgery import channel_features
-    from intrafusion_viz.plan._transport import _standardized
+    from intrafusion_viz.plan._centroids import _standardized
 
     norms = []  # spherical k-means normalises the standardised vectors: is any of them near zero?
     for g in ifv.find_groups(model, x_test[:1]):

@@ -100,7 +100,7 @@ def test_bn_mode_restores_scale_of_folded_batchnorms():
     group = ifv.find_groups(model, x[:1])[0]
     duplicate_group(model, group)
     model = bn_stats_from(model, x)
-    res = ifv.prune(model, x[:1], sparsity=0.5, groups=[0], importance=keep_first_half)
+    res = ifv.prune(model, x[:1], sparsity=0.5, groups=[0], importance=keep_first_half, method="intra-fusion")
     assert rel_err(res.model(x), model(x)) < 1e-5
     fixed = repair(res, model, x, mode="bn")
     assert rel_err(fixed(x), model(x)) < 1e-3

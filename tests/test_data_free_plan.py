@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import intrafusion_viz as ifv
-from intrafusion_viz.plan._transport import _centroids, _unit_rows
+from intrafusion_viz.plan._centroids import _centroids, _unit_rows
 
 
 def _clustered(k=4, per=5, d=12, noise=0.05, seed=0):
@@ -133,7 +133,7 @@ def test_preset_plan_is_a_spherical_kmeans_clustering_of_the_standardised_channe
     """The default preset: every channel merges whole into one cluster, every cluster is non-empty, and
     each merged channel's producer row is its cluster's mean (BatchNorm folded)."""
     from intrafusion_viz.merge._surgery import channel_features, folded_weights
-    from intrafusion_viz.plan._transport import _standardized
+    from intrafusion_viz.plan._centroids import _standardized
 
     model = _cnn(1)
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import intrafusion_viz as ifv
-from intrafusion_viz.plan._transport import (_capped_labels, capped_cluster_labels, capped_size, default_config,
-                                             resolve_default)
+from intrafusion_viz.plan._centroids import _capped_labels, capped_cluster_labels, capped_size
+from intrafusion_viz.plan._config import default_config, resolve_default
 
 
 def _uniform(n):
@@ -92,12 +92,13 @@ def test_default_call_resolution():
     assert resolve_default(None, None, whole_model=False) == ("fold", ifv.OTConfig())
     assert resolve_default(None, ifv.OTConfig.paper()) == ("intra-fusion", ifv.OTConfig.paper())
     assert resolve_default("fold", None) == ("fold", ifv.OTConfig())  # method="fold" alone: Model Folding exactly
-    assert resolve_default("intra-fusion", None) == ("intra-fusion", ifv.OTConfig.capped())
+    # method="intra-fusion" alone: the balanced barycentric plan onto the kept channels (exact on duplicates)
+    assert resolve_default("intra-fusion", None) == ("intra-fusion", ifv.OTConfig())
 
 
 def test_default_config_per_method_and_the_presets_one_switch_away():
-    assert default_config("intra-fusion") == ifv.OTConfig.capped()
-    assert default_config("intra-fusion", whole_model=False) == ifv.OTConfig.capped()
+    assert default_config("intra-fusion") == ifv.OTConfig()
+    assert default_config("intra-fusion", whole_model=False) == ifv.OTConfig()
     assert default_config("fold") == ifv.OTConfig() and default_config("default") == ifv.OTConfig()
     assert ifv.OTConfig.capped().auto_repair("intra-fusion") == "data-free"
     assert ifv.OTConfig.paper().auto_repair("intra-fusion") == "none"  # the balanced plan: no repair
@@ -135,9 +136,10 @@ def test_default_call_is_model_folding_and_capped_fold_bounds_its_clusters():
     assert one.method == "fold" and [g.index for g in one.groups if g.k < g.n] == [0]
 
 
-def test_intra_fusion_default_is_capped_hartigan_clusters_with_the_data_free_repair():
+def test_capped_preset_is_capped_hartigan_clusters_with_the_data_free_repair():
     model, x = _net()
-    res = ifv.prune(model, x[:1], 0.5, method="intra-fusion")
+    res = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped())  # repair="auto" -> data-free
+    assert res.method == "intra-fusion"
     explicit = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="data-free")
     with torch.no_grad():
         torch.testing.assert_close(res.model(x), explicit.model(x), rtol=0, atol=0)

@@ -188,7 +188,7 @@ def test_merge_gallery_rgb_conv():
     torch.manual_seed(0)
     model = ifv.models.vgg11_bn(width_mult=0.125).eval()
     x = torch.randn(2, 3, 32, 32)
-    res = ifv.prune(model, x, 0.5, groups=[0])
+    res = ifv.prune(model, x, 0.5, groups=[0], method="intra-fusion")
     g = res.groups[0]
     fig = ifv.figures.merge_gallery(g, model)
     assert isinstance(fig.data[0], go.Image)
@@ -211,7 +211,7 @@ def test_sweep_figures_and_table():
     assert set(df.columns) >= {"group", "group_name", "paper_group", "sparsity", "method", "importance", "accuracy"}
     # a row equals a direct prune + accuracy
     row = df[(df.group == 0) & (df.sparsity == 0.5) & (df.method == "intra-fusion")].iloc[0]
-    direct = ifv.accuracy(ifv.prune(model, x[:2], {0: 0.5}, groups=[0]).model, (x, y))
+    direct = ifv.accuracy(ifv.prune(model, x[:2], {0: 0.5}, groups=[0], method="intra-fusion").model, (x, y))
     assert row.accuracy == pytest.approx(direct)
     heat = ifv.figures.sweep_heatmap(df)
     assert [type(t) for t in heat.data] == [go.Heatmap] * 3
@@ -346,7 +346,7 @@ def _tiny_resnet():
 def test_group_map_layers_groups_and_outcomes():
     model, x = _tiny_resnet()
     groups = ifv.find_groups(model, x)
-    res = ifv.prune(model, x, {groups[0].index: 0.5, groups[1].index: 0.25})
+    res = ifv.prune(model, x, {groups[0].index: 0.5, groups[1].index: 0.25}, method="intra-fusion")
     fig = ifv.figures.group_map(groups, result=res)
     points = [(c, int(g)) for t in fig.data if t.customdata is not None for c, g in t.customdata]
     # one marker per (layer, group) membership, every member of every group

@@ -180,8 +180,8 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises((ValueError, RuntimeError)):
         ifv.fuse([model, other], x[:1])
     with pytest.raises(ValueError, match="fold_batchnorm"):  # pruning folded BN: the bias-free conv got a bias
-        ifv.fuse([model, ifv.prune(model, x[:1], 0.5).model], x[:1])
-    small = ifv.prune(model, x[:1], 0.5).model
+        ifv.fuse([model, ifv.prune(model, x[:1], 0.5, method="intra-fusion").model], x[:1])
+    small = ifv.prune(model, x[:1], 0.5, method="intra-fusion").model
     folded = ifv.fold_batchnorm(model, x[:1])
     with pytest.raises(ValueError, match="vanilla"):
         ifv.fuse([folded, small], x[:1], method="vanilla")

@@ -301,7 +301,7 @@ def test_partial_model_prunes_what_it_can_and_records_the_rest():
     # "default": the unmergeable group is pruned by selection, the others merged
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = ifv.prune(model, x[:1], 0.5, on_unmergeable="default")
+        res = ifv.prune(model, x[:1], 0.5, on_unmergeable="default", method="intra-fusion")
     methods = {g.index: g.method for g in res.groups}
     assert methods[bad[0].index] == "default" and methods[good[0].index] == "intra-fusion"
     assert not res.skipped and bool(torch.isfinite(res.model(x)).all())

@@ -80,9 +80,9 @@ def test_restoring_batchnorms_keeps_the_merged_eval_function_exactly(monkeypatch
     torch.manual_seed(0)
     model = randomize_bn(TinyResNet()).double().eval()
     x = torch.randn(6, 3, 16, 16, dtype=torch.float64)
-    restored = ifv.prune(model, x[:1], 0.5).model
+    restored = ifv.prune(model, x[:1], 0.5, method="intra-fusion").model
     monkeypatch.setattr(_prune, "restore_folded_batchnorms", lambda *args, **kwargs: None)
-    folded_only = ifv.prune(model, x[:1], 0.5).model
+    folded_only = ifv.prune(model, x[:1], 0.5, method="intra-fusion").model
     with torch.no_grad():
         assert rel_err(restored(x), folded_only(x)) <= 1e-12
     # the folded-only BatchNorms are identities; the restored ones are not (their gamma is back)
@@ -118,15 +118,16 @@ def test_all_zero_group_is_pruned_not_nan(importance):
     """Before the fix: 0/0 in Torch-Pruning's normaliser, NaN scores, the whole prune aborted."""
     model = _zero_group_mlp()
     x = torch.randn(4, 5)
-    res = ifv.prune(model, x, 0.5, importance=importance)
+    res = ifv.prune(model, x, 0.5, importance=importance, method="intra-fusion")
     zero = res.group(0)
     assert torch.equal(zero.importance, torch.zeros(6, dtype=torch.float64))
     assert torch.equal(zero.kept, torch.arange(3))  # ties keep the lowest indices
     assert torch.isfinite(res.group(1).importance).all()
-    again = ifv.prune(model, x, 0.5, importance=importance)
+    again = ifv.prune(model, x, 0.5, importance=importance, method="intra-fusion")
     assert torch.equal(again.group(0).kept, zero.kept)
     with torch.no_grad():
         assert torch.isfinite(res.model(x)).all()
+        assert torch.isfinite(ifv.prune(model, x, 0.5, importance=importance).model(x)).all()  # the default call
 
 
 def test_dead_relus_under_taylor():

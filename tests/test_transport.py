@@ -108,7 +108,7 @@ def test_merge_matrices():
 def test_centroid_targets_are_kmeans_centroids_labelled_by_kept_channels():
     from scipy.optimize import linear_sum_assignment
 
-    from intrafusion_viz.plan._transport import _centroids, _unit_rows
+    from intrafusion_viz.plan._centroids import _centroids, _unit_rows
     features, importance, kept = _problem(20, 5)
     cost = ifv.cost_matrix(features, kept, ifv.OTConfig(target="centroid"))
     assert cost.shape == (20, 5) and (cost >= 0).all()

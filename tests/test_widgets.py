@@ -358,7 +358,8 @@ def test_export_model_and_tables(setup, tmp_path):
     db.sparsity.value = 0.5
     path = db.save_model()
     loaded = torch.load(path, weights_only=False).eval()
-    direct = ifv.prune(model, example, {db.group.value: 0.5}, groups=[db.group.value]).model.eval()
+    direct = ifv.prune(model, example, {db.group.value: 0.5}, groups=[db.group.value],
+                       method="intra-fusion").model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(data[0]), direct(data[0]))
     assert ifv.accuracy(loaded, data) == pytest.approx(db.readout["intra-fusion"])

@@ -128,7 +128,7 @@ def test_bare_parameters_merge_duplicates_exactly(case):
     x = torch.randn(*shape, dtype=torch.float64)
     group = _group_of(ifv.find_groups(model, x[:1]), names[0])
     duplicate_channels(model, group)
-    res = ifv.prune(model, x[:1], 0.5, groups=[group.index], importance=keep_first_half)
+    res = ifv.prune(model, x[:1], 0.5, groups=[group.index], importance=keep_first_half, method="intra-fusion")
     with torch.no_grad():
         assert rel_err(res.model(x), model(x)) <= 1e-10
     assert torch.equal(res.groups[0].assignment, torch.arange(group.size) % (group.size // 2))
@@ -338,7 +338,7 @@ def test_aux_head_duplicates_merge_exactly_in_training_mode():
     x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
     group = next(g for g in ifv.find_groups(model, x[:1]) if g.name == "conv1")
     duplicate_channels(model, group)
-    res = ifv.prune(model, x[:1], 0.5, groups=[group.index], importance=keep_first_half)
+    res = ifv.prune(model, x[:1], 0.5, groups=[group.index], importance=keep_first_half, method="intra-fusion")
     with torch.no_grad():
         for a, b in zip(res.model.train()(x), model.train()(x)):
             assert rel_err(a, b) <= 1e-10

@@ -24,7 +24,7 @@ CONFIGS = ("default", "paper", "data-free")
 REPAIRS = ("auto", "none", "data-free", "bn", "repair")
 
 _LAZY = {"run_demo": "_demo", "format_table": "_demo", "format_html_table": "_demo", "write_report": "_demo",
-         "load_pruned": "_model"}
+         "load_pruned": "_model", "DEFAULT_CALL": "_demo"}
 
 
 def __getattr__(name):

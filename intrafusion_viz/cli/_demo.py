@@ -37,7 +37,7 @@ def run_demo(sparsities: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), epochs: in
     from .. import IMPORTANCES, models, prune, train
     from ..data import load_digits_tensors
     from ..evaluation.sweeps import PAPER_FUSION, sparsity_sweep
-    from ..plan._transport import resolve_default
+    from ..plan._config import resolve_default
 
     # the demo's comparison: dropping, Intra-Fusion, and the paper's normalisation (names from ifv.METHODS)
     demo_methods = ("default", "intra-fusion", PAPER_FUSION)

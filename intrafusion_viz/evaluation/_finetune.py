@@ -13,7 +13,7 @@ Example
 >>> res = ifv.prune(model, x[:1], sparsity=0.5)
 >>> tuned = ifv.finetune(res, (x, y), epochs=2, progress=False)
 >>> list(tuned.records.epoch), tuned.records.method.iloc[0]
-([0, 1, 2], 'intra-fusion')
+([0, 1, 2], 'fold')
 """
 from __future__ import annotations
 

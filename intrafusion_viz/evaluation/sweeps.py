@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 from ._distributed import CellOutcome, map_cells
 from ..groups._trace import find_groups, resolve_group_keys
 from ..pruning._prune import METHODS, prune
-from ..plan._transport import OTConfig
+from ..plan._config import OTConfig
 
 __all__ = ["layer_sweep", "sparsity_sweep", "evaluate_cells", "SweepCell", "SweepError", "sweep_methods",
            "SWEEP_METHODS"]

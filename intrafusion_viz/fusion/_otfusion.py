@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from ..merge._surgery import _slots
 from ..groups._trace import Group, UnsupportedLayerError, _trace, bind_groups, check_inputs
-from ..plan._transport import OTConfig, merge_matrices, transport_plan
+from ..plan._config import OTConfig
+from ..plan._transport import merge_matrices, transport_plan
 
 __all__ = ["fuse", "FuseResult", "FusedGroup", "permute_neurons", "FUSE_METHODS", "FUSE_COSTS"]
 

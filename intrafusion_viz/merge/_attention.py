@@ -149,7 +149,8 @@ def attention_plan(module: nn.MultiheadAttention, k: int, config=None, importanc
     method : {"intra-fusion", "fold"}
         Transport plans per head, or k-means clusters per head (Model Folding).
     """
-    from ..plan._transport import OTConfig, cost_matrix, masses, merge_matrices, transport_plan
+    from ..plan._config import OTConfig
+    from ..plan._transport import cost_matrix, masses, merge_matrices, transport_plan
 
     config = config if config is not None else OTConfig()
     problem = attention_problem(module)

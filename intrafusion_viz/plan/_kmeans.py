@@ -1,7 +1,7 @@
 """Lloyd's k-means (k-means++ seeding) of channel vectors, and the RobustScaler that Model Folding uses.
 
 Used by ``OTConfig.data_free()`` (``centroid_init="k-means++"``: :func:`kmeans` on the standardised channels,
-``plan/_transport.py``) and for the q/k/v dims of attention under ``method="fold"`` (:func:`cluster_plan`).
+``plan/_centroids.py``) and for the q/k/v dims of attention under ``method="fold"`` (:func:`cluster_plan`).
 ``prune(method="fold")`` itself clusters as Model Folding does, with Hartigan's k-means
 (:mod:`._hartigan`: ``hkmeans.HKMeans``, Hartigan's method, not "hierarchical" k-means): on the same vectors
 Lloyd's clusters cost 5-13 % more k-means objective, with more singletons and much larger clusters

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..groups._trace import Group
 from ..merge._memo import fold_memo
-from ..plan._transport import OTConfig, resolve_default
+from ..plan._config import OTConfig, resolve_default
 from . import _steps as steps
 from ._result import GroupResult, PruneResult, num_kept
 from ._steps import METHODS
@@ -44,7 +44,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
         own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` when no
         ``config`` is given, the best measured without data (``docs/defaults.md``), else
-        ``"intra-fusion"`` (``intrafusion_viz.plan._transport.resolve_default``).
+        ``"intra-fusion"`` (``intrafusion_viz.plan._config.resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -65,7 +65,7 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         Seed of the random importance, and of the k-means clusterings (``method="fold"``, and
         ``OTConfig(centroid_init="k-means++")`` such as :meth:`OTConfig.data_free`).  At high
         sparsity the clusters, and the accuracy after merging, can change a lot from seed to seed
-        (``BENCHMARKS.md``, section 5.5): try a few.
+        (``docs/results.md``, "The k-means draw decides at 70 %"): try a few.
     inplace : bool
         Prune ``model`` itself.
     progress : bool

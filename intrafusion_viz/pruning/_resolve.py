@@ -14,7 +14,7 @@ from ..groups._layer_rules import conv_blocks, head_multiple, kept_count, merge_
 from ..groups._trace import Group, _trace, bind_groups, resolve_group_keys
 from ..merge._surgery import _check_mergeable, check_tied_weights
 from ..plan._importance import resolve_importance
-from ..plan._transport import OTConfig
+from ..plan._config import OTConfig
 from ._result import num_kept
 
 __all__ = ["METHODS", "Request", "Selection", "check_arguments", "resolve"]

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..plan._compact import read_field
 from ..plan._lazy_cost import LazyCost
-from ..plan._transport import OTConfig
+from ..plan._config import OTConfig
 
 __all__ = ["GroupResult", "PruneResult", "num_kept"]
 

@@ -231,7 +231,7 @@ def _cluster_plan(vectors, imp, n, k, blocks, config, fold_seeds):
     if config.target_mass == "capped":  # transport capacities on Model Folding's clusters
         from functools import partial
 
-        from ..plan._transport import capped_fold_plan
+        from ..plan._centroids import capped_fold_plan
 
         fold_plan = partial(capped_fold_plan, capacity=config.capacity)
     if blocks == 1:

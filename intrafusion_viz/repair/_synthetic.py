@@ -11,7 +11,7 @@ layer's channels, here they are averaged so that wide layers do not dominate).  
 statistics re-estimated on such inputs (``ifv.repair(result, model, synthetic_inputs(model, x),
 mode="bn")``) need no training image at all; unlike the data-free repair's prediction
 (:mod:`._data_free`), they also follow every layer *after* a merged one, whose inputs the merge
-changed (``BENCHMARKS.md``, section 5.5).
+changed (``docs/results.md``, "The k-means draw decides at 70 %").
 """
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def group_map_records(groups, records) -> dict:
 
 def check_arguments(method, importance, sparsity, config, embedding, progressive, first_budget_s, include_fold):
     """The explore dashboard's arguments checked: ``(importance, sparsity, config)`` or our clear error."""
-    from ..plan._transport import OTConfig
+    from ..plan._config import OTConfig
     from ..pruning._prune import METHODS
 
     if method not in METHODS:

@@ -9,7 +9,7 @@ from ..merge._surgery import channel_features
 from ..groups._trace import find_groups
 from ..plan._importance import IMPORTANCES, group_importance, resolve_importance
 from ..pruning._prune import METHODS, prune
-from ..plan._transport import OTConfig
+from ..plan._config import OTConfig
 from ._controls import (CONTROL_WIDTH, LABEL_WIDTH, SPARSITY_RANGE, check_arguments, check_importance,  # noqa: F401
                         check_sparsity, conv_linear_macs, figure_row, fixed_eval_batch, labelled, num_classes_of,
                         pick_groups, readout_html, weight_positions)

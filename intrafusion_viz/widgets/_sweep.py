@@ -5,7 +5,7 @@ from typing import Optional
 
 from ..groups._trace import find_groups
 from ..plan._importance import IMPORTANCES
-from ..plan._transport import OTConfig
+from ..plan._config import OTConfig
 from ._export import ExportMixin
 from ._render import FigureSlot, pick_renderer
 
