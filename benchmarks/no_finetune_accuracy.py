@@ -12,7 +12,7 @@ Methods (importance l1, every group, mean and spread over the 3 reference seeds,
   ``benchmarks/model_folding`` (``run_theirs``; skipped when that runner or their checkout is missing);
 * ``ifv``: ``ifv.prune(model, x, s)`` with no other argument (the library's default call; today the same
   network as ``fold``);
-* ``capped-2-hart-euc``: ``method="intra-fusion"``'s default, ``OTConfig.capped()`` (Hartigan centroid targets,
+* ``capped-2-hart-euc``: Intra-Fusion with capacities, ``OTConfig.capped()`` (Hartigan centroid targets,
   transport with capacity 2) + data-free repair; ``cfold-<c>``: ``method="fold"`` with
   ``OTConfig.capped_fold(capacity=c)``; ``paper``: ``OTConfig.paper()``, the balanced plan;
 * ``<method>+bn``: then ``ifv.repair(..., mode="bn")`` on 512 unlabeled training images;
@@ -51,8 +51,8 @@ LABELS = {
     "ifv": "ifv.prune(model, x, s) (no data)",
     "paper": "OTConfig.paper() (balanced plan)",
     "fold+bn": 'ifv.prune + bn (512 images)',
-    "capped-2-hart-euc": 'method="intra-fusion" (OTConfig.capped())',
-    "capped-2-hart-euc+bn": 'method="intra-fusion" + bn (512 images)',
+    "capped-2-hart-euc": 'Intra-Fusion, capacities (OTConfig.capped())',
+    "capped-2-hart-euc+bn": 'OTConfig.capped() + bn (512 images)',
     "cfold-3": 'fold, capacity 3 (OTConfig.capped_fold())',
     "cfold-3+bn": "fold, capacity 3 + bn (512 images)",
     "data_free_old": "OTConfig.data_free() + data-free (before)",
