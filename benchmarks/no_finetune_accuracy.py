@@ -1,7 +1,8 @@
 """Accuracy without fine-tuning: every group of a converged reference network pruned at once, no data.
 
 Question: on converged VGG11-BN and ResNet18 (MNIST 8k split and Fashion-MNIST), which method keeps the
-most accuracy without fine-tuning, with no data and with 512 unlabeled training images?
+most accuracy without fine-tuning, with no data (data-free repair, or BatchNorm statistics re-estimated on
+synthetic inputs) and with 512 unlabeled training images?
 
 Methods (importance l1, every group, mean and spread over the 3 reference seeds, prune seed = model seed):
 
@@ -16,6 +17,10 @@ Methods (importance l1, every group, mean and spread over the 3 reference seeds,
   transport with capacity 2) + data-free repair; ``cfold-<c>``: ``method="fold"`` with
   ``OTConfig.capped_fold(capacity=c)``; ``paper``: ``OTConfig.paper()``, the balanced plan;
 * ``<method>+bn``: then ``ifv.repair(..., mode="bn")`` on 512 unlabeled training images;
+* ``<method>+syn``: then ``ifv.repair(..., mode="bn")`` on 64 synthetic inputs, no data at all
+  (``ifv.synthetic_inputs(model, x, n=64, steps=200, seed=0)``: ZeroQ inputs made from the unpruned model's
+  BatchNorm statistics; made once per model and cached in ``benchmarks/results/synthetic_<dataset>_<arch>_s<seed>.pt``
+  with the seconds they took, which a cell's seconds do not include);
 * more candidates (``--methods``): ``data_free_old`` (``OTConfig.data_free()``, Lloyd clusters, + data-free
   repair), ``capped-<c>[-hart][-euc][-mi]``, ``free[-hart][-euc]`` (Intra-Fusion plans, see ``_result``).
 
@@ -56,6 +61,9 @@ LABELS = {
     "cfold-3": 'fold, capacity 3 (OTConfig.capped_fold())',
     "cfold-3+bn": "fold, capacity 3 + bn (512 images)",
     "data_free_old": "OTConfig.data_free() + data-free (before)",
+    "fold+syn": "fold + bn on synthetic inputs (no data)",
+    "capped-2-hart-euc+syn": "OTConfig.capped() + bn on synthetic inputs (no data)",
+    "default+syn": "default pruning + bn on synthetic inputs (no data)",
 }
 DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
 
@@ -103,11 +111,34 @@ def _result(ifv, model, x1, s, method, seed):
     raise ValueError(f"unknown method {method!r}")
 
 
-def _prune_cell(ifv, model, x1, s, method, seed, calib):
-    """The pruned (and repaired) network of one method; ``<method>+bn``: then BatchNorm re-estimated on ``calib``."""
+def _prune_cell(ifv, model, x1, s, method, seed, calib, synthetic=None):
+    """The pruned (and repaired) network of one method; ``<method>+bn``: then BatchNorm re-estimated on ``calib``,
+    ``<method>+syn``: on ``synthetic`` (the model's synthetic inputs, :func:`_synthetic`)."""
     if method.endswith("+bn"):
         return ifv.repair(_result(ifv, model, x1, s, method[:-3], seed), model, calib, mode="bn")
+    if method.endswith("+syn"):
+        return ifv.repair(_result(ifv, model, x1, s, method[:-4], seed), model, synthetic, mode="bn")
     return _result(ifv, model, x1, s, method, seed).model
+
+
+def _synthetic(ifv, model, x1, dataset, arch, seed):
+    """The unpruned model's 64 synthetic inputs (ZeroQ, 200 steps, seed 0), made once and cached on disk."""
+    path = RESULTS / f"synthetic_{dataset}_{arch}_s{seed}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        print(f"{dataset} {arch} s{seed}: synthetic inputs from {path.name} (made in {saved['seconds']:.0f} s)",
+              flush=True)
+        return saved["inputs"]
+    from intrafusion_viz.repair._synthetic import bn_statistics_gap
+
+    start = time.perf_counter()
+    inputs = ifv.synthetic_inputs(model, x1, n=64, steps=200, seed=0)
+    seconds = time.perf_counter() - start
+    gap = bn_statistics_gap(model, inputs)
+    torch.save(dict(inputs=inputs, seconds=round(seconds, 2), n=64, steps=200, seed=0, gap=gap), path)
+    print(f"{dataset} {arch} s{seed}: synthetic inputs made in {seconds:.0f} s (BatchNorm statistics gap "
+          f"{gap:.3g}), saved to {path.name}", flush=True)
+    return inputs
 
 
 def load_cache():
@@ -149,6 +180,7 @@ def run(args):
                 base_key = (dataset, arch, seed, 0.0, "original")
                 if base_key not in cells:
                     _append(cells, base_key, ifv.accuracy(model, (x_test, y_test)), 0.0)
+                synthetic = None  # made (or loaded) when a +syn cell first needs it
                 for s in args.sparsity:
                     for method in args.methods:
                         key = (dataset, arch, seed, s, method)
@@ -156,12 +188,14 @@ def run(args):
                             continue
                         if method == "theirs" and theirs is None:
                             continue
+                        if method.endswith("+syn") and synthetic is None:
+                            synthetic = _synthetic(ifv, model, x_test[:1], dataset, arch, seed)
                         start = time.perf_counter()
                         try:
                             if method == "theirs":
                                 pruned = theirs(model, arch, s, seed, n_jobs=1)
                             else:
-                                pruned = _prune_cell(ifv, model, x_test[:1], s, method, seed, calib)
+                                pruned = _prune_cell(ifv, model, x_test[:1], s, method, seed, calib, synthetic)
                             acc = ifv.accuracy(pruned, (x_test, y_test))
                         except Exception as err:  # noqa: BLE001 - recorded, the sweep goes on
                             print(f"{key}: FAILED {type(err).__name__}: {err}", flush=True)
