@@ -30,7 +30,7 @@ def test_demo_records_match_sparsity_sweep_and_leave_global_rng_alone():
     records = cli.run_demo((0.5,), epochs=4, progress=False)
     assert torch.equal(torch.random.get_rng_state(), state)  # a library call changes no global state
     methods = [r["method"] for r in records]
-    # the demo also shows the default call prune(model, x, s) (capped fold, docs/defaults.md)
+    # the demo also shows the default call prune(model, x, s) (docs/defaults.md)
     assert methods == ["original", "default", "intra-fusion", "intra-fusion (paper)", cli.DEFAULT_CALL]
     assert all(0 <= r["accuracy"] <= 100 for r in records)
     pruned = [r for r in records if r["method"] != "original"]

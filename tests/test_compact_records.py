@@ -115,7 +115,7 @@ def test_sinkhorn_plan_stays_dense_and_block_diagonal_plans_are_compact():
     assert torch.equal(rec.out_map, ifv.merge_matrices(rec.plan)[0])
 
     model, x = _grouped()
-    res = ifv.prune(model, x, 0.5)
+    res = ifv.prune(model, x, 0.5, method="intra-fusion")
     rec = next(r for r in res.groups if r.n == 16)
     assert isinstance(vars(rec)["_plan"], _compact.CompactPlan)
     plan = rec.plan

@@ -72,7 +72,7 @@ def test_prune_with_activation_features_merges_duplicates_exactly():
     duplicate_group(model, group)
     before = state_copy(model)
     res = ifv.prune(model, x[:1], sparsity=0.5, groups=[1], importance=keep_first_half,
-                    features=activation_features(x))
+                    features=activation_features(x), method="intra-fusion")
     assert res.group(1).k == 3
     with torch.no_grad():
         assert rel_err(res.model(x), model(x)) < 1e-5

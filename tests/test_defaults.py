@@ -88,17 +88,20 @@ def test_capped_cluster_labels_bound_sizes_and_keep_clusters_that_fit():
 
 
 def test_default_call_resolution():
-    assert resolve_default(None, None) == ("fold", ifv.OTConfig())
-    assert resolve_default(None, None, whole_model=False) == ("fold", ifv.OTConfig())
-    assert resolve_default(None, ifv.OTConfig.paper()) == ("intra-fusion", ifv.OTConfig.paper())
-    assert resolve_default("fold", None) == ("fold", ifv.OTConfig())  # method="fold" alone: Model Folding exactly
+    capped, fold = ifv.OTConfig.capped(), ifv.OTConfig()
+    # a model with BatchNorm statistics: Intra-Fusion with capacities, repaired on synthetic inputs
+    assert resolve_default(None, None, "auto", synthesizable=True) == ("intra-fusion", capped, "synthetic")
+    assert resolve_default(None, None, "none", synthesizable=True) == ("intra-fusion", capped, "none")
+    # without: Model Folding exactly
+    assert resolve_default(None, None) == ("fold", fold, "auto")
+    assert resolve_default(None, ifv.OTConfig.paper()) == ("intra-fusion", ifv.OTConfig.paper(), "auto")
+    assert resolve_default("fold", None, synthesizable=True) == ("fold", fold, "auto")  # Model Folding exactly
     # method="intra-fusion" alone: the balanced barycentric plan onto the kept channels (exact on duplicates)
-    assert resolve_default("intra-fusion", None) == ("intra-fusion", ifv.OTConfig())
+    assert resolve_default("intra-fusion", None, synthesizable=True) == ("intra-fusion", fold, "auto")
 
 
 def test_default_config_per_method_and_the_presets_one_switch_away():
     assert default_config("intra-fusion") == ifv.OTConfig()
-    assert default_config("intra-fusion", whole_model=False) == ifv.OTConfig()
     assert default_config("fold") == ifv.OTConfig() and default_config("default") == ifv.OTConfig()
     assert ifv.OTConfig.capped().auto_repair("intra-fusion") == "data-free"
     assert ifv.OTConfig.paper().auto_repair("intra-fusion") == "none"  # the balanced plan: no repair
@@ -117,13 +120,46 @@ def _net():
     return model, torch.randn(8, 1, 32, 32)
 
 
-def test_default_call_is_model_folding_and_capped_fold_bounds_its_clusters():
+def test_default_call_on_batchnorm_nets_is_capped_intra_fusion_repaired_on_synthetic_inputs():
     model, x = _net()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    default = ifv.prune(model, x[:1], 0.5)
+    assert (default.method, default.config) == ("intra-fusion", ifv.OTConfig.capped())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # the caller's model unchanged
+    # the same network as the pipeline spelled out: capped plan, data-free repair, then BatchNorm statistics
+    # re-estimated on inputs synthesised from the unpruned model (no data)
+    spelled = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="data-free")
+    synthetic = ifv.synthetic_inputs(model, x[:1], n=64, steps=200, seed=0)
+    by_hand = ifv.repair(spelled, model, synthetic, mode="bn")
+    with torch.no_grad():
+        torch.testing.assert_close(default.model(x), by_hand(x), rtol=1e-5, atol=1e-6)
+        # and it is not the data-free repair alone
+        assert not torch.allclose(default.model(x), spelled.model(x), atol=1e-4)
+    # in place: the same network (the BatchNorm affines were read before the merge)
+    copy = _net()[0]
+    inplace = ifv.prune(copy, x[:1], 0.5, inplace=True)
+    with torch.no_grad():
+        torch.testing.assert_close(inplace.model(x), default.model(x), rtol=1e-5, atol=1e-6)
+    one = ifv.prune(model, x[:1], 0.5, groups=[0])  # one group: the same rule
+    assert one.method == "intra-fusion" and [g.index for g in one.groups if g.k < g.n] == [0]
+
+
+def test_default_call_without_batchnorm_is_model_folding():
+    torch.manual_seed(0)
+    model, x = ifv.models.MLP(), torch.randn(8, 64)
     default = ifv.prune(model, x[:1], 0.5)
     assert default.method == "fold" and default.config == ifv.OTConfig()
     explicit = ifv.prune(model, x[:1], 0.5, method="fold")
     with torch.no_grad():
         torch.testing.assert_close(default.model(x), explicit.model(x), rtol=0, atol=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="synthetic.*BatchNorm"):
+        ifv.prune(model, x[:1], 0.5, repair="synthetic", inplace=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_capped_fold_bounds_model_foldings_clusters():
+    model, x = _net()
     capped = ifv.prune(model, x[:1], 0.5, method="fold", config=ifv.OTConfig.capped_fold(capacity=1.0))
     for g in capped.groups:
         if g.k < g.n:
@@ -132,8 +168,6 @@ def test_default_call_is_model_folding_and_capped_fold_bounds_its_clusters():
             assert int((plan > 0).sum(0).max()) <= capped_size(g.n, g.k, 1.0)
     with torch.no_grad():
         assert torch.isfinite(capped.model(x)).all()
-    one = ifv.prune(model, x[:1], 0.5, groups=[0])
-    assert one.method == "fold" and [g.index for g in one.groups if g.k < g.n] == [0]
 
 
 def test_capped_preset_is_capped_hartigan_clusters_with_the_data_free_repair():

@@ -202,7 +202,7 @@ def test_merging_exact_duplicates_keeps_outputs(case):
         _duplicate(model, g, blocks[g.index])
     with torch.no_grad():
         expect = model(x)
-    res = ifv.prune(model, x[:1], 0.5, importance=_keep_first_halves(blocks))
+    res = ifv.prune(model, x[:1], 0.5, importance=_keep_first_halves(blocks), method="intra-fusion")
     for g in res.groups:
         size = g.n // blocks[g.index]
         assert g.k == g.n // 2

@@ -20,8 +20,8 @@ __all__ = ["main", "build_parser", "run_demo", "format_table", "format_html_tabl
 # importing them here would import torch and make --help slow.
 IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
 METHODS = ("intra-fusion", "default", "fold")
-CONFIGS = ("default", "paper", "data-free")
-REPAIRS = ("auto", "none", "data-free", "bn", "repair")
+CONFIGS = ("default", "paper", "data-free", "capped")
+REPAIRS = ("auto", "none", "data-free", "synthetic", "bn", "repair")
 
 _LAZY = {"run_demo": "_demo", "format_table": "_demo", "format_html_table": "_demo", "write_report": "_demo",
          "load_pruned": "_model", "DEFAULT_CALL": "_demo"}
@@ -129,20 +129,22 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
                    help="fraction of channels to remove: one value for every group (0.5), and/or per group "
                         "GROUP=S with GROUP an index, a layer name or a paper label (layer1.0.conv1=0.3 G1=0.7); "
                         "with only per-group values, only those groups are pruned (default 0.5)")
-    g.add_argument("--method", choices=METHODS, default="intra-fusion",
+    g.add_argument("--method", choices=METHODS, default=None,
                    help="intra-fusion: merge every channel into the kept ones along a transport plan; "
-                        "default: drop the least important channels; fold: merge k-means clusters "
-                        "(default intra-fusion)")
+                        "default: drop the least important channels; fold: Model Folding's k-means clusters "
+                        "(default: with neither --method nor --config, the library's default call "
+                        "ifv.prune(model, x, s), the best measured without data: see docs/defaults.md)")
     g.add_argument("--importance", choices=IMPORTANCES, default="l1",
                    help="how channels are scored (taylor needs --data) (default l1)")
-    g.add_argument("--config", choices=CONFIGS, default="default",
+    g.add_argument("--config", choices=CONFIGS, default=None,
                    help="transport settings: default (OTConfig()), paper (the authors' code: OTConfig.paper()), "
-                        "data-free (centroid targets for a whole network without data: OTConfig.data_free()) "
-                        "(default default)")
+                        "data-free (OTConfig.data_free()), capped (Intra-Fusion with capacities: "
+                        "OTConfig.capped()) (default: the method's own)")
     g.add_argument("--repair", choices=REPAIRS, default="auto",
                    help="statistics repair after merging: bn (re-estimate BatchNorm statistics) and repair "
-                        "(REPAIR) need --data; data-free needs none; auto: data-free for fold, none otherwise "
-                        "(default auto)")
+                        "(REPAIR) need --data; data-free and synthetic (BatchNorm statistics re-estimated on "
+                        "inputs synthesised from the model's own BatchNorm statistics) need none; auto: what "
+                        "the method and config call for (default auto)")
     g.add_argument("--on-unmergeable", choices=("skip", "raise", "default"), default="skip",
                    help="a group whose channels cannot be merged: skip it (listed in the report), raise, or "
                         "prune it by dropping channels (default skip)")

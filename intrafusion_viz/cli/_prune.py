@@ -85,10 +85,13 @@ def _sparsity_spec(items, groups):
     return spec
 
 
-def _config(name: str):
+def _config(name):
     from ..plan import OTConfig
 
-    return {"default": OTConfig, "paper": OTConfig.paper, "data-free": OTConfig.data_free}[name]()
+    if name is None:  # the method's own (or, with no method either, the default call's)
+        return None
+    return {"default": OTConfig, "paper": OTConfig.paper, "data-free": OTConfig.data_free,
+            "capped": OTConfig.capped}[name]()
 
 
 def _evaluate(model, dataset, args, label: str):
@@ -130,7 +133,7 @@ def prune_checkpoint(args) -> dict:
         x, y = example_batch(dataset, n=min(args.repair_samples, len(dataset)), seed=args.seed)
         batch = (x.to(example.device), y.to(example.device))
     before = _evaluate(model, dataset, args, "before") if dataset is not None else None
-    prune_repair = args.repair if args.repair in ("auto", "none", "data-free") else "none"
+    prune_repair = args.repair if args.repair in ("auto", "none", "data-free", "synthetic") else "none"
     result = prune(model, example, spec, method=args.method, importance=args.importance, config=_config(args.config),
                    batch=batch, seed=args.seed, progress=not args.quiet, repair=prune_repair,
                    on_unmergeable=args.on_unmergeable)
@@ -143,8 +146,9 @@ def prune_checkpoint(args) -> dict:
     macs_after, params_after = _macs_params(pruned, example)
     record = result_record(result, groups, model, dict(
         checkpoint=str(args.checkpoint), format=info["format"], arch=info["arch"] or type(model).__name__,
-        arch_args=info["arch_args"], data=data_desc, input_shape=list(example.shape[1:]), method=args.method,
-        importance=args.importance, config=args.config, repair=args.repair, seed=args.seed,
+        arch_args=info["arch_args"], data=data_desc, input_shape=list(example.shape[1:]), method=result.method,
+        importance=args.importance, config=args.config or ("default call" if args.method is None else "default"),
+        repair=args.repair, seed=args.seed,
         sparsity=" ".join(f"{k}={v:g}" if k is not None else f"{v:g}" for k, v in args.sparsity),
         device=str(args.device)))
     record.update(accuracy_before=before, accuracy_after=after, macs_before=macs_before, macs_after=macs_after,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Optional, Tuple
 
 __all__ = ["OTConfig", "default_config", "resolve_default"]
 
@@ -267,7 +267,7 @@ _TYPE_CHECKS = {  # annotation -> (test, what to pass); bool is an int in Python
 }
 
 
-def default_config(method: str = "intra-fusion", whole_model: bool = True) -> OTConfig:
+def default_config(method: str = "intra-fusion") -> OTConfig:
     """The plan :func:`intrafusion_viz.prune` uses for ``method`` when no ``config`` is given.
 
     ``OTConfig()`` for every method: for ``"intra-fusion"`` the balanced barycentric plan onto the kept
@@ -277,21 +277,30 @@ def default_config(method: str = "intra-fusion", whole_model: bool = True) -> OT
     return OTConfig()
 
 
-def resolve_default(method: Optional[str], config: Optional[OTConfig], whole_model: bool = True):
-    """``(method, config)`` that :func:`intrafusion_viz.prune` runs for the ``method`` and ``config`` it was given.
+def resolve_default(method: Optional[str], config: Optional[OTConfig], repair: Optional[str] = "auto",
+                    synthesizable: bool = False) -> Tuple[str, OTConfig, Optional[str]]:
+    """``(method, config, repair)`` that :func:`intrafusion_viz.prune` runs for the arguments it was given.
 
-    Neither given (the default call ``prune(model, x, s)``): ``("fold", OTConfig())``, Model Folding exactly
-    (its channel vectors, Hartigan clusters, merge and data-free repair), for the whole model and for one
-    group alike: the best measured without data on converged VGG11-BN (MNIST, Fashion-MNIST; 
-    ``docs/defaults.md``: no capped or Intra-Fusion plan beat it at every sparsity; ``whole_model`` is
-    where a per-case choice would go).  Only a config given: Intra-Fusion with it.  Only a method given:
-    that method with :func:`default_config`.
+    Neither method nor config given (the default call ``prune(model, x, s)``):
+
+    * ``synthesizable`` (the model has BatchNorm statistics and one floating-point input): Intra-Fusion
+      with capacities (:meth:`OTConfig.capped`) and, for ``repair="auto"``, ``repair="synthetic"``
+      (BatchNorm statistics re-estimated on inputs synthesised from the unpruned model's BatchNorm
+      statistics; no data).  The best measured without data on converged VGG11-BN and ResNet18
+      (MNIST, Fashion-MNIST; ``docs/defaults.md``), above Model Folding's code at every measured sparsity.
+    * otherwise: ``("fold", OTConfig())``, Model Folding exactly (its channel vectors, Hartigan
+      clusters, merge and data-free repair).
+
+    Only a config given: Intra-Fusion with it.  Only a method given: that method with
+    :func:`default_config`.  ``repair`` other than ``"auto"`` is returned as given.
     """
     if method is None and config is None:
-        return "fold", OTConfig()
+        if synthesizable:
+            return "intra-fusion", OTConfig.capped(), ("synthetic" if repair == "auto" else repair)
+        return "fold", OTConfig(), repair
     if method is None:
-        return "intra-fusion", config
-    return method, (config if config is not None else default_config(method, whole_model))
+        return "intra-fusion", config, repair
+    return method, (config if config is not None else default_config(method)), repair
 
 
 def _check_field_types(config) -> None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from ..groups._trace import Group
 from ..merge._memo import fold_memo
 from ..plan._config import OTConfig, resolve_default
+from ..repair._synthetic import can_synthesize
 from . import _steps as steps
 from ._result import GroupResult, PruneResult, num_kept
 from ._steps import METHODS
@@ -42,9 +43,11 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         Merge every channel into the kept ones (Intra-Fusion), drop the unkept ones, or fold as Model
         Folding (ICLR 2025) does: Hartigan k-means clusters of its channel vectors merged to their means,
         with its data-free repair (``plan/_hartigan.py``, ``repair/_fold_repair.py``; checked against its
-        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default): ``"fold"`` when no
-        ``config`` is given, the best measured without data (``docs/defaults.md``), else
-        ``"intra-fusion"`` (``intrafusion_viz.plan._config.resolve_default``).
+        own code in ``tests/test_model_folding_golden.py``).  ``None`` (default) with no ``config``:
+        the best measured without data (``docs/defaults.md``): on a model with BatchNorm statistics
+        and one floating-point input, Intra-Fusion with capacities (``OTConfig.capped()``) and, for
+        ``repair="auto"``, the synthetic-input repair; otherwise ``"fold"``.  ``None`` with a
+        ``config``: ``"intra-fusion"`` (``intrafusion_viz.plan._config.resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
         importance object, or any callable ``group -> Tensor[group.size]`` (higher = keep).
@@ -70,13 +73,17 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         Prune ``model`` itself.
     progress : bool
         Show a tqdm progress bar over groups.
-    repair : {"auto", "none", "data-free"} or None
+    repair : {"auto", "none", "data-free", "synthetic"} or None
         Statistics repair after merging, without data: ``"data-free"`` predicts every merged
         channel's mean and variance from the stored BatchNorm statistics and weight correlations of
-        the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"auto"``:
-        ``"data-free"`` for ``method="fold"`` and hard Intra-Fusion plans (``target_mass`` ``"free"`` or
-        ``"capped"``: ``OTConfig.auto_repair``), none otherwise.  Repairs that
-        need data: :func:`intrafusion_viz.repair` on the result.
+        the channels it merged and corrects it (see :func:`intrafusion_viz.repair`).  ``"synthetic"``:
+        that, then every BatchNorm's statistics re-estimated on inputs synthesised from the unpruned
+        model's BatchNorm statistics (:func:`intrafusion_viz.synthetic_inputs`, 64 inputs, 200 Adam
+        steps, once per model: the last two models' inputs are remembered); it follows the layers
+        after a merged one too.  ``"auto"``: ``"synthetic"`` for the default call on a model with
+        BatchNorm; ``"data-free"`` for ``method="fold"`` and hard Intra-Fusion plans (``target_mass``
+        ``"free"`` or ``"capped"``: ``OTConfig.auto_repair``); none otherwise.  Repairs that need
+        data: :func:`intrafusion_viz.repair` on the result.
     sequential : bool
         Plan and merge group by group, each plan made on the network with the previous groups
         already merged (default: every plan from the untouched model).
@@ -107,19 +114,20 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
     Examples
     --------
     >>> import torch, intrafusion_viz as ifv
-    >>> model = ifv.models.vgg11_bn()
-    >>> res = ifv.prune(model, torch.randn(1, 3, 32, 32), sparsity=0.5)
-    >>> res.model.features[0].out_channels
-    32
+    >>> model = ifv.models.vgg11_bn(width_mult=0.25)
+    >>> res = ifv.prune(model, torch.randn(1, 3, 32, 32), sparsity=0.5)   # the default call (docs/defaults.md)
+    >>> res.method, res.model.features[0].out_channels
+    ('intra-fusion', 8)
     """
     # no method and no config: the measured default (docs/defaults.md); a config alone means Intra-Fusion
-    method, config = resolve_default(method, config, whole_model=groups is None and not isinstance(sparsity, Mapping))
+    method, config, repair = resolve_default(method, config, repair, synthesizable=method is None and config is None
+                                             and can_synthesize(model, example_inputs))
     request = steps.check_arguments(method, importance, config, seed, inplace, progress, repair, sequential,
                                     on_unmergeable, features, batch, loss_fn)
     selection = steps.resolve(model, example_inputs, sparsity, groups, request)
     scored = steps.score(model, example_inputs, request, selection)
     records, plans = steps.plan(request, selection, scored)
-    sources = steps.repair_sources(model, request, selection)  # read before anything is merged
+    sources = steps.repair_sources(model, example_inputs, request, selection)  # read before anything is merged
     params_before = sum(p.numel() for p in model.parameters())
     work = steps.work_copy(model, request, selection, scored)
     with steps.undo_on_failure(work):

@@ -20,7 +20,7 @@ from ._result import num_kept
 __all__ = ["METHODS", "Request", "Selection", "check_arguments", "resolve"]
 
 METHODS = ("intra-fusion", "default", "fold")
-PRUNE_REPAIRS = ("auto", "none", "data-free")
+PRUNE_REPAIRS = ("auto", "none", "data-free", "synthetic")
 ON_UNMERGEABLE = ("skip", "raise", "default")
 
 
@@ -28,7 +28,7 @@ ON_UNMERGEABLE = ("skip", "raise", "default")
 
 @dataclass
 class Request:
-    """:func:`prune`'s arguments, checked (``repair`` resolved: ``"none"`` or ``"data-free"``)."""
+    """:func:`prune`'s arguments, checked (``repair`` resolved: ``"none"``, ``"data-free"`` or ``"synthetic"``)."""
 
     method: str
     importance: object

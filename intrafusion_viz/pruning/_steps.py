@@ -7,7 +7,7 @@ called and tested alone (the first two live in :mod:`._resolve`)::
     selection = resolve(model, example_inputs, sparsity, groups, request)   # groups, sizes, checks
     scored = score(model, example_inputs, request, selection)   # channel vectors and importance
     records, plans = plan(request, selection, scored)           # one plan per group (not sequential)
-    sources = repair_sources(model, request, selection)         # what the repair reads, before merging
+    sources = repair_sources(model, example_inputs, request, selection)  # what the repair reads, before merging
     work = work_copy(model, request, selection, scored)         # a copy, or the caller's model
     with undo_on_failure(work):
         merge(work, example_inputs, request, selection, scored, plans, records)
@@ -226,14 +226,14 @@ def plan_group(i: int, vectors: Optional[torch.Tensor], source: nn.Module, reque
 
 def _cluster_plan(vectors, imp, n, k, blocks, config, fold_seeds):
     """``method="fold"``: Model Folding's Hartigan k-means clusters merged into their means (inside every block)."""
-    from ..plan._hartigan import fold_plan
+    from functools import partial
 
-    if config.target_mass == "capped":  # transport capacities on Model Folding's clusters
-        from functools import partial
+    from ..plan._centroids import capped_fold_plan
+    from ..plan._hartigan import fold_plan as plain_fold_plan
 
-        from ..plan._centroids import capped_fold_plan
-
-        fold_plan = partial(capped_fold_plan, capacity=config.capacity)
+    # transport capacities on Model Folding's clusters, or its clusters as they are
+    fold_plan = (partial(capped_fold_plan, capacity=config.capacity) if config.target_mass == "capped"
+                 else plain_fold_plan)
     if blocks == 1:
         kept, group_plan = fold_plan(vectors, imp, k, fold_seeds)
     else:
@@ -345,7 +345,7 @@ def merge(work: Work, example_inputs, request: Request, selection: Selection, sc
         from ..repair._fold_repair import fold_surgery
 
         fold_scales = fold_surgery(model, bound, plans, {r.index: r.attention for r in records if r.attention},
-                                   request.repair == "data-free")
+                                   request.repair in ("data-free", "synthetic"))
     else:
         merge_plans(model, bound, plans, fold, attention={r.index: r.attention for r in records if r.attention})
     if work.shares is not None:  # whatever the surgery did not replace becomes the copy's own
@@ -381,28 +381,56 @@ def merge_plans(work: nn.Module, bound: List[Group], plans: List[Planned], fold:
 
 # ---------------------------------------------------------------------------------------------- repair
 
-def repair_sources(model: nn.Module, request: Request, selection: Selection) -> Optional[dict]:
-    """What ``repair="data-free"`` needs from the unpruned model, read before anything is merged."""
-    if request.repair != "data-free" or not selection.pruned or request.faithful_fold:
-        return None  # (Model Folding's own repair runs inside its surgery)
-    from ..repair._data_free import snapshot_sources
+def repair_sources(model: nn.Module, example_inputs, request: Request, selection: Selection) -> Optional[dict]:
+    """What the repair needs from the unpruned model, read before anything is merged.
 
-    return snapshot_sources(model, [selection.originals[i] for i in selection.pruned])
+    ``"data-free"``: the merged channels' BatchNorm statistics and weight correlations.  ``"synthetic"``:
+    those too, plus inputs synthesised from the unpruned model's BatchNorm statistics (remembered for the
+    last two models) and the BatchNorm affines of the pruned groups.
+    """
+    if request.repair not in ("data-free", "synthetic") or not selection.pruned:
+        return None
+    groups = [selection.originals[i] for i in selection.pruned]
+    sources = {}
+    if not request.faithful_fold:  # (Model Folding's own repair runs inside its surgery)
+        from ..repair._data_free import snapshot_sources
+
+        sources["data-free"] = snapshot_sources(model, groups)
+    if request.repair == "synthetic":
+        from ..repair._synthetic import cached_synthetic_inputs, can_synthesize, snapshot_affine
+
+        if not can_synthesize(model, example_inputs):
+            raise ValueError("repair='synthetic' needs a model with BatchNorm layers (running statistics) and one "
+                             "floating-point input tensor; use repair='data-free', or ifv.repair(result, model, "
+                             "batch, mode='bn') with real inputs")
+        example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        sources["synthetic"] = cached_synthetic_inputs(model, example, seed=request.seed, progress=request.progress)
+        sources["affine"] = snapshot_affine(model, groups)
+    return sources
 
 
 def repair(result: PruneResult, sources: Optional[dict], request: Request,
            fold_scales: Optional[Dict[int, torch.Tensor]] = None) -> None:
-    """Step 5: the data-free statistics repair of the merged channels, in place (if asked).
+    """Step 5: the statistics repair of the merged channels without data, in place (if asked).
 
     ``method="fold"`` repaired inside its surgery; its factors are kept on the result so that
     ``ifv.repair(result, model, mode="data-free")`` can apply them (once) when ``repair="none"``.
     """
     if fold_scales is not None and selection_pruned(result):
-        result.fold_repair = {"scales": fold_scales, "applied": request.repair == "data-free"}
-    if sources is not None:
+        result.fold_repair = {"scales": fold_scales, "applied": request.repair in ("data-free", "synthetic")}
+    if sources is None:
+        return
+    if "data-free" in sources:
         from ..repair._data_free import data_free_repair
 
-        data_free_repair(result, snapshot=sources, inplace=True)
+        data_free_repair(result, snapshot=sources["data-free"], inplace=True)
+    if "synthetic" in sources:  # then every BatchNorm's statistics re-estimated on the synthetic inputs
+        from ..repair._activations import _reset_bn_statistics
+        from ..repair._data_aware import _restore_folded_affine
+        from ..repair._data_free import _folded
+
+        _restore_folded_affine(result.model, sources["affine"], [g for g in result.groups if _folded(result, g)])
+        _reset_bn_statistics(result.model, sources["synthetic"])
 
 
 def selection_pruned(result: PruneResult) -> bool:

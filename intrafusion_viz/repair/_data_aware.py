@@ -93,14 +93,18 @@ def _source_weights(plan: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _restore_folded_affine(pruned: nn.Module, original: nn.Module, records) -> None:
+def _restore_folded_affine(pruned: nn.Module, original, records) -> None:
     """Give BatchNorms that prune folded into their producer the original output scale and shift.
 
-    After folding, a BatchNorm is an identity and the producer already computes ``gamma * x_hat + beta``;
+    ``original``: the unpruned model, or ``{name: object with .weight and .bias}`` of its BatchNorms
+    (:func:`._synthetic.snapshot_affine`).  After folding, a BatchNorm is an identity and the producer
+    already computes ``gamma * x_hat + beta``;
     re-estimating statistics would standardise that, so the BatchNorm gets ``|gamma|`` and ``beta``
     of the channels it merged (the producer's output keeps its sign).
     """
-    pruned_modules, original_modules = dict(pruned.named_modules()), dict(original.named_modules())
+    pruned_modules = dict(pruned.named_modules())
+    # the unpruned model, or {name: its BatchNorm's weight and bias} taken before an in-place merge
+    original_modules = dict(original.named_modules()) if isinstance(original, nn.Module) else original
     for g in records:  # only groups whose BatchNorms prune folded (see _data_free._folded)
         weights = _source_weights(g.plan)
         for m in g.members:

@@ -15,14 +15,24 @@ changed (``docs/results.md``, "The k-means draw decides at 70 %").
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Dict, Optional
+
 import torch
 import torch.nn as nn
 
 from .._state import saved_modes
 
-__all__ = ["synthetic_inputs"]
+__all__ = ["synthetic_inputs", "can_synthesize", "SYNTHETIC_N", "SYNTHETIC_STEPS"]
 
 _BN = nn.modules.batchnorm._BatchNorm
+
+# What prune(..., repair="synthetic") makes (docs/results/no_finetune_accuracy.md measured these).
+SYNTHETIC_N, SYNTHETIC_STEPS = 64, 200
+_CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()  # fingerprint -> inputs, the last few models
+_CACHE_SIZE = 2
 
 
 def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps: int = 200, lr: float = 0.1,
@@ -69,6 +79,8 @@ def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps
                          "with ifv.repair(result, model, mode='data-free') or a batch of real inputs instead")
     from tqdm.auto import tqdm
 
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     gen = torch.Generator().manual_seed(seed)
     shape = (n,) + tuple(example.shape[1:])
     x = torch.randn(shape, generator=gen, dtype=torch.float32).to(device=example.device, dtype=example.dtype)
@@ -86,7 +98,7 @@ def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps
     flags = [(p, p.requires_grad) for p in model.parameters()]
     hooks = [m.register_forward_hook(hook) for m in norms]
     try:
-        with saved_modes(model):  # every submodule gets its own train/eval mode back
+        with saved_modes(model), torch.enable_grad():  # every submodule gets its own train/eval mode back
             model.eval()
             for p, _ in flags:
                 p.requires_grad_(False)
@@ -128,3 +140,63 @@ def bn_statistics_gap(model: nn.Module, x: torch.Tensor) -> float:
         for h in hooks:
             h.remove()
     return sum(total)
+
+
+def _norms(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats and m.running_mean is not None]
+
+
+def can_synthesize(model: nn.Module, example_inputs) -> bool:
+    """Whether :func:`synthetic_inputs` can serve ``model``: it has a BatchNorm with running statistics and
+    takes one floating-point input tensor (``prune``'s default call repairs with them only then)."""
+    if not isinstance(model, nn.Module):
+        return False
+    if isinstance(example_inputs, (tuple, list)):
+        if len(example_inputs) != 1:
+            return False
+        example_inputs = example_inputs[0]
+    return (torch.is_tensor(example_inputs) and example_inputs.is_floating_point() and example_inputs.dim() >= 1
+            and bool(_norms(model)))
+
+
+def _fingerprint(model: nn.Module, example: torch.Tensor, n: int, steps: int, seed: int) -> str:
+    """A digest of everything the inputs depend on: the model's tensors, the input shape and the settings."""
+    h = hashlib.sha1(f"{type(model).__qualname__}|{tuple(example.shape[1:])}|{example.dtype}|{example.device}|"
+                     f"{n}|{steps}|{seed}".encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        t = t.detach()
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_synthetic_inputs(model: nn.Module, example: torch.Tensor, seed: int = 0, progress: bool = False,
+                            n: Optional[int] = None, steps: Optional[int] = None) -> torch.Tensor:
+    """:func:`synthetic_inputs` of ``model`` (``SYNTHETIC_N`` inputs, ``SYNTHETIC_STEPS`` steps), remembered for
+    the last two models: a sweep over sparsities makes them once."""
+    n = SYNTHETIC_N if n is None else n
+    steps = SYNTHETIC_STEPS if steps is None else steps
+    key = _fingerprint(model, example, n, steps, seed)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    x = synthetic_inputs(model, example, n=n, steps=steps, seed=seed, progress=progress)
+    _CACHE[key] = x
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return x
+
+
+def snapshot_affine(model: nn.Module, groups) -> Dict[str, SimpleNamespace]:
+    """Copies of the BatchNorm weights and biases of ``groups``' norm members: what the BatchNorm repair on
+    synthetic inputs gives back to BatchNorms folded by the merge, taken before anything changes."""
+    modules = dict(model.named_modules())
+    out = {}
+    for g in groups:
+        for m in g.members:
+            bn = modules.get(m.name)
+            if m.role == "norm" and isinstance(bn, _BN) and bn.affine and m.name not in out:
+                out[m.name] = SimpleNamespace(weight=bn.weight.detach().clone(), bias=bn.bias.detach().clone())
+    return out
