@@ -193,3 +193,21 @@ def test_repair_also_restores_layers_after_the_pruned_group():
     assert not torch.allclose(shifted.mean(1), source.mean(1), atol=1e-2)
     assert torch.allclose(fixed.mean(1), source.mean(1), atol=1e-4)
     assert torch.allclose(fixed.std(1), source.std(1), rtol=1e-3)
+
+
+def test_bn_mode_after_fold_keeps_the_sign_of_negative_gammas():
+    # Model Folding keeps its BatchNorms (it does not fold them into the conv); re-estimating statistics
+    # after it must give a merged BatchNorm its sources' gamma, sign included.  Exact duplicates: exact.
+    x = torch.randn(64, 1, 8, 8)
+    model = conv_bn_net(c=6)
+    randomize_bn(model)
+    with torch.no_grad():
+        model[1].weight[0] = -model[1].weight[0].abs()
+    group = ifv.find_groups(model, x[:1])[0]
+    duplicate_group(model, group)
+    model = bn_stats_from(model, x)
+    res = ifv.prune(model, x[:1], sparsity=0.5, groups=[0], method="fold")
+    assert res.group(0).assignment.tolist() == [0, 1, 2, 0, 1, 2]
+    with torch.no_grad():
+        assert rel_err(res.model(x), model(x)) < 1e-5
+        assert rel_err(repair(res, model, x, mode="bn")(x), model(x)) < 1e-4

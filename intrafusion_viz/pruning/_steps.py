@@ -426,10 +426,11 @@ def repair(result: PruneResult, sources: Optional[dict], request: Request,
         data_free_repair(result, snapshot=sources["data-free"], inplace=True)
     if "synthetic" in sources:  # then every BatchNorm's statistics re-estimated on the synthetic inputs
         from ..repair._activations import _reset_bn_statistics
-        from ..repair._data_aware import _restore_folded_affine
+        from ..repair._data_aware import _kept_batchnorms, _restore_folded_affine
         from ..repair._data_free import _folded
 
-        _restore_folded_affine(result.model, sources["affine"], [g for g in result.groups if _folded(result, g)])
+        _restore_folded_affine(result.model, sources["affine"], [g for g in result.groups if _folded(result, g)],
+                               signed=_kept_batchnorms(result))
         _reset_bn_statistics(result.model, sources["synthetic"])
 
 

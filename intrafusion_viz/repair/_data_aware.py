@@ -92,15 +92,23 @@ def _source_weights(plan: torch.Tensor) -> torch.Tensor:
     return plan / plan.sum(0, keepdim=True).clamp_min(1e-300)
 
 
+def _kept_batchnorms(result) -> bool:
+    """Whether the merge kept the BatchNorms as they were and averaged them (Model Folding's merge:
+    ``method="fold"`` planned at once, which leaves ``fold_repair`` on the result) instead of folding them."""
+    return getattr(result, "method", None) == "fold" and getattr(result, "fold_repair", None) is not None
+
+
 @torch.no_grad()
-def _restore_folded_affine(pruned: nn.Module, original, records) -> None:
+def _restore_folded_affine(pruned: nn.Module, original, records, signed: bool = False) -> None:
     """Give BatchNorms that prune folded into their producer the original output scale and shift.
 
     ``original``: the unpruned model, or ``{name: object with .weight and .bias}`` of its BatchNorms
     (:func:`._synthetic.snapshot_affine`).  After folding, a BatchNorm is an identity and the producer
     already computes ``gamma * x_hat + beta``;
     re-estimating statistics would standardise that, so the BatchNorm gets ``|gamma|`` and ``beta``
-    of the channels it merged (the producer's output keeps its sign).
+    of the channels it merged (the producer's output keeps its sign).  ``signed``: for Model Folding's
+    merge, which keeps the BatchNorms and only averages them: gamma itself, not ``|gamma|``, and without
+    the DF_REPAIR factor that re-estimated statistics make redundant.
     """
     pruned_modules = dict(pruned.named_modules())
     # the unpruned model, or {name: its BatchNorm's weight and bias} taken before an in-place merge
@@ -115,7 +123,8 @@ def _restore_folded_affine(pruned: nn.Module, original, records) -> None:
                 continue
             slots = _slots(m, g.n)[:, 0]
             kept_positions = _pruned_positions(slots, g.kept)
-            gamma = source.weight.double()[slots].abs()
+            gamma = source.weight.double()[slots]
+            gamma = gamma if signed else gamma.abs()
             beta = source.bias.double()[slots]
             bn.weight[kept_positions] = (weights.T @ gamma).to(bn.weight.dtype)
             bn.bias[kept_positions] = (weights.T @ beta).to(bn.bias.dtype)
@@ -283,7 +292,8 @@ def repair(pruned, original_model: nn.Module, batch=None, mode: str = "bn", *, m
         if records is not None:
             from ._data_free import _folded
 
-            _restore_folded_affine(fixed, original_model, [g for g in records if _folded(pruned, g)])
+            _restore_folded_affine(fixed, original_model, [g for g in records if _folded(pruned, g)],
+                                   signed=_kept_batchnorms(pruned))
         _reset_bn_statistics(fixed, x)
     else:
         _repair_statistics(fixed, original_model, records, x, eps)
