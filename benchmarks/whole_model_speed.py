@@ -53,7 +53,7 @@ def _prune_call(ifv, model, x, sparsity, method):
     if method == "default":
         return lambda: ifv.prune(model, x, sparsity, method="default")
     if method == "intra-fusion":
-        return lambda: ifv.prune(model, x, sparsity)
+        return lambda: ifv.prune(model, x, sparsity, method="intra-fusion")
     return lambda: ifv.prune(model, x, sparsity, config=ifv.OTConfig.data_free(), repair="data-free")
 
 
