@@ -190,3 +190,18 @@ def test_paper_preset_is_still_the_balanced_plan_without_repair():
     explicit = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.paper(), repair="none")
     with torch.no_grad():
         torch.testing.assert_close(paper.model(x), explicit.model(x), rtol=0, atol=0)
+
+
+def test_default_call_over_the_synthetic_budget_is_model_folding_with_a_warning(monkeypatch):
+    from intrafusion_viz.repair import _synthetic
+
+    model, x = _net()
+    flops = _synthetic.synthetic_flops(model, x[:1])
+    assert flops == pytest.approx(3 * 64 * 200 * _synthetic.synthetic_flops(model, x[:1], n=1, steps=1) / 3)
+    monkeypatch.setitem(_synthetic.SYNTHETIC_FLOP_BUDGET, "cpu", flops / 2)
+    with pytest.warns(UserWarning, match="synthetic inputs.*Model Folding.*repair='synthetic'"):
+        res = ifv.prune(model, x[:1], 0.5)
+    assert (res.method, res.config) == ("fold", ifv.OTConfig())
+    # asked for explicitly, the synthetic repair runs whatever it costs
+    res = ifv.prune(model, x[:1], 0.5, config=ifv.OTConfig.capped(), repair="synthetic")
+    assert res.method == "intra-fusion"

@@ -283,13 +283,14 @@ def resolve_default(method: Optional[str], config: Optional[OTConfig], repair: O
 
     Neither method nor config given (the default call ``prune(model, x, s)``):
 
-    * ``synthesizable`` (the model has BatchNorm statistics and one floating-point input): Intra-Fusion
+    * ``synthesizable`` (the model has BatchNorm statistics and one floating-point input, and for
+      ``repair="auto"`` making synthetic inputs fits its budget on the device): Intra-Fusion
       with capacities (:meth:`OTConfig.capped`) and, for ``repair="auto"``, ``repair="synthetic"``
       (BatchNorm statistics re-estimated on inputs synthesised from the unpruned model's BatchNorm
       statistics; no data).  The best measured without data on converged VGG11-BN and ResNet18
       (MNIST, Fashion-MNIST; ``docs/defaults.md``), above Model Folding's code at every measured sparsity.
     * otherwise: ``("fold", OTConfig())``, Model Folding exactly (its channel vectors, Hartigan
-      clusters, merge and data-free repair).
+      clusters, merge and data-free repair); ``prune`` warns when the budget was the reason.
 
     Only a config given: Intra-Fusion with it.  Only a method given: that method with
     :func:`default_config`.  ``repair`` other than ``"auto"`` is returned as given.

@@ -12,7 +12,6 @@ import torch.nn as nn
 from ..groups._trace import Group
 from ..merge._memo import fold_memo
 from ..plan._config import OTConfig, resolve_default
-from ..repair._synthetic import can_synthesize
 from . import _steps as steps
 from ._result import GroupResult, PruneResult, num_kept
 from ._steps import METHODS
@@ -46,7 +45,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
         own code in ``tests/test_model_folding_golden.py``).  ``None`` (default) with no ``config``:
         the best measured without data (``docs/defaults.md``): on a model with BatchNorm statistics
         and one floating-point input, Intra-Fusion with capacities (``OTConfig.capped()``) and, for
-        ``repair="auto"``, the synthetic-input repair; otherwise ``"fold"``.  ``None`` with a
+        ``repair="auto"``, the synthetic-input repair (when its cost fits
+        ``repair._synthetic.SYNTHETIC_FLOP_BUDGET`` on the device); otherwise ``"fold"``.  ``None`` with a
         ``config``: ``"intra-fusion"`` (``intrafusion_viz.plan._config.resolve_default``).
     importance : str or callable
         ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``batch``), ``"lamp"``, ``"random"``, a Torch-Pruning
@@ -120,8 +120,8 @@ def prune(model: nn.Module, example_inputs, sparsity: Sparsity, *, method: Optio
     ('intra-fusion', 8)
     """
     # no method and no config: the measured default (docs/defaults.md); a config alone means Intra-Fusion
-    method, config, repair = resolve_default(method, config, repair, synthesizable=method is None and config is None
-                                             and can_synthesize(model, example_inputs))
+    synthesizable = method is None and config is None and steps.synthesizable(model, example_inputs, repair)
+    method, config, repair = resolve_default(method, config, repair, synthesizable=synthesizable)
     request = steps.check_arguments(method, importance, config, seed, inplace, progress, repair, sequential,
                                     on_unmergeable, features, batch, loss_fn)
     selection = steps.resolve(model, example_inputs, sparsity, groups, request)

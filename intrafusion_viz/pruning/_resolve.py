@@ -17,7 +17,7 @@ from ..plan._importance import resolve_importance
 from ..plan._config import OTConfig
 from ._result import num_kept
 
-__all__ = ["METHODS", "Request", "Selection", "check_arguments", "resolve"]
+__all__ = ["METHODS", "Request", "Selection", "check_arguments", "resolve", "synthesizable"]
 
 METHODS = ("intra-fusion", "default", "fold")
 PRUNE_REPAIRS = ("auto", "none", "data-free", "synthetic")
@@ -87,6 +87,32 @@ def check_arguments(method: str, importance, config: Optional[OTConfig], seed, i
     estimator = resolve_importance(importance, seed)
     return Request(method, importance, estimator, config, repair, seed, inplace, progress, sequential,
                    on_unmergeable, features, batch, loss_fn)
+
+
+def synthesizable(model, example_inputs, repair) -> bool:
+    """Whether the default call may repair on synthetic inputs: ``model`` has BatchNorm statistics and one
+    floating-point input, and (for ``repair="auto"``) making them fits ``SYNTHETIC_FLOP_BUDGET`` on this
+    device; over it, the default call is Model Folding and a warning says how to ask for them anyway."""
+    from ..repair._synthetic import SYNTHETIC_FLOP_BUDGET, can_synthesize, synthetic_affordable
+
+    if not can_synthesize(model, example_inputs):
+        return False
+    if repair != "auto":
+        return True
+    affordable, flops = synthetic_affordable(model, example_inputs)
+    if not affordable:
+        import warnings
+
+        cost = "an unknown number of" if flops is None else f"{flops:.1e}"
+        device = (example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs).device.type
+        warnings.warn(f"prune's default call: making synthetic inputs for this model would take {cost} floating-point "
+                      f"operations, more than its budget on {device} "
+                      f"({SYNTHETIC_FLOP_BUDGET.get(device, SYNTHETIC_FLOP_BUDGET['cpu']):.0e}), so it runs Model "
+                      "Folding (method='fold') with its data-free repair instead. For the best measured accuracy "
+                      "without data pass config=ifv.OTConfig.capped(), repair='synthetic' (slow here; fast on a "
+                      "GPU), or repair a result with ifv.repair(result, model, images, mode='bn') on a few hundred "
+                      "unlabeled images", UserWarning, stacklevel=4)
+    return affordable
 
 
 # ---------------------------------------------------------------------------------------------- resolve

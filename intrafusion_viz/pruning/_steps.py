@@ -42,11 +42,11 @@ from ..plan._importance import group_importance, taylor_gradients
 from ..plan._lazy_cost import dropped_rows_cost, dropped_rows_suffice
 from ..plan._transport import all_finite, cost_matrix, masses, transport_plan
 from .._state import ModelSnapshot, saved_modes
-from ._resolve import METHODS, Request, Selection, check_arguments, resolve
+from ._resolve import METHODS, Request, Selection, check_arguments, resolve, synthesizable
 from ._result import GroupResult, PruneResult
 
 __all__ = ["METHODS", "Request", "Selection", "Scored", "Work", "check_arguments", "resolve", "score", "plan",
-           "plan_group", "work_copy", "merge", "merge_plans", "repair_sources", "repair", "record"]
+           "plan_group", "work_copy", "merge", "merge_plans", "repair_sources", "repair", "record", "synthesizable"]
 
 # ---------------------------------------------------------------------------------------------- score
 

@@ -18,21 +18,28 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from types import SimpleNamespace
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .._state import saved_modes
 
-__all__ = ["synthetic_inputs", "can_synthesize", "SYNTHETIC_N", "SYNTHETIC_STEPS"]
+__all__ = ["synthetic_inputs", "can_synthesize", "synthetic_flops", "synthetic_affordable", "SYNTHETIC_N",
+           "SYNTHETIC_STEPS", "SYNTHETIC_FLOP_BUDGET"]
 
 _BN = nn.modules.batchnorm._BatchNorm
 
 # What prune(..., repair="synthetic") makes (docs/results/no_finetune_accuracy.md measured these).
 SYNTHETIC_N, SYNTHETIC_STEPS = 64, 200
+# The default call synthesises inputs only when that costs at most this many floating-point operations
+# (3 x one forward pass x SYNTHETIC_N inputs x SYNTHETIC_STEPS): about ten minutes on one CPU core (two to
+# three on a 4-core laptop) and well under a minute on a GPU.  A CIFAR ResNet18 (4e13) is inside on a CPU,
+# an ImageNet ResNet50 (3e14) only on a GPU.
+SYNTHETIC_FLOP_BUDGET = {"cpu": 5e13, "cuda": 1e16}
 _CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()  # fingerprint -> inputs, the last few models
 _CACHE_SIZE = 2
+_FLOPS: Dict[tuple, Optional[float]] = {}  # (architecture, input shape) -> forward FLOPs of one input
 
 
 def synthetic_inputs(model: nn.Module, example: torch.Tensor, n: int = 64, steps: int = 200, lr: float = 0.1,
@@ -159,6 +166,37 @@ def can_synthesize(model: nn.Module, example_inputs) -> bool:
             and bool(_norms(model)))
 
 
+def synthetic_flops(model: nn.Module, example: torch.Tensor, n: Optional[int] = None,
+                    steps: Optional[int] = None) -> Optional[float]:
+    """Floating-point operations of :func:`synthetic_inputs` (``3 x`` one forward pass ``x n x steps``), from
+    torch's ``FlopCounterMode`` on one input; None when it cannot count them."""
+    n = SYNTHETIC_N if n is None else n
+    steps = SYNTHETIC_STEPS if steps is None else steps
+    key = (type(model).__qualname__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()),
+           tuple(example.shape[1:]), str(example.device))
+    if key not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        try:
+            with saved_modes(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model.eval()
+                model(example[:1])
+            _FLOPS[key] = float(counter.get_total_flops())
+        except Exception:  # noqa: BLE001 - an operator the counter cannot run: cost unknown
+            _FLOPS[key] = None
+    flops = _FLOPS[key]
+    return None if flops is None else 3.0 * flops * n * steps
+
+
+def synthetic_affordable(model: nn.Module, example_inputs) -> Tuple[bool, Optional[float]]:
+    """``(affordable, flops)``: whether the default call's synthetic inputs fit ``SYNTHETIC_FLOP_BUDGET`` on the
+    example's device (a cost that cannot be counted does not fit)."""
+    example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    flops = synthetic_flops(model, example)
+    budget = SYNTHETIC_FLOP_BUDGET.get(example.device.type, SYNTHETIC_FLOP_BUDGET["cpu"])
+    return flops is not None and flops <= budget, flops
+
+
 def _fingerprint(model: nn.Module, example: torch.Tensor, n: int, steps: int, seed: int) -> str:
     """A digest of everything the inputs depend on: the model's tensors, the input shape and the settings."""
     h = hashlib.sha1(f"{type(model).__qualname__}|{tuple(example.shape[1:])}|{example.dtype}|{example.device}|"
@@ -182,6 +220,9 @@ def cached_synthetic_inputs(model: nn.Module, example: torch.Tensor, seed: int =
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
+    if not progress:  # long work shows progress: anything over about a minute on one CPU core
+        flops = synthetic_flops(model, example, n, steps)
+        progress = flops is None or flops > 5e12
     x = synthetic_inputs(model, example, n=n, steps=steps, seed=seed, progress=progress)
     _CACHE[key] = x
     while len(_CACHE) > _CACHE_SIZE:
