@@ -100,10 +100,12 @@ def synthesizable(model, example_inputs, repair) -> bool:
     if repair != "auto":
         return True
     affordable, flops = synthetic_affordable(model, example_inputs)
+    if flops is None:  # the model cannot run the example: resolve() says why, in our words
+        return False
     if not affordable:
         import warnings
 
-        cost = "an unknown number of" if flops is None else f"{flops:.1e}"
+        cost = f"{flops:.1e}"
         device = (example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs).device.type
         warnings.warn(f"prune's default call: making synthetic inputs for this model would take {cost} floating-point "
                       f"operations, more than its budget on {device} "

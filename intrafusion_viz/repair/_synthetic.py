@@ -182,7 +182,7 @@ def synthetic_flops(model: nn.Module, example: torch.Tensor, n: Optional[int] = 
                 model.eval()
                 model(example[:1])
             _FLOPS[key] = float(counter.get_total_flops())
-        except Exception:  # noqa: BLE001 - an operator the counter cannot run: cost unknown
+        except Exception:  # noqa: BLE001 - the model cannot run the example (prune then says why): unknown
             _FLOPS[key] = None
     flops = _FLOPS[key]
     return None if flops is None else 3.0 * flops * n * steps
