@@ -277,6 +277,10 @@ def figure(cells, args):
 def one_group(args):
     """One group pruned at a time (each prunable group in turn), every method: mean accuracy over the groups.
 
+    Methods: the labels of ``configs`` below (each prune's own repair, ``repair="auto"``); ``<label>+syn``
+    (``capped+syn``, ``fold+syn``, ``default+syn``): then ``ifv.repair(..., mode="bn")`` on the model's 64
+    synthetic inputs (:func:`_synthetic`).
+
     Cached in benchmarks/results/no_finetune_one_group.jsonl; prints one table per network.
     """
     import intrafusion_viz as ifv
@@ -292,7 +296,10 @@ def one_group(args):
                "paper": ("intra-fusion", lambda: ifv.OTConfig.paper()),
                "default": ("default", lambda: None), "fold": ("fold", lambda: None),
                "cfold-3": ("fold", lambda: ifv.OTConfig(target_mass="capped", capacity=3.0)),
-               "capped-2": ("intra-fusion", lambda: ifv.OTConfig.data_free(target_mass="capped", capacity=2.0))}
+               "capped-2": ("intra-fusion", lambda: ifv.OTConfig.data_free(target_mass="capped", capacity=2.0)),
+               "capped": ("intra-fusion", lambda: ifv.OTConfig.capped())}
+    # "<label>+syn": that method, then BatchNorm statistics re-estimated on the model's synthetic inputs (_synthetic)
+    configs.update({f"{label}+syn": configs[label] for label in ("capped", "fold", "default")})
     for dataset in args.datasets:
         (_, _), (x_test, y_test) = ifv.reference_data(dataset=dataset)
         if args.n_test:
@@ -304,6 +311,7 @@ def one_group(args):
                 except FileNotFoundError:
                     continue
                 groups = [g.index for g in ifv.find_groups(model, x_test[:1]) if g.mergeable and g.size > 1]
+                synthetic = None  # made (or loaded) when a +syn method first needs it
                 for s in args.sparsity:
                     for label in args.methods:
                         method, cfg = configs[label]
@@ -313,7 +321,12 @@ def one_group(args):
                                 continue
                             res = ifv.prune(model, x_test[:1], s, method=method, config=cfg(), groups=[gi],
                                             seed=seed, on_unmergeable="skip")
-                            acc = ifv.accuracy(res.model, (x_test, y_test))
+                            pruned = res.model
+                            if label.endswith("+syn"):
+                                if synthetic is None:
+                                    synthetic = _synthetic(ifv, model, x_test[:1], dataset, arch, seed)
+                                pruned = ifv.repair(res, model, synthetic, mode="bn")
+                            acc = ifv.accuracy(pruned, (x_test, y_test))
                             done[key] = dict(dataset=dataset, arch=arch, seed=seed, sparsity=s, method=label,
                                              group=gi, accuracy=round(acc, 3))
                             with path.open("a") as f:
@@ -381,8 +394,9 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="recompute cached cells")
     parser.add_argument("--tables-only", action="store_true", help="print the tables from the cache")
     parser.add_argument("--one-group", action="store_true",
-                        help="prune one group at a time (methods: default, fold, cfold-3, capped-2, paper, "
-                             "'intra-fusion (OTConfig())') instead of every group")
+                        help="prune one group at a time (methods: default, fold, cfold-3, capped-2, capped (OTConfig.capped()), "
+                             "paper, 'intra-fusion (OTConfig())', capped+syn, fold+syn, default+syn) instead of "
+                             "every group")
     parser.add_argument("--drift", action="store_true",
                         help="per-layer drift of each method (first seed, last sparsity) instead of accuracy")
     args = parser.parse_args(argv)
