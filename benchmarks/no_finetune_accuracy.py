@@ -11,8 +11,8 @@ Methods (importance l1, every group, mean and spread over the 3 reference seeds,
 * ``fold``: ``method="fold"`` (Model Folding as this library implements it, its data-free repair);
 * ``theirs``: Model Folding's own code (github marza96/ModelFolding @33e2818), run through
   ``benchmarks/model_folding`` (``run_theirs``; skipped when that runner or their checkout is missing);
-* ``ifv``: ``ifv.prune(model, x, s)`` with no other argument (the library's default call; today the same
-  network as ``fold``);
+* ``ifv``: ``ifv.prune(model, x, s)`` with no other argument (the library's default call; on these networks
+  the same as ``capped-2-hart-euc+syn``);
 * ``capped-2-hart-euc``: Intra-Fusion with capacities, ``OTConfig.capped()`` (Hartigan centroid targets,
   transport with capacity 2) + data-free repair; ``cfold-<c>``: ``method="fold"`` with
   ``OTConfig.capped_fold(capacity=c)``; ``paper``: ``OTConfig.paper()``, the balanced plan;
@@ -45,24 +45,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = RESULTS / "no_finetune_accuracy.jsonl"
-# the evidence's columns (docs/results/no_finetune_accuracy.md); "fold" is what ifv.prune(model, x, s) runs
-METHODS = ("theirs", "fold", "capped-2-hart-euc", "cfold-3", "paper", "default", "default+bn", "fold+bn",
-           "capped-2-hart-euc+bn")
+# the evidence's columns (docs/results/no_finetune_accuracy.md); "capped-2-hart-euc+syn" is what
+# ifv.prune(model, x, s) runs on these networks (ifv: the call itself)
+METHODS = ("theirs", "fold", "capped-2-hart-euc", "cfold-3", "paper", "default", "fold+syn", "capped-2-hart-euc+syn",
+           "default+bn", "fold+bn", "capped-2-hart-euc+bn")
 LABELS = {
     "default": "default pruning",
     "default+bn": "default pruning + bn (512 images)",
-    "fold": 'ifv.prune(model, x, s) = method="fold"',
+    "fold": 'method="fold" (Model Folding)',
     "theirs": "Model Folding's code",
     "ifv": "ifv.prune(model, x, s) (no data)",
     "paper": "OTConfig.paper() (balanced plan)",
-    "fold+bn": 'ifv.prune + bn (512 images)',
+    "fold+bn": 'fold + bn (512 images)',
     "capped-2-hart-euc": 'Intra-Fusion, capacities (OTConfig.capped())',
     "capped-2-hart-euc+bn": 'OTConfig.capped() + bn (512 images)',
     "cfold-3": 'fold, capacity 3 (OTConfig.capped_fold())',
     "cfold-3+bn": "fold, capacity 3 + bn (512 images)",
     "data_free_old": "OTConfig.data_free() + data-free (before)",
     "fold+syn": "fold + bn on synthetic inputs (no data)",
-    "capped-2-hart-euc+syn": "OTConfig.capped() + bn on synthetic inputs (no data)",
+    "capped-2-hart-euc+syn": "ifv.prune(model, x, s): OTConfig.capped() + bn on synthetic inputs (no data)",
     "default+syn": "default pruning + bn on synthetic inputs (no data)",
 }
 DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
