@@ -67,6 +67,12 @@ LABELS = {
     "default+syn": "default pruning + bn on synthetic inputs (no data)",
 }
 DATASET_LABEL = {"mnist": "MNIST (8k split)", "fashion-mnist": "Fashion-MNIST"}
+SHORT = {  # the figure's legend
+    "theirs": "Model Folding's code", "default": "default pruning", "paper": "the paper's plan",
+    "capped-2-hart-euc": "capacities, data-free repair", "fold+syn": "fold + synthetic repair",
+    "capped-2-hart-euc+syn": "<b>default call</b> (capacities + synthetic repair)", "fold+bn": "fold + bn, 512 images",
+    "fold": "fold", "capped-2-hart-euc+bn": "capacities + bn, 512 images", "default+bn": "default + bn, 512 images",
+}
 
 
 def _theirs_runner():
@@ -249,29 +255,40 @@ def tables(cells, args) -> str:
 
 
 def figure(cells, args):
+    """One panel per (data set, network), rows = data sets: accuracy against sparsity, mean over seeds,
+    bars = min-max; sized for a laptop screen (responsive width)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    panels = [(d, a) for d in args.datasets for a in args.arch]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[f"{a}, {DATASET_LABEL.get(d, d)}"
-                                                                  for d, a in panels], shared_yaxes=True)
-    colors = ["#636efa", "#00cc96", "#ef553b", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
-    for col, (d, a) in enumerate(panels, start=1):
-        for i, m in enumerate(args.methods):
-            pts = [(s, summary(cells, d, a, s, m)) for s in args.sparsity]
-            pts = [(s, r) for s, r in pts if r]
-            if not pts:
-                continue
-            fig.add_trace(go.Scatter(
-                x=[100 * s for s, _ in pts], y=[r[0] for _, r in pts], mode="lines+markers",
-                name=LABELS.get(m, m), legendgroup=m, showlegend=col == 1, line=dict(color=colors[i % len(colors)]),
-                error_y=dict(type="data", symmetric=False, array=[max(r[2]) - r[0] for _, r in pts],
-                             arrayminus=[r[0] - min(r[2]) for _, r in pts])), row=1, col=col)
-        fig.update_xaxes(title_text="channels removed in every group (%)", row=1, col=col)
-    fig.update_yaxes(title_text="test accuracy (%), no fine-tuning", row=1, col=1)
-    fig.update_layout(title="Accuracy without fine-tuning: VGG11-BN and ResNet18, every group pruned, "
-                            "importance l1, sparsity 30/50/70 %, mean over seeds (bars: min-max)",
-                      height=480, width=max(700, 420 * len(panels)))
+    datasets = [d for d in args.datasets if any(k[0] == d for k in cells)]
+    archs = [a for a in args.arch if any(k[1] == a for k in cells)]
+    seeds = {(d, a): len(summary(cells, d, a, 0.0, "original")[2]) for d in datasets for a in archs
+             if summary(cells, d, a, 0.0, "original")}
+    fig = make_subplots(rows=len(datasets), cols=len(archs), shared_yaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[f"{a}, {DATASET_LABEL.get(d, d)} ({seeds.get((d, a), 0)} seed"
+                                        f"{'s' if seeds.get((d, a), 0) != 1 else ''})" for d in datasets for a in archs])
+    colors = ["#636efa", "#00cc96", "#ef553b", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#222222"]
+    for row, d in enumerate(datasets, start=1):
+        for col, a in enumerate(archs, start=1):
+            for i, m in enumerate(args.methods):
+                pts = [(s, summary(cells, d, a, s, m)) for s in args.sparsity]
+                pts = [(s, r) for s, r in pts if r]
+                if not pts:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=[100 * s for s, _ in pts], y=[r[0] for _, r in pts], mode="lines+markers",
+                    name=SHORT.get(m, LABELS.get(m, m)), legendgroup=m, showlegend=(row, col) == (1, 1),
+                    line=dict(color=colors[i % len(colors)], width=3 if m == "capped-2-hart-euc+syn" else 1.5),
+                    error_y=dict(type="data", symmetric=False, array=[max(r[2]) - r[0] for _, r in pts],
+                                 arrayminus=[r[0] - min(r[2]) for _, r in pts])), row=row, col=col)
+            fig.update_xaxes(title_text="channels removed in every group (%)" if row == len(datasets) else None,
+                             tickvals=[100 * s for s in args.sparsity], row=row, col=col)
+        fig.update_yaxes(title_text="test accuracy (%)", range=[0, 100], row=row, col=1)
+    fig.update_layout(title=dict(text="Accuracy without fine-tuning, every group pruned (importance l1): "
+                                      "mean over seeds, bars min-max", font=dict(size=15)),
+                      height=300 * len(datasets) + 120, margin=dict(l=60, r=20, t=70, b=50),
+                      legend=dict(orientation="v", x=1.02, y=1, font=dict(size=11),
+                                  title=dict(text="no data, unless it says images")))
     return fig
 
 
@@ -407,7 +424,7 @@ def main(argv=None):
         return one_group(args)
     cells = load_cache() if args.tables_only else run(args)
     print(tables(cells, args))
-    if not args.tables_only:
+    if cells:
         fig = figure(cells, args)
         fig.write_html(RESULTS / "no_finetune_accuracy.html", include_plotlyjs="cdn")
         print(f"figure: {RESULTS / 'no_finetune_accuracy.html'}")
