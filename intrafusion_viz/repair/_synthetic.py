@@ -177,6 +177,9 @@ def synthetic_flops(model: nn.Module, example: torch.Tensor, n: Optional[int] = 
     if key not in _FLOPS:
         from torch.utils.flop_counter import FlopCounterMode
 
+        if len(_FLOPS) >= 64:  # a long session with many architectures: forget the old ones
+            _FLOPS.clear()
+
         try:
             with saved_modes(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
                 model.eval()
