@@ -148,13 +148,14 @@ def _synthetic(ifv, model, x1, dataset, arch, seed):
     return inputs
 
 
-def load_cache():
+def load_cache(path=CACHE, key=("dataset", "arch", "seed", "sparsity", "method")):
+    """The cells of a JSON-lines cache, keyed by the tuple of ``key``'s fields (the last line of a key wins)."""
     cells = {}
-    if CACHE.exists():
-        for line in CACHE.read_text().splitlines():
+    if path.exists():
+        for line in path.read_text().splitlines():
             if line.strip():
                 c = json.loads(line)
-                cells[(c["dataset"], c["arch"], c["seed"], c["sparsity"], c["method"])] = c
+                cells[tuple(c[k] for k in key)] = c
     return cells
 
 

@@ -42,13 +42,7 @@ REFS = ("mnist:vgg11_bn:0", "mnist:vgg11_bn:1", "fashion-mnist:vgg11_bn:0", "fas
 
 
 def load_cache():
-    cells = {}
-    if CACHE.exists():
-        for line in CACHE.read_text().splitlines():
-            if line.strip():
-                c = json.loads(line)
-                cells[(c["dataset"], c["arch"], c["seed"], c["sparsity"], c["n"], c["steps"])] = c
-    return cells
+    return nfa.load_cache(CACHE, ("dataset", "arch", "seed", "sparsity", "n", "steps"))
 
 
 def _append(cells, cell):
